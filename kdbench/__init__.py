@@ -1,0 +1,2 @@
+"""kdbench: a reproducible benchmark suite for knowledge distillation of language models."""
+__version__ = "0.1.0"

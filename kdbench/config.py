@@ -1,0 +1,227 @@
+"""Profiles: load, validate against workflows/schemas/config.schema.yaml, fill defaults,
+and enumerate the runs a profile asks for.
+
+A run is (pair, method, variant, seed index). Variants of a method come from its parameter
+overrides, its grid, and (for the ablation method) the ablation rows; each variant is named
+by `kdbench.method.slug`, so identical parameters share one run.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from kdbench import method as M
+from kdbench.errors import UserError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflows" / "schemas" / "config.schema.yaml"
+
+
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _with_defaults(cls):
+    """A jsonschema validator class that fills `default`s into the instance as it validates."""
+    validate_props = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, sch):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, sch)
+
+    return jsonschema.validators.extend(cls, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def validate(raw: dict, source: str = "the config") -> dict:
+    """Validated copy of `raw` with every default filled in; UserError on the first problem."""
+    cfg = copy.deepcopy(raw or {})
+    cfg.pop("__resolved__", None)
+    errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: (len(e.path), list(e.path)))
+    if errors:
+        e = errors[0]
+        key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        if e.validator == "additionalProperties":
+            msg = f"{e.message.split('(')[-1].rstrip(')')}" if "(" in e.message else e.message
+            raise UserError(f"{source}: unknown key under `{key}` ({msg}); "
+                            f"see workflows/schemas/config.schema.yaml for the allowed keys.")
+        raise UserError(f"{source}: config key `{key}` is invalid: {e.message}; "
+                        f"fix it (the schema is workflows/schemas/config.schema.yaml).")
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass one of config/*.yaml.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML ({exc}); fix its syntax.") from exc
+    return validate(raw, source=str(path))
+
+
+def _check_semantics(cfg: dict, source: str) -> None:
+    if not cfg["pairs"]:
+        raise UserError(f"{source}: `pairs` is empty; name at least one teacher–student pair.")
+    if not cfg["data"]["benchmarks"]:
+        raise UserError(f"{source}: `data.benchmarks` is empty; name at least one test benchmark.")
+    if cfg["data"]["source"] == "hub" and not cfg["data"]["train"]:
+        raise UserError(f"{source}: `data.train` is required when `data.source` is hub; "
+                        "give a hub id such as MiniLLM/dolly or a local path.")
+    if cfg["data"]["source"] == "synthetic":
+        from kdbench.synthetic import TEST_BENCHMARKS
+        for name, split in cfg["data"]["benchmarks"].items():
+            if split not in TEST_BENCHMARKS:
+                raise UserError(f"{source}: benchmark {name!r} names split {split!r}, which the "
+                                f"synthetic suite does not have; use one of {list(TEST_BENCHMARKS)}.")
+    for pair, spec in cfg["pairs"].items():
+        for role in ("teacher", "student"):
+            m = spec[role]
+            if m["init"] == "scratch" and not m["config"]:
+                raise UserError(f"{source}: `pairs.{pair}.{role}.config` is empty; a scratch model "
+                                "needs a transformers config (model_type, hidden_size, ...).")
+            if m["init"] == "pretrained" and not m["path"]:
+                raise UserError(f"{source}: `pairs.{pair}.{role}.path` is missing; give a hub id "
+                                "or local folder for a pretrained model.")
+        if spec["teacher"]["init"] == "layers_from_teacher":
+            raise UserError(f"{source}: `pairs.{pair}.teacher.init` cannot be layers_from_teacher.")
+        if spec["student"]["init"] == "layers_from_teacher" and not spec["student"]["layers"]:
+            raise UserError(f"{source}: `pairs.{pair}.student.layers` is empty; list the teacher "
+                            "layers to copy for init: layers_from_teacher.")
+    # every method name, parameter and grid must resolve; this raises the clear errors
+    runs(cfg, source)
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    pair: str
+    method: str
+    variant: str
+    seed: int
+    params_json: str  # parameter overrides as canonical JSON (hashable)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return json.loads(self.params_json)
+
+
+def method_names(cfg: dict, source: str = "the config") -> list[str]:
+    available = M.discover(cfg["methods_dir"])
+    include = cfg["methods"]["include"]
+    names = sorted(available) if include == "all" else list(include)
+    for n in names + list(cfg["methods"]["params"]) + list(cfg["methods"]["grids"]):
+        if n not in available:
+            raise UserError(f"{source}: unknown method {n!r}; available: {', '.join(sorted(available))}.")
+    abl = cfg["ablations"]["method"]
+    if abl and abl not in available:
+        raise UserError(f"{source}: `ablations.method` is {abl!r}, an unknown method; "
+                        f"available: {', '.join(sorted(available))}.")
+    return names
+
+
+def variants(cfg: dict, name: str, source: str = "the config") -> dict[str, dict]:
+    """{slug: parameter overrides} of the main-table variants of one method."""
+    cls = M.discover(cfg["methods_dir"])[name]
+    base = dict(cfg["methods"]["params"].get(name, {}))
+    grid = cfg["methods"]["grids"].get(name, {})
+    combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
+    out = {}
+    for combo in combos:
+        params = {**base, **combo}
+        _check_params(cls, name, params, source)
+        out[M.slug(params, cls)] = params
+    return out
+
+
+def ablation_variants(cfg: dict, source: str = "the config") -> dict[str, tuple[str, dict]]:
+    """{row name: (slug, overrides)} of the ablation grid, in config order."""
+    name = cfg["ablations"]["method"]
+    if not name:
+        return {}
+    cls = M.discover(cfg["methods_dir"])[name]
+    base = dict(cfg["methods"]["params"].get(name, {}))
+    out = {}
+    for row, over in cfg["ablations"]["variants"].items():
+        params = {**base, **over}
+        _check_params(cls, name, params, f"{source} (ablation {row!r})")
+        out[row] = (M.slug(params, cls), params)
+    return out
+
+
+def _check_params(cls, name, params, source):
+    try:
+        M.instantiate(cls, params, name)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{source}: method {name!r} rejects parameters {params} ({exc}); "
+                        "fix `methods.params`, `methods.grids` or `ablations`.") from exc
+
+
+def runs(cfg: dict, source: str = "the config") -> list[Run]:
+    """Every student run of the profile (the teacher is not a run of a method)."""
+    out: dict[tuple, Run] = {}
+    seeds = range(cfg["training_seeds"])
+    per_method: dict[str, dict[str, dict]] = {n: variants(cfg, n, source) for n in method_names(cfg, source)}
+    abl = cfg["ablations"]["method"]
+    if abl:
+        per_method.setdefault(abl, {}).update({s: p for s, p in ablation_variants(cfg, source).values()})
+    for pair in cfg["pairs"]:
+        for name, vs in per_method.items():
+            for slug_, params in vs.items():
+                for k in seeds:
+                    r = Run(pair, name, slug_, k, json.dumps(params, sort_keys=True))
+                    out[(pair, name, slug_, k)] = r
+    return list(out.values())
+
+
+def find_run(cfg: dict, pair: str, method: str, variant: str, seed: int) -> Run:
+    for r in runs(cfg):
+        if (r.pair, r.method, r.variant, r.seed) == (pair, method, variant, seed):
+            return r
+    raise UserError(f"the profile has no run {pair}/{method}/{variant}/seed{seed}; "
+                    "check the pair, method, variant and seed against the config.")
+
+
+# --- seeds -----------------------------------------------------------------------------------
+
+def derive_seed(base: int, *parts: Any) -> int:
+    """A 31-bit seed from the base seed and any labels (pair, seed index, purpose).
+
+    Never from the method: every method sees the same initialisation and data order.
+    """
+    h = hashlib.sha256("/".join(map(str, (base, *parts))).encode()).hexdigest()
+    return int(h[:8], 16) & 0x7FFFFFFF
+
+
+def fingerprint(obj: Any) -> str:
+    """Short stable hash of a config section (Snakemake params: reruns only what changed)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def write_resolved(cfg: dict, path: str | Path) -> None:
+    """Write the validated config where every stage reads it; untouched when unchanged, so a
+    rerun of an up-to-date DAG does nothing."""
+    from kdbench import io
+
+    text = "# written by the DAG from the profile; do not edit (edit config/<profile>.yaml)\n" + \
+        yaml.safe_dump(cfg, sort_keys=False)
+    path = Path(path)
+    if not path.is_file() or path.read_text() != text:
+        io.write_text(path, text)

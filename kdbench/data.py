@@ -1,0 +1,117 @@
+"""Instruction data: the prompt template, loading through `datasets`, tokenisation, batches.
+
+A record (one JSONL line, the same for the synthetic suite and real benchmarks):
+    {"id": str, "instruction": str, "input": str, "output": [str, ...], "task": str, "difficulty": int|None}
+The model sees `format_prompt(instruction, input)` and learns `output[0]` followed by EOS.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdbench.errors import UserError
+
+# Alpaca-style prompts of the instruction-KD protocol (MiniLLM / DistiLLM / POCL), verbatim.
+PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately "
+          "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that "
+                     "provides further context. Write a response that appropriately completes the "
+                     "request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+
+
+def format_prompt(instruction: str, input: str = "") -> str:
+    if input and input.strip():
+        return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
+    return PROMPT.format(instruction=instruction)
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Records of one prepared split, read with `datasets` (the loader every profile shares)."""
+    import datasets
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file {path} is missing; run the prepare_data stage "
+                        "(snakemake runs it) or check `data` in the config.")
+    datasets.disable_progress_bars()
+    ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    return ds.to_list()
+
+
+@dataclasses.dataclass
+class Encoded:
+    """One tokenised example: ids = prompt + response + EOS; the first n_prompt are the prompt."""
+
+    ids: list[int]
+    n_prompt: int
+    index: int  # position in the split (the difficulty profile and teacher cache use it)
+
+    @property
+    def n_response(self) -> int:
+        return len(self.ids) - self.n_prompt
+
+
+def encode_prompt(tokenizer, record: dict) -> list[int]:
+    return tokenizer(format_prompt(record["instruction"], record.get("input", "")))["input_ids"]
+
+
+def encode(tokenizer, records: list[dict], max_length: int, responses: list[str] | None = None) -> list[Encoded]:
+    """Tokenise prompts and (reference or given) responses; responses are cut to max_length."""
+    out = []
+    eos = tokenizer.eos_token_id
+    for i, rec in enumerate(records):
+        prompt = encode_prompt(tokenizer, rec)
+        text = responses[i] if responses is not None else rec["output"][0]
+        resp = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+        ids = (prompt + resp)[:max_length]
+        if len(ids) <= len(prompt):
+            raise UserError(f"example {rec.get('id', i)} has a prompt of {len(prompt)} tokens, which "
+                            f"leaves no room for a response within max_length={max_length}; raise "
+                            "`data.max_length` or lower `data.max_prompt_tokens`.")
+        out.append(Encoded(ids, len(prompt), i))
+    return out
+
+
+# --- batches ------------------------------------------------------------------------------
+
+def make_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, window: int,
+                 rng: np.random.Generator) -> list[np.ndarray]:
+    """Length-bucketed batches that keep the given order at the scale of a window.
+
+    `order` (the epoch's example indices, in the order the method wants) is cut into windows
+    of `window * batch_size` examples; inside a window examples are sorted by length, cut into
+    batches, and the batches shuffled. Padding waste drops; the curriculum order survives.
+    """
+    batches = []
+    span = window * batch_size
+    for start in range(0, len(order), span):
+        chunk = np.asarray(order[start:start + span])
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        group = [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        batches.extend(group[j] for j in rng.permutation(len(group)))
+    return batches
+
+
+def collate(examples: list[Encoded], pad_id: int, loss_on: str = "response") -> dict[str, torch.Tensor]:
+    """Right-padded tensors. Position t predicts token t+1; `mask` marks the positions whose
+    next token carries the loss (response tokens, or every real token for loss_on="all").
+
+    input_ids, attention_mask, mask, targets: (B, T); index: (B,) example indices.
+    """
+    T = max(len(e.ids) for e in examples)
+    B = len(examples)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.bool)
+    for b, e in enumerate(examples):
+        n = len(e.ids)
+        ids[b, :n] = torch.tensor(e.ids)
+        attn[b, :n] = 1
+        first = 0 if loss_on == "all" else e.n_prompt - 1
+        mask[b, first:n - 1] = True
+    targets = torch.roll(ids, -1, dims=1)
+    return {"input_ids": ids, "attention_mask": attn, "mask": mask, "targets": targets,
+            "index": torch.tensor([e.index for e in examples])}

@@ -1,0 +1,87 @@
+"""The per-example difficulty profile, computed once per pair from the initial student.
+
+Scorers (config `difficulty.scorer`):
+  pocl                — POCL's recipe: two rankings of the training set, the student's per-token
+                        NLL on the reference (lower is easier) and the Rouge-L of its own
+                        near-greedy answer (higher is easier), fused by reciprocal rank:
+                        score = 1/(rank_rouge + k) + 1/(rank_nll + k), k = 60; higher is easier.
+  student_nll         — the NLL alone.
+  teacher_student_kl  — per-token KL(p_teacher || q_student) on the reference.
+`difficulty` (higher is harder) is the fused score mapped to [0, 1] (max - score) / (max - min),
+or the raw NLL / KL: the uniform-difficulty curriculum only needs an order and an affine scale.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kdbench.data import collate, encode
+from kdbench.metrics import rouge_l_per_example
+from kdbench.models import autocast
+
+
+def rrf(rank_a: np.ndarray, rank_b: np.ndarray, k: int = 60) -> np.ndarray:
+    """Reciprocal-rank fusion of two 1-based rankings (1 = easiest); higher = easier."""
+    return 1.0 / (rank_a + k) + 1.0 / (rank_b + k)
+
+
+@torch.no_grad()
+def per_example_nll(model, examples, pad_id: int, batch_size: int, precision: str, teacher=None) -> np.ndarray:
+    """Mean token NLL of the reference response (or mean token KL(teacher || model) if a teacher
+    is given), per example, (N,)."""
+    dev = next(model.parameters()).device
+    out = np.zeros(len(examples))
+    order = np.argsort([len(e.ids) for e in examples], kind="stable")
+    for s in range(0, len(order), batch_size):
+        chunk = [examples[i] for i in order[s:s + batch_size]]
+        batch = {k: v.to(dev) for k, v in collate(chunk, pad_id).items()}
+        with autocast(precision, dev):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logq = torch.log_softmax(logits.float(), -1)
+        if teacher is None:
+            tok = -logq.gather(-1, batch["targets"].unsqueeze(-1)).squeeze(-1)
+        else:
+            with autocast(precision, dev):
+                t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logp = torch.log_softmax(t_logits.float()[..., :logq.shape[-1]], -1)
+            tok = (logp.exp() * (logp - logq)).sum(-1)
+        m = batch["mask"].float()
+        per = ((tok * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy()
+        for j, e in enumerate(chunk):
+            out[e.index] = per[j]
+    return out
+
+
+def _rank(values: np.ndarray, ascending: bool) -> np.ndarray:
+    """1-based average ranks (ties share the mean rank)."""
+    return pd.Series(values).rank(method="average", ascending=ascending).to_numpy()
+
+
+def score(student, tokenizer, records: list[dict], cfg: dict, teacher=None, seed: int = 0) -> pd.DataFrame:
+    from kdbench.generate import sample
+
+    d = cfg["difficulty"]
+    precision = cfg["evaluation"]["precision"]
+    examples = encode(tokenizer, records, cfg["data"]["max_length"])
+    nll = per_example_nll(student, examples, tokenizer.pad_token_id, d["batch_size"], precision)
+    table = pd.DataFrame({"example_index": np.arange(len(records)), "example_id": [r["id"] for r in records],
+                          "task": [r.get("task") for r in records], "level": [r.get("difficulty") for r in records],
+                          "nll": nll})
+    if d["scorer"] == "pocl":
+        answers, _ = sample(student, tokenizer, records, seed=seed, temperature=d["temperature"],
+                            max_length=cfg["data"]["max_length"], max_new_tokens=cfg["evaluation"]["max_new_tokens"],
+                            batch_size=d["batch_size"], precision=precision, desc="difficulty: student answers")
+        table["rouge_l"] = rouge_l_per_example(answers, [r["output"] for r in records])
+        table["rank_nll"] = _rank(nll, ascending=True)
+        table["rank_rouge"] = _rank(table["rouge_l"].to_numpy(), ascending=False)
+        s = rrf(table["rank_rouge"].to_numpy(), table["rank_nll"].to_numpy(), d["rrf_k"])
+        table["score"] = s
+        span = s.max() - s.min()
+        table["difficulty"] = (s.max() - s) / span if span > 0 else 0.0
+    elif d["scorer"] == "student_nll":
+        table["difficulty"] = nll
+    else:
+        table["kl"] = per_example_nll(student, examples, tokenizer.pad_token_id, d["batch_size"], precision, teacher)
+        table["difficulty"] = table["kl"]
+    return table

@@ -1,0 +1,312 @@
+"""Token-level divergences between teacher and student next-token distributions.
+
+This module is the one place that defines the *direction* of every divergence. With
+p = softmax(teacher_logits / τ) (teacher) and q = softmax(student_logits / τ) (student):
+
+    forward_kl        KL(p ‖ q)                                  "KD"
+    reverse_kl        KL(q ‖ p)
+    skew_forward_kl   KL(p ‖ α p + (1−α) q)                      DistiLLM SKL
+    skew_reverse_kl   KL(q ‖ α q + (1−α) p)                      DistiLLM SRKL
+    jensen_shannon    β KL(p ‖ m) + (1−β) KL(q ‖ m),  m = β p + (1−β) q   (GKD / TRL)
+    total_variation   ½ Σ_v |p_v − q_v|
+
+Conventions shared by every function
+- Inputs: `student_logits`, `teacher_logits` of shape (..., V) (usually (B, T, V)), any float
+  dtype; `mask` a bool tensor of the leading shape (B, T) marking the tokens that count
+  (None: all). Output: a 0-d tensor, the mean over masked tokens of the per-token
+  divergence × τ² (Hinton's convention, so τ does not change the gradient scale).
+- Computation is in float32 (float64 if an input is float64, which the gradient tests use):
+  bf16 in, float32 out. Values are true divergences (0 for identical inputs), never
+  cross-entropies.
+- The teacher is a constant: it is detached and never receives a gradient.
+- −inf logits are zero-probability tokens (0·log 0 = 0, no NaN, no NaN gradient). A token
+  whose row is undefined (all −inf, or a +inf entry) contributes 0. KL-type values are +inf
+  when the first argument has mass where the second has none (the true value); the mixtures
+  (skew KL, JS) and TVD are always finite.
+- A mask with no true entry gives 0 (connected to the student logits), not NaN.
+
+Memory: the masked rows are processed in chunks of about `CHUNK_ELEMENTS` logits. Each chunk
+computes its values and, if the student needs a gradient, its gradient right away; only that
+per-row gradient (one (N, V) copy in the student's dtype) is kept for backward, never the
+(chunk, V) intermediates. This is exact because every per-token divergence depends on its own
+row only, so the Jacobian is block diagonal and backward is a per-row rescale.
+
+Extension point: `per_token(kernel, ...)` / `token_mean(kernel, ...)` apply any row-wise
+`kernel(log_q, log_p) -> (rows,)` of student and teacher log-probabilities with the same
+chunking, masking, τ² and float32 rules (methods such as AKL and TAID use it). `kl_rows` and
+`log_mixture` are the safe building blocks for such kernels.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from kdbench.errors import UserError
+
+Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+CHUNK_ELEMENTS = 1 << 22
+"""Logits per chunk (rows = max(1, CHUNK_ELEMENTS // V)): 4 M floats = 16 MiB per (chunk, V)
+temporary; about ten such temporaries are alive at once."""
+
+__all__ = [
+    "forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "jensen_shannon",
+    "total_variation", "per_token", "token_mean", "kl_rows", "log_mixture", "zero",
+    "check_temperature", "check_unit", "CHUNK_ELEMENTS",
+]
+
+
+# --- parameter checks ------------------------------------------------------------------
+
+def check_temperature(temperature: float) -> float:
+    t = float(temperature)
+    if not (t > 0 and math.isfinite(t)):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
+    return t
+
+
+def check_unit(name: str, value: float, *, open_ends: bool = False) -> float:
+    """`value` as float inside [0, 1] (or (0, 1) with open_ends); ValueError naming `name`."""
+    v = float(value)
+    ok = (0.0 < v < 1.0) if open_ends else (0.0 <= v <= 1.0)
+    if not ok:
+        interval = "(0, 1) (open: the endpoints make the value 0)" if open_ends else "[0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}.")
+    return v
+
+
+# --- row building blocks (inputs: (rows, V) log-probabilities) ---------------------------
+
+def kl_rows(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(a ‖ b) per row, Σ_v a_v (log a_v − log b_v); (rows, V) -> (rows,).
+
+    Entries with a_v = 0 contribute exactly 0 and get a zero gradient, even where
+    log a_v = log b_v = −inf (where a naive a·(log a − log b) would give NaN).
+    """
+    a = log_a.exp()
+    diff = torch.where(a > 0, log_a - log_b, 0.0)
+    return (a * diff).sum(-1)
+
+
+def log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(w·a + (1−w)·b) elementwise, formed in log space; w = 0 and w = 1 are exact.
+
+    Entries where both a and b are 0 give −inf with a zero (not NaN) gradient.
+    """
+    if weight_a <= 0.0:
+        return log_b
+    if weight_a >= 1.0:
+        return log_a
+    x = log_a + math.log(weight_a)
+    y = log_b + math.log1p(-weight_a)
+    both_zero = (x == -math.inf) & (y == -math.inf)
+    safe = torch.logaddexp(torch.where(both_zero, 0.0, x), torch.where(both_zero, 0.0, y))
+    return torch.where(both_zero, -math.inf, safe)
+
+
+def _forward_kl_rows(log_q, log_p):
+    return kl_rows(log_p, log_q)
+
+
+def _reverse_kl_rows(log_q, log_p):
+    return kl_rows(log_q, log_p)
+
+
+def _skew_forward_kl_rows(log_q, log_p, *, alpha):
+    return kl_rows(log_p, log_mixture(log_p, log_q, alpha))
+
+
+def _skew_reverse_kl_rows(log_q, log_p, *, alpha):
+    return kl_rows(log_q, log_mixture(log_q, log_p, alpha))
+
+
+def _jensen_shannon_rows(log_q, log_p, *, beta):
+    log_m = log_mixture(log_p, log_q, beta)
+    return beta * kl_rows(log_p, log_m) + (1.0 - beta) * kl_rows(log_q, log_m)
+
+
+def _total_variation_rows(log_q, log_p):
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+
+# --- chunked evaluation ----------------------------------------------------------------
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    dt = torch.float32
+    for t in tensors:
+        dt = torch.promote_types(dt, t.dtype)
+    return dt
+
+
+def _rows_value(kernel: Kernel, s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-row divergence × τ² of student rows `s` and teacher rows `t` (rows, V)."""
+    if temperature != 1.0:
+        s, t = s / temperature, t / temperature
+    # A row is undefined when it has a +inf entry or no finite entry; NaN rows stay NaN.
+    valid = ~(s.amax(-1).isinf() | t.amax(-1).isinf())
+    all_valid = bool(valid.all())
+    if not all_valid:
+        s = torch.where(valid[:, None], s, 0.0)
+        t = torch.where(valid[:, None], t, 0.0)
+    value = kernel(torch.log_softmax(s, -1), torch.log_softmax(t, -1))
+    if not all_valid:
+        value = torch.where(valid, value, 0.0)
+    return value * (temperature ** 2)
+
+
+def _chunk_rows(vocab: int, chunk_rows: int | None) -> int:
+    if chunk_rows is not None:
+        if int(chunk_rows) < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}.")
+        return int(chunk_rows)
+    return max(1, CHUNK_ELEMENTS // max(1, vocab))
+
+
+class _PerToken(torch.autograd.Function):
+    """Per-token values of a row-wise kernel over the rows `idx` of flat (M, V) logits.
+
+    Forward computes, chunk by chunk, the values and (when needed) their per-row gradients;
+    backward rescales those rows by the incoming per-token gradient and scatters them into a
+    zero (M, V) gradient. Only the per-row gradients are kept between the two.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, idx, kernel, temperature, rows):
+        cd = _compute_dtype(student, teacher)
+        need_grad = ctx.needs_input_grad[0]
+        n = idx.numel()
+        out = torch.empty(n, dtype=cd, device=student.device)
+        jac = torch.empty((n, student.shape[-1]), dtype=student.dtype,
+                          device=student.device) if need_grad else None
+        for lo in range(0, n, rows):
+            sel = idx[lo:lo + rows]
+            s = student.index_select(0, sel).to(cd)
+            t = teacher.index_select(0, sel).to(cd)
+            if need_grad:
+                s.requires_grad_(True)
+                with torch.enable_grad():
+                    v = _rows_value(kernel, s, t, temperature)
+                    (g,) = torch.autograd.grad(v.sum(), s)
+                jac[lo:lo + rows] = g
+                out[lo:lo + rows] = v.detach()
+            else:
+                out[lo:lo + rows] = _rows_value(kernel, s, t, temperature)
+        if need_grad:
+            ctx.save_for_backward(idx, jac)
+            ctx.rows, ctx.flat_shape, ctx.cd = rows, student.shape, cd
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        idx, jac = ctx.saved_tensors
+        grad = torch.zeros(ctx.flat_shape, dtype=jac.dtype, device=jac.device)
+        rows = ctx.rows
+        for lo in range(0, idx.numel(), rows):
+            g = jac[lo:lo + rows].to(ctx.cd) * grad_out[lo:lo + rows, None].to(ctx.cd)
+            grad.index_copy_(0, idx[lo:lo + rows], g.to(jac.dtype))
+        return grad, None, None, None, None, None
+
+
+def per_token(kernel: Kernel, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+              mask: torch.Tensor | None, *, temperature: float = 1.0,
+              chunk_rows: int | None = None) -> torch.Tensor:
+    """Per-token values × τ² of a row-wise kernel at the masked positions, shape (N,).
+
+    kernel(log_q, log_p) takes student and teacher log-probabilities at temperature τ, both
+    (rows, V) in the compute dtype, and returns (rows,); each output must depend on its own
+    row only (this is what makes the chunked gradient exact). The order of the N values is
+    the row-major order of the true entries of `mask`. Gradients flow to `student_logits`
+    only. `chunk_rows` overrides the rows per chunk (tests force small chunks with it).
+    """
+    temperature = check_temperature(temperature)
+    if student_logits.shape != teacher_logits.shape:
+        if student_logits.shape[:-1] == teacher_logits.shape[:-1]:
+            raise UserError(f"teacher and student vocabularies differ ({teacher_logits.shape[-1]} "
+                            f"vs {student_logits.shape[-1]} logits); pick a teacher-student pair "
+                            "that shares a tokenizer.")
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must have the same shape.")
+    if student_logits.dim() < 1 or not student_logits.is_floating_point():
+        raise ValueError("logits must be a floating-point tensor of shape (..., V).")
+    vocab = student_logits.shape[-1]
+    lead = student_logits.shape[:-1]
+    if mask is None:
+        idx = torch.arange(lead.numel(), device=student_logits.device)
+    else:
+        if tuple(mask.shape) != tuple(lead):
+            raise ValueError(f"mask shape {tuple(mask.shape)} must equal the logits' leading "
+                             f"shape {tuple(lead)}.")
+        idx = mask.reshape(-1).to(device=student_logits.device, dtype=torch.bool).nonzero().squeeze(1)
+    student = student_logits.reshape(-1, vocab)
+    if not torch.is_grad_enabled():  # evaluation: skip the per-row gradients
+        student = student.detach()
+    teacher = teacher_logits.detach().reshape(-1, vocab)
+    return _PerToken.apply(student, teacher, idx, kernel, temperature,
+                           _chunk_rows(vocab, chunk_rows))
+
+
+def token_mean(kernel: Kernel, student_logits, teacher_logits, mask, *, temperature: float = 1.0,
+               chunk_rows: int | None = None) -> torch.Tensor:
+    """Mean over masked tokens of `per_token(...)`; 0 (with a grad_fn) when nothing is masked in."""
+    values = per_token(kernel, student_logits, teacher_logits, mask,
+                       temperature=temperature, chunk_rows=chunk_rows)
+    total = values.sum()
+    return total / values.numel() if values.numel() else total
+
+
+def zero(student_logits: torch.Tensor) -> torch.Tensor:
+    """A float32 0 connected to `student_logits` (zero gradient, finite even with inf logits).
+
+    For methods whose distillation term is empty (SFT, SeqKD): the engine can still call
+    backward on it.
+    """
+    return student_logits[..., :0].float().sum()
+
+
+# --- the divergences -------------------------------------------------------------------
+
+def forward_kl(student_logits, teacher_logits, mask, *, temperature=1.0):
+    """KL(p ‖ q) × τ², token mean: the classic KD objective as a true divergence."""
+    return token_mean(_forward_kl_rows, student_logits, teacher_logits, mask,
+                      temperature=temperature)
+
+
+def reverse_kl(student_logits, teacher_logits, mask, *, temperature=1.0):
+    """KL(q ‖ p) × τ², token mean (mode seeking)."""
+    return token_mean(_reverse_kl_rows, student_logits, teacher_logits, mask,
+                      temperature=temperature)
+
+
+def skew_forward_kl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0):
+    """KL(p ‖ α p + (1−α) q) × τ², token mean; α ∈ [0, 1] (α = 0: forward KL, α = 1: 0)."""
+    alpha = check_unit("alpha", alpha)
+    return token_mean(functools.partial(_skew_forward_kl_rows, alpha=alpha), student_logits,
+                      teacher_logits, mask, temperature=temperature)
+
+
+def skew_reverse_kl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0):
+    """KL(q ‖ α q + (1−α) p) × τ², token mean; α ∈ [0, 1] (α = 0: reverse KL, α = 1: 0)."""
+    alpha = check_unit("alpha", alpha)
+    return token_mean(functools.partial(_skew_reverse_kl_rows, alpha=alpha), student_logits,
+                      teacher_logits, mask, temperature=temperature)
+
+
+def jensen_shannon(student_logits, teacher_logits, mask, *, beta=0.1, temperature=1.0):
+    """β KL(p ‖ m) + (1−β) KL(q ‖ m) × τ², m = β p + (1−β) q, token mean; β ∈ (0, 1).
+
+    Symmetric in (p, q) at β = 0.5 (the classic JS divergence); tends to 0 at both ends.
+    """
+    beta = check_unit("beta", beta, open_ends=True)
+    return token_mean(functools.partial(_jensen_shannon_rows, beta=beta), student_logits,
+                      teacher_logits, mask, temperature=temperature)
+
+
+def total_variation(student_logits, teacher_logits, mask, *, temperature=1.0):
+    """½ Σ_v |p_v − q_v| × τ², token mean."""
+    return token_mean(_total_variation_rows, student_logits, teacher_logits, mask,
+                      temperature=temperature)

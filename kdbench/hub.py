@@ -1,0 +1,564 @@
+"""Real benchmarks and teacher–student pairs: hub dataset loaders and model helpers.
+
+Two halves, both free of network access unless a hub id is asked for:
+
+1. Instruction data in the layout of the MiniLLM hub datasets (`MiniLLM/dolly`,
+   `MiniLLM/self-inst`, `MiniLLM/Vicuna`, `MiniLLM/sinst`, `MiniLLM/uinst`), loaded through
+   `datasets` from the hub (or its cache) or from a local copy, and normalised to the suite's
+   record schema::
+
+       {"id": str, "instruction": str, "input": str, "output": list[str],
+        "task": str, "difficulty": None}
+
+   `output` always holds one or more reference answers (S-NI has several per prompt).
+
+   Hub layout (one JSON object per line; all files also carry a pre-rendered Alpaca
+   `prompt`, which is ignored here because `format_prompt` re-renders it):
+
+   ============  ==========================  =====================================  =======
+   benchmark     file in the hub repo        fields                                 output
+   ============  ==========================  =====================================  =======
+   dolly         raw.jsonl (train + valid)   topic, instruction, input, output      str
+   dolly         valid.jsonl (test, 500)     topic, instruction, input, output      str
+   self-inst     valid.jsonl (242)           topic, instruction, input, output      str
+   vicuna        valid.jsonl (80)            instruction, category, output          str
+   sinst         11_/valid.jsonl (1,694)     topic, instruction, input, output      list
+   uinst         11_/valid.jsonl (first 10k) instruction, input, output             str
+   ============  ==========================  =====================================  =======
+
+   `sinst`/`uinst` also hold folders `0_2`, `3_5`/`3_6`, `6_10` (reference length buckets);
+   the protocol uses `11_` (references of 11+ tokens). Dolly's validation set is the first
+   1,000 lines of `raw.jsonl`, its training set the rest.
+
+2. Model helpers: the vocabulary check of a teacher–student pair, a DistilBERT-style student
+   built from a subset of the teacher's layers, and the conversion of a GGUF checkpoint to
+   safetensors.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from kdbench.errors import UserError
+
+# --------------------------------------------------------------------------------------
+# Prompt template (Alpaca style, as in the MiniLLM / DistiLLM / POCL evaluation protocol)
+# --------------------------------------------------------------------------------------
+
+PROMPT_TEMPLATE: dict[str, str] = {
+    "no_input": (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{instruction}\n\n### Response:\n"
+    ),
+    "with_input": (
+        "Below is an instruction that describes a task, paired with an input that provides "
+        "further context. Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    ),
+}
+
+
+def format_prompt(instruction: str, input: str = "", template: dict[str, str] = PROMPT_TEMPLATE) -> str:
+    """The prompt string the model sees: the with-input template iff `input` is non-empty."""
+    if input:
+        return template["with_input"].format(instruction=instruction, input=input)
+    return template["no_input"].format(instruction=instruction)
+
+
+def _template_regex(text: str, fields: Sequence[str]) -> re.Pattern:
+    pattern = re.escape(text)
+    for name in fields:
+        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>.*)")
+    return re.compile(pattern + r"\Z", re.DOTALL)
+
+
+def parse_prompt(prompt: str, template: dict[str, str] = PROMPT_TEMPLATE) -> tuple[str, str] | None:
+    """Inverse of `format_prompt`: (instruction, input) or None if `prompt` has another form.
+
+    Accepts the `<n>` newline escape of MiniLLM's `.txt` files.
+    """
+    prompt = prompt.replace("<n>", "\n")
+    m = _template_regex(template["with_input"], ["instruction", "input"]).match(prompt)
+    if m:
+        return m["instruction"], m["input"]
+    m = _template_regex(template["no_input"], ["instruction"]).match(prompt)
+    if m:
+        return m["instruction"], ""
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Benchmark registry: hub id -> files of each split
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFile:
+    """Rows [start, stop) of one JSONL file, given relative to the repo (or folder) root."""
+
+    file: str
+    start: int = 0
+    stop: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """A MiniLLM-layout instruction benchmark.
+
+    `default_limit` is the protocol's cut (UnNI: first 10,000 examples); `load_instruction_split`
+    applies it when called with `limit=None`.
+    """
+
+    name: str
+    hub_id: str
+    display: str
+    splits: dict[str, SplitFile]
+    default_split: str = "test"
+    default_limit: int | None = None
+
+
+def _bucket_splits(buckets: Iterable[str]) -> dict[str, SplitFile]:
+    return {b: SplitFile(f"{b}/valid.jsonl") for b in buckets}
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "dolly": Benchmark(
+        "dolly", "MiniLLM/dolly", "DollyEval",
+        {"train": SplitFile("raw.jsonl", 1000, None),
+         "validation": SplitFile("raw.jsonl", 0, 1000),
+         "raw": SplitFile("raw.jsonl"),
+         "test": SplitFile("valid.jsonl")},
+    ),
+    "self-inst": Benchmark("self-inst", "MiniLLM/self-inst", "SelfInst", {"test": SplitFile("valid.jsonl")}),
+    "vicuna": Benchmark("vicuna", "MiniLLM/Vicuna", "Vicuna", {"test": SplitFile("valid.jsonl")}),
+    "sinst": Benchmark(
+        "sinst", "MiniLLM/sinst", "S-NI",
+        {"test": SplitFile("11_/valid.jsonl"), **_bucket_splits(["0_2", "3_6", "6_10", "11_"])},
+    ),
+    "uinst": Benchmark(
+        "uinst", "MiniLLM/uinst", "UnNI",
+        {"test": SplitFile("11_/valid.jsonl"), **_bucket_splits(["0_2", "3_5", "6_10", "11_"])},
+        default_limit=10_000,
+    ),
+}
+
+# names a hub id, folder or file may go by (lower-cased, "_" read as "-")
+_ALIASES = {"dolly": "dolly", "dollyeval": "dolly", "self-inst": "self-inst", "selfinst": "self-inst",
+            "vicuna": "vicuna", "sinst": "sinst", "s-ni": "sinst", "uinst": "uinst", "unni": "uinst"}
+
+
+def benchmark_for(source: str) -> Benchmark | None:
+    """The registered benchmark a hub id, benchmark name or local path refers to, if any.
+
+    A hub id matches its repo name (`MiniLLM/sinst` -> sinst); a path matches the nearest
+    component named like a benchmark (`/data/sinst/11_/valid.jsonl` -> sinst).
+    """
+    parts = re.split(r"[\\/]", str(source))
+    for part in reversed(parts):
+        key = _ALIASES.get(part.lower().replace("_", "-"))
+        if key:
+            return BENCHMARKS[key]
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+
+def _download_hint(hub_id: str) -> str:
+    return (f"download it on a machine with internet with `hf download {hub_id} --repo-type dataset "
+            f"--local-dir DIR` (older clients: `huggingface-cli download {hub_id} --repo-type dataset "
+            f"--local-dir DIR`), copy DIR here and set the benchmark's path in the config to DIR")
+
+
+def _read_json_rows(path: Path, cache_dir: str | None) -> Any:
+    """A local .jsonl/.json file as a `datasets.Dataset` (JSON lines or one JSON array)."""
+    import datasets
+
+    try:
+        return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
+    except datasets.exceptions.DatasetGenerationError as e:
+        cause = e.__cause__ or e
+        raise UserError(f"could not read {path} as JSON lines ({type(cause).__name__}: {cause}); "
+                        f"every line must be one JSON object with the same field types") from e
+
+
+def _load_hub_rows(hub_id: str, data_file: str | None, split: str | None, revision: str | None,
+                   cache_dir: str | None) -> Any:
+    """Rows of a hub dataset (or its cache); network and not-found errors become UserError."""
+    import datasets
+    from huggingface_hub import errors as hf_errors
+
+    kwargs: dict[str, Any] = {"revision": revision, "cache_dir": cache_dir}
+    if data_file is not None:
+        kwargs.update(data_files={"rows": data_file}, split="rows")
+    try:
+        ds = datasets.load_dataset(hub_id, **kwargs)
+    except (ConnectionError, hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError) as e:
+        raise UserError(f"cannot reach hub dataset '{hub_id}' and it is not in the local cache; "
+                        f"{_download_hint(hub_id)}") from e
+    except (datasets.exceptions.DatasetNotFoundError, hf_errors.RepositoryNotFoundError,
+            hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError,
+            datasets.exceptions.DataFilesNotFoundError, FileNotFoundError) as e:
+        what = f"file '{data_file}' of " if data_file else ""
+        raise UserError(f"could not find {what}hub dataset '{hub_id}'"
+                        f"{' at revision ' + repr(revision) if revision else ''} ({e}); "
+                        f"check the id, or {_download_hint(hub_id)}") from e
+    if data_file is None:  # unregistered repo: pick the requested split or the only one
+        if split is None:
+            if len(ds) != 1:
+                raise UserError(f"hub dataset '{hub_id}' has splits {sorted(ds)}; name one as the split")
+            split = next(iter(ds))
+        if split not in ds:
+            raise UserError(f"hub dataset '{hub_id}' has no split '{split}'; available: {sorted(ds)}")
+        ds = ds[split]
+    return ds
+
+
+def _local_split_file(folder: Path, bench: Benchmark | None, split: str) -> SplitFile:
+    """Which file of a local folder holds `split` (a registered layout first, then by name)."""
+    if bench is not None and split in bench.splits and (folder / bench.splits[split].file).is_file():
+        return bench.splits[split]
+    names = [split]
+    if split in ("test", "validation", "valid"):
+        names += ["valid", "validation", "test"]
+    for name in names:
+        for ext in (".jsonl", ".json"):
+            if (folder / f"{name}{ext}").is_file():
+                return SplitFile(f"{name}{ext}")
+    found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.json*"))
+    if len(found) == 1:
+        return SplitFile(found[0])
+    expected = bench.splits[split].file if bench is not None and split in bench.splits else f"{split}.jsonl"
+    raise UserError(f"folder {folder} has no file for split '{split}' (expected {expected}; "
+                    f"JSON files found: {found[:10] or 'none'}); point the config at the file itself")
+
+
+def normalise_record(row: dict[str, Any], *, task: str, rid: str) -> dict[str, Any]:
+    """One raw row -> the suite's record schema.
+
+    Field aliases: input <- input | context; output <- output | response | outputs. A row
+    with no `instruction` but an Alpaca `prompt` is parsed back into instruction and input.
+    A single reference becomes a one-element list; empty references are dropped.
+    """
+    instruction, inp = row.get("instruction"), None
+    if instruction is None and isinstance(row.get("prompt"), str):
+        parsed = parse_prompt(row["prompt"])
+        if parsed:
+            instruction, inp = parsed
+    if not isinstance(instruction, str):
+        raise UserError(f"example {rid} has no 'instruction' field (fields: {sorted(row)}); "
+                        f"instruction data needs instruction/input/output fields")
+    if inp is None:
+        inp = next((row[k] for k in ("input", "context") if row.get(k) is not None), "")
+    out = next((row[k] for k in ("output", "response", "outputs") if row.get(k) is not None), None)
+    refs = [out] if isinstance(out, str) else list(out) if isinstance(out, (list, tuple)) else []
+    refs = [str(r) for r in refs if r is not None and str(r).strip()]
+    if not refs:
+        raise UserError(f"example {rid} has no reference answer in 'output' (fields: {sorted(row)}); "
+                        f"every example needs at least one non-empty reference")
+    return {"id": rid, "instruction": instruction, "input": str(inp), "output": refs,
+            "task": task, "difficulty": None}
+
+
+def load_instruction_split(
+    source: str | os.PathLike,
+    split: str | None = None,
+    *,
+    limit: int | str | None = None,
+    revision: str | None = None,
+    task: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Load one split of an instruction benchmark as normalised records (see module doc).
+
+    source: a hub id (`MiniLLM/sinst`), or a local folder (a download of such a repo, or any
+        folder with `<split>.jsonl`), or a `.jsonl`/`.json` file.
+    split: `test` (default) for the evaluation sets; Dolly also has `train` (raw.jsonl from
+        line 1,000), `validation` (its first 1,000 lines) and `raw`; S-NI/UnNI also take a
+        length bucket (`0_2`, ..., `11_`). For an unregistered hub repo, the repo's split.
+        Ignored for a file, except that a registered row range is applied when the file is the
+        split's file (e.g. `dolly/raw.jsonl` with split `train`).
+    limit: None -> the protocol's cut (UnNI: first 10,000, others: all); an int -> the first
+        `limit` rows; "all" -> every row.
+    revision: hub revision (branch, tag or commit); ignored for local paths.
+    task: benchmark name for the records' `task` field and the layout; inferred from the hub
+        id or path when omitted (`sinst`), else the file or folder name.
+    cache_dir: `datasets` cache folder (default: the HF cache).
+
+    Record ids are `<task>-<split>-<row>` with the row number in the source file, so they are
+    stable across limits and filters. Raises UserError when the hub cannot be reached and
+    nothing is cached, naming the id and how to provide it locally.
+    """
+    source_str = os.fspath(source)
+    path = Path(source_str).expanduser()
+    bench = BENCHMARKS.get(_ALIASES.get(task.lower().replace("_", "-"), "")) if task else None
+    bench = bench or benchmark_for(source_str)
+    split = split or (bench.default_split if bench else "test")
+    cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
+
+    if path.exists():
+        if path.is_dir():
+            spec = _local_split_file(path, bench, split)
+            file = path / spec.file
+        else:
+            file = path
+            registered = bench.splits.get(split) if bench else None
+            spec = registered if registered and Path(registered.file).name == path.name else SplitFile(path.name)
+        if file.suffix not in (".jsonl", ".json"):
+            raise UserError(f"{file} is not a .jsonl or .json file; instruction data is read from JSON lines")
+        ds = _read_json_rows(file, cache_dir)
+        name = task or (bench.name if bench else (path.stem if path.is_file() else path.name))
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", source_str):
+        spec = bench.splits.get(split) if bench and bench.hub_id.lower() == source_str.lower() else None
+        if bench and bench.hub_id.lower() == source_str.lower() and spec is None:
+            raise UserError(f"benchmark '{bench.name}' has no split '{split}'; available: {sorted(bench.splits)}")
+        ds = _load_hub_rows(source_str, spec.file if spec else None, None if spec else split, revision, cache_dir)
+        spec = spec or SplitFile("")
+        name = task or (bench.name if bench else source_str.split("/")[-1])
+    else:
+        raise UserError(f"instruction data source '{source_str}' is neither an existing path nor a hub id "
+                        f"(owner/name); fix the path in the config")
+
+    n = len(ds)
+    stop = n if spec.stop is None else min(spec.stop, n)
+    start = min(spec.start, stop)
+    if limit is None:
+        limit = bench.default_limit if bench else None
+    elif limit == "all":
+        limit = None
+    elif not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise UserError(f"limit must be a positive integer, 'all' or null, not {limit!r}; fix it in the config")
+    if limit is not None:
+        stop = min(stop, start + limit)
+    rows = ds.select(range(start, stop)).to_list() if (start, stop) != (0, n) else ds.to_list()
+    return [normalise_record(row, task=name, rid=f"{name}-{split}-{start + i}") for i, row in enumerate(rows)]
+
+
+def filter_by_prompt_length(
+    records: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    max_prompt_tokens: int = 256,
+    *,
+    template: dict[str, str] = PROMPT_TEMPLATE,
+) -> tuple[list[dict[str, Any]], int]:
+    """Drop records whose rendered prompt has more than `max_prompt_tokens` tokens.
+
+    Tokens are counted as the protocol does: `tokenizer.encode(prompt, add_special_tokens=False)`
+    of `format_prompt(instruction, input)`. Returns (kept records in order, number dropped).
+    """
+    if not records:
+        return [], 0
+    prompts = [format_prompt(r["instruction"], r["input"], template) for r in records]
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    kept = [r for r, t in zip(records, ids) if len(t) <= max_prompt_tokens]
+    return kept, len(records) - len(kept)
+
+
+# --------------------------------------------------------------------------------------
+# Teacher–student vocabulary
+# --------------------------------------------------------------------------------------
+
+
+def _special_tokens(tok: Any) -> dict[str, Any]:
+    """Named special tokens (bos/eos/unk/pad/...) and the set of all special tokens."""
+    named = dict(getattr(tok, "special_tokens_map", {}) or {})
+    named.pop("additional_special_tokens", None)
+    return {"named": named, "all": sorted(set(getattr(tok, "all_special_tokens", []) or []))}
+
+
+def check_vocab(
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    teacher_vocab_size: int,
+    student_vocab_size: int,
+    teacher_name: str = "teacher",
+    student_name: str = "student",
+) -> int:
+    """The vocabulary size V to compare teacher and student logits over: logits[..., :V].
+
+    Requires identical tokenizers (same token -> id map, same special tokens). The models'
+    output sizes (`config.vocab_size`) may differ by padding of the embedding matrix (Qwen2.5:
+    151,665 tokens, 151,936 or 152,064 rows; OPT: 50,265 tokens, 50,272 rows): the shared size
+    min(teacher_vocab_size, student_vocab_size) is returned as long as it covers every token of
+    the tokenizer. Anything else raises UserError naming both models.
+    """
+    pair = f"teacher '{teacher_name}' and student '{student_name}'"
+    tv, sv = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if tv != sv:
+        diff = sorted(set(tv.items()) ^ set(sv.items()), key=lambda kv: kv[1])
+        example = ", ".join(f"{tok!r}->{i}" for tok, i in diff[:3])
+        raise UserError(f"{pair} have different tokenizers ({len(tv)} vs {len(sv)} tokens, "
+                        f"{len(diff)} token->id entries differ, e.g. {example}); pick a pair from one "
+                        f"model family, since KD compares their logits token id by token id")
+    ts, ss = _special_tokens(teacher_tokenizer), _special_tokens(student_tokenizer)
+    if ts != ss:
+        raise UserError(f"{pair} share a vocabulary but not their special tokens ({ts['named']} vs "
+                        f"{ss['named']}); save the student with the teacher's tokenizer so both "
+                        f"end answers with the same EOS")
+    n_tokens = max(len(teacher_tokenizer), len(student_tokenizer))
+    shared = min(int(teacher_vocab_size), int(student_vocab_size))
+    if shared < n_tokens:
+        small = teacher_name if teacher_vocab_size <= student_vocab_size else student_name
+        raise UserError(f"model '{small}' has {shared} output logits but its tokenizer has {n_tokens} "
+                        f"tokens ({pair}); resize its embeddings to at least {n_tokens} before distilling")
+    return shared
+
+
+# --------------------------------------------------------------------------------------
+# Student initialised from a subset of the teacher's layers
+# --------------------------------------------------------------------------------------
+
+# (path to the module holding the decoder layers, attribute name of the ModuleList)
+_LAYER_PATHS = [("model", "layers"),            # Llama, Qwen2, Mistral, Gemma, SmolLM, ...
+                ("transformer", "h"),           # GPT-2, GPT-J, GPT-Neo, Bloom
+                ("model.decoder", "layers"),    # OPT
+                ("gpt_neox", "layers")]         # Pythia / GPT-NeoX
+
+
+def decoder_layers(model: Any) -> tuple[Any, str]:
+    """(parent module, attribute) of a causal LM's list of decoder layers."""
+    for parent_path, attr in _LAYER_PATHS:
+        parent = model
+        for part in parent_path.split("."):
+            parent = getattr(parent, part, None)
+            if parent is None:
+                break
+        if parent is not None and hasattr(parent, attr):
+            return parent, attr
+    raise UserError(f"cannot find the decoder layers of {type(model).__name__} (looked for "
+                    f"{', '.join(p + '.' + a for p, a in _LAYER_PATHS)}); initialise this student "
+                    f"from a pretrained checkpoint instead")
+
+
+def student_from_teacher_layers(teacher_model: Any, layer_indices: Sequence[int]) -> Any:
+    """A smaller model of the teacher's class keeping only the decoder layers `layer_indices`.
+
+    DistilBERT-style initialisation: the student is a copy of the teacher (config, embeddings,
+    positional embeddings, final norm, LM head and their tying, generation config) whose layer
+    list holds copies of the selected layers, in the given (strictly increasing) order. The
+    config's layer count (and per-layer `layer_types`, if any) is updated and every copied
+    layer is renumbered (`layer_idx`) so its KV cache slot matches its new position. The
+    teacher is left untouched; only the kept layers are copied (peak memory ~ teacher +
+    student).
+    """
+    import torch.nn as nn
+
+    idx = [int(i) for i in layer_indices]
+    parent, attr = decoder_layers(teacher_model)
+    layers = getattr(parent, attr)
+    n = len(layers)
+    if not idx or any(b <= a for a, b in zip(idx, idx[1:])) or idx[0] < 0 or idx[-1] >= n:
+        raise UserError(f"student layer indices {list(layer_indices)} must be non-empty, strictly "
+                        f"increasing and within 0..{n - 1} (the teacher has {n} layers); fix them in the config")
+    setattr(parent, attr, nn.ModuleList())  # detach the layers so deepcopy skips them
+    try:
+        student = copy.deepcopy(teacher_model)
+    finally:
+        setattr(parent, attr, layers)
+    kept = nn.ModuleList(copy.deepcopy(layers[i]) for i in idx)
+    for new_i, layer in enumerate(kept):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_i
+    student_parent, _ = decoder_layers(student)
+    setattr(student_parent, attr, kept)
+
+    config = student.config
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, (list, tuple)) and len(layer_types) == n:
+        config.layer_types = [layer_types[i] for i in idx]
+    config.num_hidden_layers = len(idx)
+    return student
+
+
+# --------------------------------------------------------------------------------------
+# GGUF -> safetensors
+# --------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_gguf(
+    repo_or_dir: str | os.PathLike,
+    gguf_file: str,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Dequantize a GGUF checkpoint into a Hugging Face folder (safetensors + tokenizer).
+
+    repo_or_dir: a local folder holding `gguf_file`, or a hub model repo (needs the network or
+        the HF cache). dtype: torch dtype of the saved weights (default float32, what
+        transformers dequantizes to). The folder is written to `<out_dir>.tmp` and renamed to
+        `out_dir` only when complete (an existing `out_dir` is replaced); it also holds
+        `kdbench_source.json` with the GGUF's origin and sha256. Needs `pip install gguf`.
+    """
+    try:
+        import gguf  # noqa: F401  (transformers imports it lazily; fail early with a clear message)
+    except ImportError as e:
+        raise UserError("reading GGUF checkpoints needs the `gguf` package; run `pip install gguf`") from e
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(os.fspath(repo_or_dir)).expanduser()
+    local = src.is_dir()
+    if local and not (src / gguf_file).is_file():
+        raise UserError(f"GGUF file {src / gguf_file} does not exist; check the folder and file name")
+    out = Path(os.fspath(out_dir)).expanduser()
+    tmp = out.with_name(out.name + ".tmp")
+    say = progress or (lambda msg: None)
+    location = str(src) if local else os.fspath(repo_or_dir)
+
+    say(f"loading tokenizer from {location}/{gguf_file}")
+    tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
+    say("loading and dequantizing model")
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    try:  # transformers >= 5 can keep GGUF blocks packed; ask for plain dense weights
+        from transformers import GgufConfig
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:  # older transformers always dequantize
+        pass
+    model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, **kwargs)
+    # the weights are now dense: drop the GGUF loader record, or save_pretrained refuses to
+    # write (a GGUF quantizer is not serializable) and from_pretrained would expect a GGUF file
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    say(f"writing {tmp}")
+    tokenizer.save_pretrained(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    provenance = {"source": location, "gguf_file": gguf_file,
+                  "sha256": _sha256(src / gguf_file) if local else None,
+                  "dtype": str(next(model.parameters()).dtype)}
+    (tmp / "kdbench_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
+
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
+    say(f"wrote {out}")
+    return out

@@ -1,0 +1,169 @@
+"""The method interface and its discovery.
+
+A KD method is one file in `methods/` that defines `class Method(kdbench.method.Method)`.
+The file stem is the method's name. Files starting with `_` or `template` are skipped.
+
+Hooks (all optional except `loss`):
+    loss(student_logits, teacher_logits, mask, progress) -> scalar tensor
+        the distillation term only; the engine adds CE and weights by kd_ratio.
+    epoch_indices(epoch, ctx) -> np.ndarray | None
+        the training examples for this epoch (None: all, shuffled). Curricula live here.
+    schedule(progress) -> dict[str, float]
+        values scheduled for this step (alpha, temperature, kd_ratio, ...); logged every step.
+Class attributes the engine and the DAG read:
+    needs_teacher     False for SFT-style methods: the teacher is never loaded.
+    uses_difficulty   True if epoch_indices reads ctx.difficulty (the DAG then scores it).
+    train_on          "reference" (the dataset's outputs) or "teacher_samples" (SeqKD).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdbench.errors import UserError
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where training stands; passed to `schedule` and `loss` every step.
+
+    Counters are 0-based optimizer steps. `fraction` = step / total_steps in [0, 1] over the
+    whole run; `epoch_step` / `epoch_steps` locate the step inside the current epoch (epochs
+    can differ in length under a curriculum). `values` holds what the method's schedule
+    returned for this step (the trace logs it).
+    """
+
+    epoch: int = 0
+    n_epochs: int = 1
+    step: int = 0
+    total_steps: int = 1
+    epoch_step: int = 0
+    epoch_steps: int = 1
+    values: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / max(1, self.total_steps))
+
+    @property
+    def epoch_fraction(self) -> float:
+        """e / (E - 1): 0 in the first epoch, 1 in the last (0 when there is one epoch)."""
+        return self.epoch / (self.n_epochs - 1) if self.n_epochs > 1 else 0.0
+
+
+@dataclasses.dataclass
+class EpochContext:
+    """What `epoch_indices` may use: run facts and the per-example difficulty profile.
+
+    difficulty: float array (N,), higher is harder, or None if the DAG did not score it.
+    """
+
+    n_examples: int
+    n_epochs: int
+    seed: int
+    difficulty: np.ndarray | None = None
+
+
+class Method:
+    """Base class of every method. Subclasses set defaults in `__init__` keyword arguments."""
+
+    needs_teacher: bool = True
+    uses_difficulty: bool = False
+    train_on: str = "reference"
+    references: list[str] = []
+
+    def loss(self, student_logits, teacher_logits, mask, progress: Progress):
+        raise NotImplementedError
+
+    def epoch_indices(self, epoch: int, ctx: EpochContext) -> np.ndarray | None:
+        return None
+
+    def schedule(self, progress: Progress) -> dict[str, float]:
+        return {}
+
+
+# --- discovery -------------------------------------------------------------------------
+
+def default_methods_dir() -> Path:
+    """`methods/` of the working directory if present, else the one beside the package."""
+    here = Path.cwd() / "methods"
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "methods"
+
+
+def discover(methods_dir: str | Path | None = None) -> dict[str, type[Method]]:
+    """Import every method file; {name: Method class}. A broken file raises UserError."""
+    d = Path(methods_dir) if methods_dir else default_methods_dir()
+    if not d.is_dir():
+        raise UserError(f"methods folder {d} does not exist; run from the repository root "
+                        "or set `methods_dir` in the config.")
+    found = {}
+    for path in sorted(d.glob("*.py")):
+        if path.stem.startswith(("_", "template")):
+            continue
+        found[path.stem] = _load_file(path)
+    return found
+
+
+def _load_file(path: Path) -> type[Method]:
+    modname = f"kdbench_methods.{path.stem}"
+    spec = importlib.util.spec_from_file_location(modname, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        sys.modules[modname] = module
+        spec.loader.exec_module(module)
+    except Exception as exc:  # report any import error of a user file in one sentence
+        sys.modules.pop(modname, None)
+        raise UserError(f"method file {path} failed to import ({type(exc).__name__}: {exc}); "
+                        "fix the file or move it out of the methods folder.") from exc
+    cls = getattr(module, "Method", None)
+    if not (inspect.isclass(cls) and issubclass(cls, Method)):
+        raise UserError(f"method file {path} does not define `class Method(kdbench.method.Method)`; "
+                        "start from methods/template_method.py.")
+    return cls
+
+
+def get(name: str, methods_dir=None) -> type[Method]:
+    methods = discover(methods_dir)
+    if name not in methods:
+        raise UserError(f"unknown method {name!r}; available: {', '.join(sorted(methods))}.")
+    return methods[name]
+
+
+def defaults(cls: type[Method]) -> dict[str, Any]:
+    """The keyword defaults of a method's __init__."""
+    sig = inspect.signature(cls.__init__)
+    return {k: p.default for k, p in sig.parameters.items()
+            if k != "self" and p.default is not inspect.Parameter.empty}
+
+
+def instantiate(cls: type[Method], params: dict[str, Any], name: str = "") -> Method:
+    known = defaults(cls)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise UserError(f"method {name or cls.__name__!r} has no parameter(s) {unknown}; "
+                        f"its parameters are {sorted(known)}.")
+    return cls(**params)
+
+
+def slug(overrides: dict[str, Any], cls: type[Method] | None = None) -> str:
+    """Path-safe name of a variant: the parameters that differ from the defaults, sorted.
+
+    {"alpha": 0.1, "temperature": 2} -> "alpha-0.1_temperature-2"; no difference -> "default".
+    """
+    base = defaults(cls) if cls is not None else {}
+    diff = {k: v for k, v in overrides.items() if k not in base or base[k] != v}
+    if not diff:
+        return "default"
+    parts = []
+    for k in sorted(diff):
+        v = diff[k]
+        v = ("true" if v else "false") if isinstance(v, bool) else v
+        parts.append(f"{k}-{v}")
+    out = "_".join(parts)
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in out)

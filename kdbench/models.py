@@ -1,0 +1,99 @@
+"""Models and devices: build a scratch model from a config, load a pretrained one, save with
+safetensors, pick the device and precision. Teacher and student take the same code path
+whether they were built here or come from the hub."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from kdbench import io
+from kdbench.errors import UserError
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def setup_threads(n: int) -> None:
+    torch.set_num_threads(max(1, n))
+
+
+def bf16_supported(dev: torch.device) -> bool:
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def autocast(precision: str, dev: torch.device):
+    """bf16 autocast for precision bf16 (or auto where supported); a no-op context for fp32."""
+    use = precision == "bf16" or (precision == "auto" and bf16_supported(dev))
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=torch.bfloat16)
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer, str(path))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build(spec: dict, tokenizer, seed: int, name: str):
+    """A model as the config's model spec says (scratch or pretrained), on CPU, in float32."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if spec["init"] == "scratch":
+        cfg = dict(spec["config"])
+        model_type = cfg.pop("model_type", None)
+        if model_type is None:
+            raise UserError(f"model {name}: `config.model_type` is missing; use e.g. llama or gpt2.")
+        conf = AutoConfig.for_model(model_type, vocab_size=len(tokenizer),
+                                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                    pad_token_id=tokenizer.pad_token_id, **cfg)
+        conf._attn_implementation = spec["attn_implementation"]
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(conf)
+    if spec["init"] == "pretrained":
+        return load_model(spec["path"], spec)
+    raise UserError(f"model {name}: init {spec['init']!r} is built by the init_student stage.")
+
+
+def load_model(path: str | Path, spec: dict | None = None):
+    from transformers import AutoModelForCausalLM
+
+    spec = spec or {}
+    dtype = spec.get("torch_dtype", "auto")
+    kwargs = {"attn_implementation": spec.get("attn_implementation", "sdpa")}
+    if dtype != "auto":
+        kwargs["dtype"] = getattr(torch, dtype)
+    if spec.get("gguf_file"):
+        kwargs["gguf_file"] = spec["gguf_file"]
+    model = _from_pretrained(AutoModelForCausalLM, str(path), **kwargs)
+    return model.float() if device().type == "cpu" else model
+
+
+def _from_pretrained(cls, path: str, **kwargs):
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        if Path(path).exists():
+            raise UserError(f"{path} is not a readable model/tokenizer folder ({exc}); rebuild it.") from exc
+        raise UserError(f"{path!r} is neither a local folder nor a reachable hub id (no network or "
+                        f"cache); download it where there is network (`huggingface-cli download {path} "
+                        "--local-dir DIR`) and set the config's path to DIR.") from exc
+
+
+def save(model, tokenizer, out_dir: str | Path) -> None:
+    """save_pretrained (safetensors) of model and tokenizer into out_dir, atomically."""
+    with io.atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,692 @@
+"""Figures from the DAG's long tables (results/<profile>/tables/ → results/<profile>/figures/).
+
+Every function takes the tables as DataFrames (columns as in the collect contract), writes
+`{out}.png` (150 dpi) and `{out}.pdf` (vector) atomically and returns the two paths, or []
+when its inputs hold nothing to plot. One style for all figures (`RC`, `style()`): font sizes
+≥ 9 pt, colour-blind-safe colours (Paul Tol's "bright"/"muted" and Okabe–Ito), and a fixed
+colour and marker per method (`method_color`, `method_marker`) so a method looks the same in
+every figure.
+
+Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, never through
+pyplot: importing this module does not change the global backend (notebooks keep inline).
+A table with several teacher–student pairs must be filtered to one pair first;
+`build_all` does this and suffixes the file names with the pair.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from kdbench import tables as T
+from kdbench.errors import UserError
+
+#: One style for every figure.
+RC = {
+    "font.size": 10,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "legend.title_fontsize": 9,
+    "figure.titlesize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.35,
+    "grid.linewidth": 0.6,
+    "axes.axisbelow": True,
+    "lines.linewidth": 1.6,
+    "lines.markersize": 5,
+    "errorbar.capsize": 2,
+    "legend.frameon": False,
+    "figure.dpi": 150,
+    "savefig.dpi": 150,
+    "figure.constrained_layout.use": True,
+    "pdf.fonttype": 42,  # embed TrueType: text in the PDF stays text
+    "ps.fonttype": 42,
+    "font.family": "DejaVu Sans",
+}
+DPI = 150
+
+#: Fixed colour per known method (Tol bright/muted, Okabe–Ito; teacher black, SFT-style grey).
+METHOD_COLORS = {
+    "teacher": "#000000",
+    "sft": "#AAAAAA",
+    "seqkd": "#666666",
+    "kd": "#4477AA",
+    "rkl": "#66CCEE",
+    "skl": "#228833",
+    "srkl": "#CCBB44",
+    "jsd": "#AA3377",
+    "tvd": "#EE6677",
+    "akl": "#882255",
+    "taid": "#44AA99",
+    "cpd": "#D55E00",
+    "pocl": "#332288",
+    "curriculum_kd": "#999933",
+}
+#: Colours for methods not listed above, chosen by a stable hash of the name.
+EXTRA_COLORS = ["#0072B2", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#117733",
+                "#88CCEE", "#DDCC77", "#AA4499", "#661100"]
+METHOD_MARKERS = {
+    "teacher": "*", "sft": "o", "seqkd": "s", "kd": "D", "rkl": "^", "skl": "v",
+    "srkl": "<", "jsd": ">", "tvd": "p", "akl": "h", "taid": "X", "cpd": "P",
+    "pocl": "d", "curriculum_kd": "8",
+}
+EXTRA_MARKERS = ["o", "s", "^", "v", "D", "p", "h", "X", "P", "d"]
+#: Line styles that tell apart variants of one method (default variant solid).
+VARIANT_LINESTYLES = ["-", "--", ":", "-."]
+
+
+def _stable_index(name: str, n: int) -> int:
+    return zlib.crc32(name.encode()) % n
+
+
+def method_color(method: str) -> str:
+    """The method's colour in every figure."""
+    return METHOD_COLORS.get(method) or EXTRA_COLORS[_stable_index(method, len(EXTRA_COLORS))]
+
+
+def method_marker(method: str) -> str:
+    """The method's marker in every figure."""
+    return METHOD_MARKERS.get(method) or EXTRA_MARKERS[_stable_index(method, len(EXTRA_MARKERS))]
+
+
+@contextlib.contextmanager
+def style():
+    """Context in which figures get the suite's rcParams (`RC`)."""
+    with matplotlib.rc_context(RC):
+        yield
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A Figure (inches) on an Agg canvas; call inside `style()`."""
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, out: str | Path) -> list[Path]:
+    """Write `{out}.png` and `{out}.pdf` atomically (temp file in the same folder, then
+    os.replace); return both paths. PDF metadata carry no date, so reruns are identical."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out.with_name(f"{out.name}.{ext}")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            meta = {"CreationDate": None} if ext == "pdf" else {}
+            fig.savefig(tmp, format=ext, dpi=DPI, bbox_inches="tight", pad_inches=0.05,
+                        metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- helpers
+def _rows(df: pd.DataFrame, ablations: pd.DataFrame | None, teacher: bool
+          ) -> list[tuple[str, str]]:
+    """Main-table rows present in df (see tables.main_rows), with or without the teacher."""
+    rows = T.main_rows(df, ablations)
+    return [r for r in rows if teacher or r[0] != T.TEACHER]
+
+
+def _style_of(rows: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+    """colour, marker, linestyle and label per (method, variant); a method's extra variants
+    keep its colour and get dashed/dotted lines."""
+    out, seen = {}, {}
+    for m, v in rows:
+        k = seen.get(m, 0)
+        seen[m] = k + 1
+        out[(m, v)] = dict(color=method_color(m), marker=method_marker(m),
+                           ls=VARIANT_LINESTYLES[k % len(VARIANT_LINESTYLES)],
+                           label=T.row_label(m, v))
+    return out
+
+
+def _pretty(benchmark: str) -> str:
+    return T.BENCHMARK_NAMES.get(str(benchmark).lower(), str(benchmark))
+
+
+def _time_unit(seconds_max: float) -> tuple[float, str]:
+    """(divisor, unit) so that wall times read as small numbers."""
+    if not np.isfinite(seconds_max) or seconds_max < 600:
+        return 1.0, "s"
+    if seconds_max < 3 * 3600:
+        return 60.0, "min"
+    return 3600.0, "h"
+
+
+def _one_pair(df: pd.DataFrame | None) -> pd.DataFrame | None:
+    return T.select_pair(df) if df is not None else None
+
+
+def _epoch_axis(e: pd.Series, first: int) -> pd.Series:
+    """Epochs shown 1-based whatever the table's base."""
+    return e - first + 1
+
+
+def _place_labels(fig: Figure, ax, xs, ys, texts, colors, xerr=None, yerr=None,
+                  fontsize=9) -> None:
+    """Label points without overlaps where possible.
+
+    For each point (top first) try offsets around it, near ones first, and keep the first
+    whose text box hits no earlier label, no other marker, no error bar and stays inside the
+    axes; otherwise take the least-overlapping spot (far spots get a leader line).
+    """
+    fig.canvas.draw()  # fixes the layout so display coordinates are final
+    renderer = fig.canvas.get_renderer()
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    xe = np.zeros_like(xs) if xerr is None else np.asarray(xerr, float)
+    ye = np.zeros_like(ys) if yerr is None else np.asarray(yerr, float)
+    disp = ax.transData.transform
+    Bbox = matplotlib.transforms.Bbox
+    pts = disp(np.column_stack([xs, ys]))
+    r = 4.5 * fig.dpi / 72  # marker radius in pixels
+    w = 1.5 * fig.dpi / 72  # half width of an error bar line
+    markers = [Bbox([[px - r, py - r], [px + r, py + r]]) for px, py in pts]
+    bars = []
+    for x, y, dx, dy in zip(xs, ys, xe, ye):
+        (x0, y0), (x1, y1) = disp([[x - dx, y - dy], [x + dx, y + dy]])
+        (cx, cy), = disp([[x, y]])
+        bars += [Bbox([[x0, cy - w], [x1, cy + w]]), Bbox([[cx - w, y0], [cx + w, y1]])]
+    ax_box = ax.get_window_extent(renderer)
+    near = [(8, 0, "left", "center"), (-8, 0, "right", "center"), (0, 8, "center", "bottom"),
+            (0, -8, "center", "top"), (6, 6, "left", "bottom"), (-6, 6, "right", "bottom"),
+            (6, -6, "left", "top"), (-6, -6, "right", "top")]
+    cands = near + [(dx * f, dy * f, ha, va) for f in (2.2, 3.5, 5.0)
+                    for dx, dy, ha, va in near]
+
+    def overlap(bb, boxes):
+        return sum(max(0.0, min(bb.x1, o.x1) - max(bb.x0, o.x0))
+                   * max(0.0, min(bb.y1, o.y1) - max(bb.y0, o.y0)) for o in boxes)
+
+    placed: list = []
+    for i in np.argsort(-ys):
+        obstacles = [b for j, b in enumerate(markers) if j != i] + bars
+        best = None
+        for dx, dy, ha, va in cands:
+            far = abs(dx) > 9 or abs(dy) > 9
+            ann = ax.annotate(
+                texts[i], (xs[i], ys[i]), xytext=(dx, dy), textcoords="offset points",
+                ha=ha, va=va, fontsize=fontsize, color=colors[i], zorder=5,
+                bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.75),
+                arrowprops=dict(arrowstyle="-", color=colors[i], lw=0.6, alpha=0.8,
+                                shrinkA=0, shrinkB=5) if far else None)
+            bb = ann.get_window_extent(renderer)
+            inside = (bb.x0 >= ax_box.x0 and bb.x1 <= ax_box.x1 and bb.y0 >= ax_box.y0
+                      and bb.y1 <= ax_box.y1)
+            # labels must not overlap labels (weight 10); crossing bars is the lesser evil
+            cost = 10 * overlap(bb, placed) + overlap(bb, obstacles) + (0 if inside else 1e7)
+            cost += 0.5 * (abs(dx) + abs(dy))  # prefer near spots among equals
+            if best is None or cost < best[1]:
+                if best is not None:
+                    best[0].remove()
+                best = (ann, cost, bb)
+            else:
+                ann.remove()
+            if overlap(bb, placed) + overlap(bb, obstacles) == 0 and inside and not far:
+                break
+        placed.append(best[2])
+
+
+def _text_color(color) -> tuple:
+    """The colour darkened until it reads on white (relative luminance ≤ 0.3)."""
+    rgb = np.array(matplotlib.colors.to_rgb(color))
+    for _ in range(20):
+        lum = float(rgb @ [0.2126, 0.7152, 0.0722])
+        if lum <= 0.3:
+            break
+        rgb = rgb * 0.85
+    return tuple(rgb)
+
+
+def _legend_below(fig: Figure, handles, labels, ncol: int | None = None) -> None:
+    ncol = ncol or min(len(labels), 7)
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, handlelength=2.2,
+               columnspacing=1.2)
+
+
+# --------------------------------------------------------------------------- figures
+def rouge_by_method(runs: pd.DataFrame, out: str | Path,
+                    ablations: pd.DataFrame | None = None) -> list[Path]:
+    """Dot plot: one panel per benchmark plus "avg"; a row per student (table order), each
+    seed a small dot, the mean a marker with ± sample std; the teacher a dashed black line
+    and kd a dotted line in its colour for reference. `ablations` drops ablation-only
+    variants (as in the main table)."""
+    runs = _one_pair(runs)
+    if runs is None or runs.empty:
+        return []
+    benchmarks = T.benchmarks_of(runs)
+    per_run = T.run_scores(runs, benchmarks)
+    students = _rows(runs, ablations, teacher=False)
+    if not students:
+        return []
+    looks = _style_of(students)
+    cols = benchmarks + ["avg"]
+    ncols = len(cols) if len(cols) <= 4 else 3
+    nrows = -(-len(cols) // ncols)
+    height = max(2.4, 0.27 * len(students) + 1.0)
+    with style():
+        fig = new_figure(2.5 * ncols + 1.3, height * nrows)
+        axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+        ypos = {k: i for i, k in enumerate(students)}
+        teacher = per_run.xs((T.TEACHER, "default"), level=["method", "variant"]) \
+            if (T.TEACHER, "default") in per_run.index.droplevel("seed") else None
+        for ax, c in zip(axes, cols):
+            for k in students:
+                if k not in per_run.index.droplevel("seed"):
+                    continue
+                vals = per_run.loc[k, c].dropna().to_numpy()
+                if vals.size == 0:
+                    continue
+                y = ypos[k]
+                lk = looks[k]
+                ax.plot(vals, np.full(vals.size, y), ls="none", marker="o", ms=3.2,
+                        color=lk["color"], alpha=0.45, mec="none")
+                std = vals.std(ddof=1) if vals.size > 1 else 0.0
+                ax.errorbar(vals.mean(), y, xerr=std, fmt=lk["marker"], ms=6,
+                            color=lk["color"], mec="black", mew=0.5, elinewidth=1.2)
+            if teacher is not None and teacher[c].notna().any():
+                tv = teacher[c].mean()
+                ax.axvline(tv, color="black", ls="--", lw=1.1)
+                ax.annotate("teacher", (tv, 1.0), xycoords=("data", "axes fraction"),
+                            xytext=(-3, -2), textcoords="offset points", ha="right",
+                            va="top", fontsize=9, rotation=90)
+            kd = ("kd", "default")
+            if kd in ypos and kd in per_run.index.droplevel("seed"):
+                ax.axvline(per_run.loc[kd, c].mean(), color=method_color("kd"), ls=":",
+                           lw=1.1)
+            ax.set_title(_pretty(c), fontweight="bold" if c == "avg" else None)
+            ax.set_xlabel("Rouge-L")
+            ax.grid(axis="y", visible=False)
+            ax.margins(x=0.08)
+        for ax in axes[len(cols):]:
+            ax.set_visible(False)
+        axes[0].set_yticks(range(len(students)), [looks[k]["label"] for k in students])
+        axes[0].set_ylim(len(students) - 0.5, -0.5)
+        fig.suptitle("Rouge-L per benchmark (dots: training seeds; marker: mean ± std; "
+                     "dotted: kd)", fontsize=10)
+        return save(fig, out)
+
+
+def _per_run_train(runs: pd.DataFrame) -> pd.DataFrame:
+    """train_wall_s per run (index method, variant, seed)."""
+    T._require(runs, ["method", "variant", "seed", "train_wall_s"], "runs.csv")
+    return runs.groupby(["method", "variant", "seed"])["train_wall_s"].mean()
+
+
+def train_time(runs: pd.DataFrame, out: str | Path,
+               ablations: pd.DataFrame | None = None) -> list[Path]:
+    """Horizontal bars: mean training wall time per row (table order), seed dots and ± std,
+    the ratio to kd written at the bar's end; the teacher (if trained here) hatched on top."""
+    runs = _one_pair(runs)
+    if runs is None or runs.empty:
+        return []
+    wall = _per_run_train(runs).dropna()
+    rows = [k for k in _rows(runs, ablations, teacher=True)
+            if k in wall.index.droplevel("seed")]
+    if not rows:
+        return []
+    looks = _style_of(rows)
+    scale, unit = _time_unit(wall.max())
+    kd = wall.loc[("kd", "default")].mean() if ("kd", "default") in rows else np.nan
+    with style():
+        fig = new_figure(6.2, max(2.4, 0.3 * len(rows) + 1.1))
+        ax = fig.subplots()
+        for i, k in enumerate(rows):
+            vals = wall.loc[k].to_numpy() / scale
+            mean = vals.mean()
+            std = vals.std(ddof=1) if vals.size > 1 else 0.0
+            is_t = k[0] == T.TEACHER
+            ax.barh(i, mean, color="white" if is_t else looks[k]["color"], height=0.7,
+                    edgecolor="black", lw=0.6, hatch="///" if is_t else None, alpha=0.9)
+            ax.errorbar(mean, i, xerr=std, fmt="none", ecolor="black", elinewidth=1)
+            ax.plot(vals, np.full(vals.size, i), "o", ms=2.8, color="black", alpha=0.6,
+                    mec="none")
+            if np.isfinite(kd) and not is_t:
+                ax.annotate(f"{mean * scale / kd:.2f}×", (mean + std, i), xytext=(4, 0),
+                            textcoords="offset points", va="center", fontsize=9)
+        ax.set_yticks(range(len(rows)), [looks[k]["label"] for k in rows])
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        if rows[0][0] == T.TEACHER and len(rows) > 1:
+            ax.axhline(0.5, color="grey", lw=0.8)
+        ax.set_xlabel(f"training wall time ({unit})")
+        ax.grid(axis="y", visible=False)
+        ax.margins(x=0.12)
+        ax.set_title("Training time (bars: mean over seeds; dots: seeds; "
+                     + ("labels: ratio to kd)" if np.isfinite(kd) else "± std)"))
+        return save(fig, out)
+
+
+def quality_vs_cost(runs: pd.DataFrame, out: str | Path,
+                    ablations: pd.DataFrame | None = None) -> list[Path]:
+    """Average Rouge-L against training wall time, one point per student (mean, ± std error
+    bars over seeds), the Pareto front (no other row is both faster and better) as a step
+    line, the teacher's avg as a dashed line; points labelled with their names."""
+    runs = _one_pair(runs)
+    if runs is None or runs.empty:
+        return []
+    benchmarks = T.benchmarks_of(runs)
+    score = T.run_scores(runs, benchmarks)["avg"]
+    wall = _per_run_train(runs)
+    both = pd.concat([score.rename("avg"), wall.rename("wall")], axis=1).dropna()
+    rows = [k for k in _rows(runs, ablations, teacher=False)
+            if k in both.index.droplevel("seed")]
+    if not rows:
+        return []
+    looks = _style_of(rows)
+    g = both.groupby(level=["method", "variant"])
+    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+    scale, unit = _time_unit(both["wall"].max())
+    x = np.array([mean.loc[k, "wall"] for k in rows]) / scale
+    xe = np.array([std.loc[k, "wall"] for k in rows]) / scale
+    y = np.array([mean.loc[k, "avg"] for k in rows])
+    ye = np.array([std.loc[k, "avg"] for k in rows])
+    front = pareto_front(x, y)
+    with style():
+        fig = new_figure(6.6, 4.6)
+        ax = fig.subplots()
+        fx, fy = x[front], y[front]
+        ax.step(fx, fy, where="post", color="0.35", lw=1.2, ls="-", zorder=1,
+                label="Pareto front")
+        for i, k in enumerate(rows):
+            lk = looks[k]
+            ax.errorbar(x[i], y[i], xerr=xe[i], yerr=ye[i], fmt=lk["marker"], ms=7,
+                        color=lk["color"], mec="black", mew=0.6 if i not in front else 1.4,
+                        elinewidth=0.9, alpha=0.95, zorder=3)
+        t = (T.TEACHER, "default")
+        if t in score.index.droplevel("seed"):
+            ax.axhline(score.loc[t].mean(), color="black", ls="--", lw=1.0,
+                       label="teacher")
+        ax.set_xlabel(f"training wall time ({unit}), lower is better")
+        ax.set_ylabel("average Rouge-L, higher is better")
+        ax.margins(x=0.12, y=0.12)
+        ax.legend(loc="lower right")
+        ax.set_title("Quality vs training cost (mean ± std over seeds)")
+        _place_labels(fig, ax, x, y, [looks[k]["label"] for k in rows],
+                      [_text_color(looks[k]["color"]) for k in rows], xerr=xe, yerr=ye)
+        return save(fig, out)
+
+
+def pareto_front(cost: Sequence[float], quality: Sequence[float]) -> np.ndarray:
+    """Indices of the Pareto-optimal points (lower cost, higher quality), by rising cost: a
+    point is kept if every cheaper-or-equal point has strictly lower quality."""
+    cost, quality = np.asarray(cost, float), np.asarray(quality, float)
+    order = np.lexsort((-quality, cost))  # by cost, ties: best quality first
+    keep, best = [], -np.inf
+    for i in order:
+        if quality[i] > best:
+            keep.append(i)
+            best = quality[i]
+    return np.array(keep, dtype=int)
+
+
+def training_curves(trace: pd.DataFrame, out: str | Path,
+                    ablations: pd.DataFrame | None = None) -> list[Path]:
+    """Training curves of every student (mean over seeds, smoothed with a centred rolling
+    mean over ~2% of the steps): the CE on the reference (comparable across methods) and
+    the total loss (scale differs by divergence, log axis), against examples seen (or step).
+    """
+    trace = _one_pair(trace)
+    if trace is None or trace.empty:
+        return []
+    T._require(trace, ["method", "variant", "seed", "step", "loss"], "trace.csv.gz")
+    rows = _rows(trace, ablations, teacher=False)
+    if not rows:
+        return []
+    looks = _style_of(rows)
+    xcol = "examples" if "examples" in trace.columns and trace["examples"].notna().any() \
+        else "step"
+    panels = [c for c in ("ce", "loss") if c in trace.columns and trace[c].notna().any()]
+    titles = {"ce": "cross-entropy on the reference", "loss": "total training loss"}
+    with style():
+        fig = new_figure(4.1 * len(panels), 3.9)
+        axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True))
+        handles = []
+        for k in rows:
+            run = trace[(trace["method"] == k[0]) & (trace["variant"] == k[1])]
+            m = run.groupby("step")[[xcol] + panels].mean() if xcol != "step" \
+                else run.groupby("step")[panels].mean()
+            xs = m[xcol] if xcol != "step" else m.index.to_series()
+            w = max(1, len(m) // 50)
+            for ax, c in zip(axes, panels):
+                yv = m[c].rolling(w, center=True, min_periods=1).mean()
+                (h,) = ax.plot(xs, yv, color=looks[k]["color"], ls=looks[k]["ls"], lw=1.4)
+            handles.append(h)
+        for ax, c in zip(axes, panels):
+            ax.set_title(titles[c])
+            ax.set_xlabel("examples seen" if xcol == "examples" else "optimizer step")
+            if c == "loss":
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_log_label))
+                ax.yaxis.set_minor_formatter(
+                    matplotlib.ticker.FuncFormatter(lambda v, p: _log_label(v, p, (2, 3, 5))))
+        _legend_below(fig, handles, [looks[k]["label"] for k in rows])
+        return save(fig, out)
+
+
+def _log_label(v: float, _pos=None, keep: Sequence[int] | None = None) -> str:
+    """Plain numbers on log axes ('0.5', '2'); with `keep`, only mantissas in it."""
+    if v <= 0:
+        return ""
+    mantissa = round(v / 10 ** np.floor(np.log10(v)), 6)
+    return f"{v:g}" if keep is None or mantissa in keep else ""
+
+
+def rouge_by_difficulty(examples: pd.DataFrame, out: str | Path,
+                        ablations: pd.DataFrame | None = None) -> list[Path]:
+    """Mean Rouge-L per difficulty level (1–5) per row, one panel per benchmark that has
+    levels (the synthetic ones), teacher dashed black. Returns [] if no example has a level.
+    """
+    examples = _one_pair(examples)
+    if examples is None or "difficulty" not in examples.columns:
+        return []
+    ex = examples[examples["difficulty"].notna()]
+    if ex.empty:
+        return []
+    rows = _rows(ex, ablations, teacher=True)
+    looks = _style_of(rows)
+    benches = [str(b) for b in pd.unique(ex["benchmark"])]
+    means = ex.groupby(["benchmark", "method", "variant", "difficulty"])["rouge_l"].mean()
+    with style():
+        side = len(benches) <= 2  # legend on the right leaves a narrow figure its height
+        fig = new_figure(3.9 * len(benches) + (1.7 if side else 0), 4.2)
+        axes = np.atleast_1d(fig.subplots(1, len(benches), sharey=True))
+        handles = {}
+        for ax, b in zip(axes, benches):
+            for k in rows:
+                try:
+                    s = means.loc[(b,) + k]
+                except KeyError:
+                    continue
+                is_t = k[0] == T.TEACHER
+                (h,) = ax.plot(s.index.to_numpy(float), s.to_numpy(),
+                               color=looks[k]["color"], ls="--" if is_t else looks[k]["ls"],
+                               marker=looks[k]["marker"], ms=5 if not is_t else 7,
+                               lw=1.8 if is_t else 1.3, alpha=0.9)
+                handles.setdefault(k, h)
+            ax.set_title(_pretty(b))
+            ax.set_xlabel("difficulty level (1 = easiest)")
+            levels = np.sort(ex["difficulty"].unique())
+            ax.set_xticks(levels, [f"{v:g}" for v in levels])
+        axes[0].set_ylabel("Rouge-L")
+        order = [k for k in rows if k in handles]
+        handles, labels = [handles[k] for k in order], [looks[k]["label"] for k in order]
+        if side:
+            fig.legend(handles, labels, loc="outside right center", handlelength=2.4)
+        else:
+            _legend_below(fig, handles, labels)
+        return save(fig, out)
+
+
+_SCHEDULE_PANELS = [
+    ("alpha", "mixing coefficient α (teacher weight)"),
+    ("temperature", "temperature τ"),
+    ("n_examples", "subset size (examples per epoch)"),
+    ("mean_difficulty", "mean difficulty of the subset"),
+]
+_COMPARE = ["curriculum_kd", "pocl", "kd"]
+
+
+def cpd_schedule(epochs: pd.DataFrame, out: str | Path, method: str = "cpd",
+                 variant: str = "default") -> list[Path]:
+    """2×2 panels per epoch (mean over seeds): α, τ, subset size and mean difficulty of
+    `method`/`variant`; the subset-size and difficulty panels also show curriculum_kd, pocl
+    (curricula) and kd (full data) where present. Returns [] if the run is absent."""
+    epochs = _one_pair(epochs)
+    if epochs is None or epochs.empty:
+        return []
+    T._require(epochs, ["method", "variant", "seed", "epoch", "n_examples"], "epochs.csv")
+    sel = epochs[(epochs["method"] == method) & (epochs["variant"] == variant)]
+    if sel.empty:
+        return []
+    first = int(epochs["epoch"].min())
+    if "temperature" not in epochs.columns and "tau" in epochs.columns:
+        epochs = epochs.rename(columns={"tau": "temperature"})
+    numeric = [c for c, _ in _SCHEDULE_PANELS if c in epochs.columns]
+    with style():
+        fig = new_figure(7.4, 5.6)
+        axes = fig.subplots(2, 2, sharex=True).ravel()
+        for ax, (col, title) in zip(axes, _SCHEDULE_PANELS):
+            ax.set_title(title)
+            shown = [(method, variant)]
+            if col in ("n_examples", "mean_difficulty"):
+                shown += [(m, "default") for m in _COMPARE if m != method]
+            drew = False
+            for m, v in shown:
+                run = epochs[(epochs["method"] == m) & (epochs["variant"] == v)]
+                if run.empty or col not in numeric or run[col].isna().all():
+                    continue
+                s = run.groupby("epoch")[col].mean()
+                main = (m, v) == (method, variant)
+                ax.plot(_epoch_axis(s.index.to_series(), first), s.to_numpy(),
+                        color=method_color(m), marker=method_marker(m),
+                        lw=2.0 if main else 1.2, ms=6 if main else 4,
+                        ls="-" if main else "--", zorder=3 if main else 2,
+                        label=T.row_label(m, v) + (" (all data)" if m == "kd" else ""))
+                drew = True
+            if not drew:
+                ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center",
+                        va="center", color="0.4")
+            elif col == "n_examples":
+                ax.set_ylim(bottom=0)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        for ax in axes[2:]:
+            ax.set_xlabel("epoch")
+        handles, labels = {}, []
+        for ax in axes:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        _legend_below(fig, list(handles.values()), list(handles))
+        fig.suptitle(f"Schedule of {T.row_label(method, variant)} per epoch (mean over seeds)")
+        return save(fig, out)
+
+
+def bin_loss(bin_loss: pd.DataFrame, out: str | Path, method: str = "cpd",
+             variant: str = "default", reference: str = "kd") -> list[Path]:
+    """Per-difficulty-bin training CE over epochs (mean over seeds), one line per bin on an
+    easy→hard colour ramp, `method` next to `reference` (kd, full data every epoch) with a
+    shared y axis. Bins not trained in an epoch (curricula) have no point there."""
+    df = _one_pair(bin_loss)
+    if df is None or df.empty:
+        return []
+    T._require(df, ["method", "variant", "seed", "epoch", "bin", "ce"], "bin_loss.csv")
+    if "n_examples" in df.columns:
+        df = df[df["n_examples"].fillna(0) > 0]
+    runs = [(method, variant)]
+    if reference != method and ((df["method"] == reference) & (df["variant"] == "default")).any():
+        runs.append((reference, "default"))
+    if df[(df["method"] == method) & (df["variant"] == variant)].empty:
+        return []
+    bins = np.sort(df["bin"].dropna().unique())
+    cmap = matplotlib.colormaps["viridis"]
+    ramp = {b: cmap(0.9 * i / max(1, len(bins) - 1)) for i, b in enumerate(bins)}
+    first = int(df["epoch"].min())
+    with style():
+        fig = new_figure(3.7 * len(runs) + 0.6, 3.7)
+        axes = np.atleast_1d(fig.subplots(1, len(runs), sharey=True, sharex=True))
+        handles = {}
+        for ax, (m, v) in zip(axes, runs):
+            run = df[(df["method"] == m) & (df["variant"] == v)]
+            s = run.groupby(["bin", "epoch"])["ce"].mean()
+            for b in bins:
+                if b not in s.index.get_level_values("bin"):
+                    continue
+                sb = s.loc[b]
+                (h,) = ax.plot(_epoch_axis(sb.index.to_series(), first), sb.to_numpy(),
+                               color=ramp[b], marker="o", ms=4.5, lw=1.6)
+                handles.setdefault(b, h)
+            ax.set_title(T.row_label(m, v))
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axes[0].set_ylabel("training CE per token")
+        labels = [f"bin {b:g}" + (" (easiest)" if b == bins[0] else
+                                  " (hardest)" if b == bins[-1] else "") for b in handles]
+        fig.legend(list(handles.values()), labels, loc="outside right center",
+                   title="difficulty")
+        fig.suptitle("Training CE per difficulty bin (mean over seeds)")
+        return save(fig, out)
+
+
+# --------------------------------------------------------------------------- all
+def build_all(tables_dir: str | Path, figures_dir: str | Path) -> list[Path]:
+    """Make every figure whose input tables exist in `tables_dir`, into `figures_dir`;
+    return the written paths. Names: rouge_by_method, train_time, quality_vs_cost,
+    training_curves, rouge_by_difficulty, cpd_schedule, bin_loss (+ `_{pair}` when the
+    tables hold several pairs)."""
+    t = T.read_tables(tables_dir)
+    figures_dir = Path(figures_dir)
+    abl = t["ablations"]
+    present = [d for d in t.values() if d is not None and "pair" in d.columns]
+    pairs = list(dict.fromkeys(str(p) for d in present for p in pd.unique(d["pair"])))
+    written: list[Path] = []
+    for pair in pairs:
+        suffix = "" if len(pairs) == 1 else f"_{pair}"
+
+        def part(name):
+            d = t[name]
+            return d[d["pair"] == pair] if d is not None and "pair" in d.columns else None
+
+        def dest(name):
+            return figures_dir / f"{name}{suffix}"
+
+        runs, ex, trace = part("runs"), part("examples"), part("trace")
+        epochs, bins = part("epochs"), part("bin_loss")
+        if runs is not None and not runs.empty:
+            written += rouge_by_method(runs, dest("rouge_by_method"), abl)
+            if "train_wall_s" in runs.columns:
+                written += train_time(runs, dest("train_time"), abl)
+                written += quality_vs_cost(runs, dest("quality_vs_cost"), abl)
+        if trace is not None:
+            written += training_curves(trace, dest("training_curves"), abl)
+        if ex is not None:
+            written += rouge_by_difficulty(ex, dest("rouge_by_difficulty"), abl)
+        if epochs is not None:
+            written += cpd_schedule(epochs, dest("cpd_schedule"))
+        if bins is not None:
+            written += bin_loss(bins, dest("bin_loss"))
+    return written
+
+
+__all__ = ["RC", "style", "method_color", "method_marker", "new_figure", "save",
+           "pareto_front", "rouge_by_method", "train_time", "quality_vs_cost",
+           "training_curves", "rouge_by_difficulty", "cpd_schedule", "bin_loss",
+           "build_all", "UserError"]

@@ -1,0 +1,379 @@
+"""The stages of the DAG. Each is a function of (config, wildcards) that reads and writes the
+paths of `kdbench.paths.Paths`; the Snakemake rules and `python -m kdbench <stage>` call them.
+
+    prepare_data ─► train_tokenizer* ─► train_teacher ─► cache_teacher* ─► score_difficulty
+    init_student (per seed) ─► distill (pair, method, variant, seed) ─► generate ─► score
+    collect ─► tables, figures
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kdbench import config as C
+from kdbench import io
+from kdbench import method as M
+from kdbench import models
+from kdbench.data import encode, load_records
+from kdbench.errors import UserError
+from kdbench.paths import Paths
+
+TEACHER = ("teacher", "default", 0)  # the teacher's (method, variant, seed) in the run layout
+
+
+# --- data and tokenizer ----------------------------------------------------------------------
+
+def prepare_data(cfg: dict) -> None:
+    """Write data/train.jsonl, data/validation.jsonl and data/<benchmark>.jsonl."""
+    P, d = Paths(cfg), cfg["data"]
+    if d["source"] == "synthetic":
+        import shutil
+
+        from kdbench.synthetic import build_suite
+
+        files = build_suite(P.data_dir, seed=C.derive_seed(cfg["seed"], "data"), sizes=d["synthetic_sizes"])
+        report = {}
+        for name, split in {"train": "train", "validation": "validation", **d["benchmarks"]}.items():
+            if name != split:
+                shutil.copyfile(files[split], P.data(name))
+            report[name] = {"split": split, "n": sum(1 for _ in open(files[split]))}
+        io.write_json(P.data_report, report)
+        return
+    from kdbench import hub
+
+    tok = models.load_tokenizer(tokenizer_path(cfg, next(iter(cfg["pairs"]))))
+    report = {}
+    sources = {"train": d["train"], **d["benchmarks"]}
+    for name, source in sources.items():
+        split = "train" if name == "train" else None
+        limit = d["train_limit"] if name == "train" else d["benchmark_limit"]
+        rows = hub.load_instruction_split(source, split, limit=limit)
+        rows, dropped = hub.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"])
+        if name == "train":  # hold out a validation split as the protocol does
+            rng = np.random.default_rng(C.derive_seed(cfg["seed"], "validation"))
+            perm = rng.permutation(len(rows))
+            n_val = min(1000, len(rows) // 10)
+            io.write_jsonl(P.data("validation"), [rows[i] for i in sorted(perm[:n_val])])
+            rows = [rows[i] for i in sorted(perm[n_val:])]
+        io.write_jsonl(P.data(name), rows)
+        report[name] = {"source": source, "n": len(rows), "dropped_long_prompts": dropped}
+    io.write_json(P.data_report, report)
+
+
+def train_tokenizer(cfg: dict) -> None:
+    from kdbench.tokenizer import train_bpe
+
+    P = Paths(cfg)
+    train_bpe(load_records(P.data("train")), cfg["tokenizer"]["vocab_size"], P.tokenizer)
+
+
+def tokenizer_path(cfg: dict, pair: str) -> str:
+    """The trained BPE (embedded default) or the teacher's own tokenizer."""
+    if cfg["tokenizer"]["train"]:
+        return Paths(cfg).tokenizer
+    t = cfg["pairs"][pair]["teacher"]
+    if t["init"] != "pretrained":
+        raise UserError(f"pair {pair}: a scratch teacher needs `tokenizer.train: true`.")
+    return converted_path(cfg, pair, "teacher") if t["gguf_file"] else t["path"]
+
+
+def converted_path(cfg: dict, pair: str, role: str) -> str:
+    return str(Path(Paths(cfg).root) / "pairs" / pair / f"{role}_converted")
+
+
+def _spec(cfg, pair, role) -> dict:
+    """A model spec with a GGUF file replaced by its converted safetensors folder."""
+    spec = dict(cfg["pairs"][pair][role])
+    if spec["init"] == "pretrained" and spec["gguf_file"]:
+        path = converted_path(cfg, pair, role)
+        if not Path(path).is_dir():
+            from kdbench import hub
+
+            hub.convert_gguf(spec["path"], spec["gguf_file"], path)
+        spec.update(path=path, gguf_file=None)
+    return spec
+
+
+def _setup(cfg) -> torch.device:
+    models.setup_threads(cfg["threads"])
+    return models.device()
+
+
+# --- models ----------------------------------------------------------------------------------
+
+def train_teacher(cfg: dict, pair: str) -> None:
+    """SFT of the teacher on the training split (skipped for an already fine-tuned teacher)."""
+    P, dev = Paths(cfg), _setup(cfg)
+    tok = models.load_tokenizer(tokenizer_path(cfg, pair))
+    spec = _spec(cfg, pair, "teacher")
+    model = models.build(spec, tok, C.derive_seed(cfg["seed"], pair, "teacher"), f"{pair}.teacher").to(dev)
+    run_dir = Path(P.run_dir(pair, *TEACHER))
+    budget = cfg["training"]["teacher"]
+    stats = {}
+    if not spec["finetuned"] and budget["epochs"] > 0:
+        from kdbench.train import train
+
+        examples = encode(tok, load_records(P.data("train")), cfg["data"]["max_length"])
+        res = train(model, examples, budget, seed=C.derive_seed(cfg["seed"], pair, "teacher", "train"),
+                    pad_id=tok.pad_token_id, desc=f"{pair} teacher SFT")
+        _write_run_tables(run_dir, res)
+        stats = res.stats
+    models.save(model, tok, run_dir / "model")
+    io.write_json(run_dir / "train.json", {**stats, **provenance(cfg), "params": models.n_params(model)})
+
+
+def init_student(cfg: dict, pair: str, seed: int) -> None:
+    """The student every method starts from for this seed (built, loaded or cut from the teacher;
+    a scratch student is pre-trained as a language model when `training.pretrain.epochs` > 0)."""
+    P, dev = Paths(cfg), _setup(cfg)
+    tok = models.load_tokenizer(tokenizer_path(cfg, pair))
+    spec = _spec(cfg, pair, "student")
+    s = C.derive_seed(cfg["seed"], pair, seed, "student")
+    if spec["init"] == "layers_from_teacher":
+        from kdbench import hub
+
+        teacher = models.load_model(P.teacher_model(pair))
+        model = hub.student_from_teacher_layers(teacher, spec["layers"])
+    else:
+        model = models.build(spec, tok, s, f"{pair}.student")
+    model.to(dev)
+    budget = cfg["training"]["pretrain"]
+    if spec["init"] == "scratch" and budget["epochs"] > 0:
+        from kdbench.train import train
+
+        examples = encode(tok, load_records(P.data("train")), cfg["data"]["max_length"])
+        train(model, examples, {**budget, "loss_on": "all"}, seed=s, pad_id=tok.pad_token_id,
+              desc=f"{pair} student pre-training seed{seed}")
+    models.save(model, tok, P.student_init(pair, seed))
+
+
+def _train_examples(cfg, pair, tok):
+    return encode(tok, load_records(Paths(cfg).data("train")), cfg["data"]["max_length"])
+
+
+def _shared_vocab(cfg, pair, tok, teacher, student) -> int:
+    if cfg["tokenizer"]["train"]:
+        return len(tok)
+    from kdbench import hub
+
+    s_tok = models.load_tokenizer(Paths(cfg).student_init(pair, 0))
+    return hub.check_vocab(tok, s_tok, teacher.config.vocab_size, student.config.vocab_size,
+                           f"{pair}.teacher", f"{pair}.student")
+
+
+def cache_teacher(cfg: dict, pair: str) -> None:
+    from kdbench.teacher import build_cache
+
+    P, dev = Paths(cfg), _setup(cfg)
+    teacher = models.load_model(P.teacher_model(pair)).to(dev)
+    tok = models.load_tokenizer(P.teacher_model(pair))
+    build_cache(teacher, _train_examples(cfg, pair, tok), tok.pad_token_id, P.teacher_cache(pair),
+                cfg["training"]["student"]["precision"], dev)
+
+
+def teacher_samples(cfg: dict, pair: str) -> None:
+    """The teacher's own sampled answers to the training prompts (SeqKD's training targets)."""
+    from kdbench.generate import sample
+
+    P, dev, ev = Paths(cfg), _setup(cfg), cfg["evaluation"]
+    teacher = models.load_model(P.teacher_model(pair)).to(dev)
+    tok = models.load_tokenizer(P.teacher_model(pair))
+    records = load_records(P.data("train"))
+    answers, _ = sample(teacher, tok, records, seed=C.derive_seed(cfg["seed"], pair, "teacher_samples"),
+                        temperature=ev["temperature"], top_p=ev["top_p"], top_k=ev["top_k"],
+                        max_length=cfg["data"]["max_length"], max_new_tokens=ev["max_new_tokens"],
+                        batch_size=ev["batch_size"], precision=ev["precision"], desc=f"{pair} teacher samples")
+    io.write_jsonl(P.teacher_samples(pair), [{"id": r["id"], "answer": a} for r, a in zip(records, answers)])
+
+
+def score_difficulty(cfg: dict, pair: str) -> None:
+    """Per training example: the initial student's NLL on the reference, the Rouge-L of its
+    near-greedy answer, their reciprocal-rank fusion (POCL), and the difficulty used."""
+    from kdbench.difficulty import score
+
+    P, dev = Paths(cfg), _setup(cfg)
+    student = models.load_model(P.student_init(pair, 0)).to(dev)
+    tok = models.load_tokenizer(P.student_init(pair, 0))
+    teacher = None
+    if cfg["difficulty"]["scorer"] == "teacher_student_kl":
+        teacher = models.load_model(P.teacher_model(pair)).to(dev)
+    records = load_records(P.data("train"))
+    table = score(student, tok, records, cfg, teacher=teacher, seed=C.derive_seed(cfg["seed"], pair, "difficulty"))
+    io.write_csv(P.difficulty(pair), table)
+
+
+def load_difficulty(cfg: dict, pair: str) -> np.ndarray:
+    path = Paths(cfg).difficulty(pair)
+    if not Path(path).is_file():
+        raise UserError(f"difficulty profile {path} is missing; run the score_difficulty stage first.")
+    return pd.read_csv(path).sort_values("example_index")["difficulty"].to_numpy(dtype=float)
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
+    """Train one student run with one method, variant and seed."""
+    from kdbench.teacher import CachedTeacher, OnlineTeacher
+    from kdbench.train import train
+
+    P, dev = Paths(cfg), _setup(cfg)
+    run = C.find_run(cfg, pair, method, variant, seed)
+    cls = M.get(method, cfg["methods_dir"])
+    meth = M.instantiate(cls, run.params, method)
+    student = models.load_model(P.student_init(pair, seed)).to(dev)
+    tok = models.load_tokenizer(P.student_init(pair, seed))
+    records = load_records(P.data("train"))
+    responses = None
+    if cls.train_on == "teacher_samples":
+        answers = {r["id"]: r["answer"] for r in io.read_jsonl(P.teacher_samples(pair))}
+        responses = [answers[r["id"]] for r in records]
+    examples = encode(tok, records, cfg["data"]["max_length"], responses=responses)
+    teacher, vocab = None, None
+    if cls.needs_teacher:
+        if cfg["distill"]["cache_teacher"]:
+            teacher = CachedTeacher(P.teacher_cache(pair), examples)
+        else:
+            t_model = models.load_model(P.teacher_model(pair)).to(dev)
+            teacher = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
+            vocab = _shared_vocab(cfg, pair, tok, t_model, student)
+    difficulty = load_difficulty(cfg, pair) if cls.uses_difficulty else None
+    res = train(student, examples, cfg["training"]["student"],
+                seed=C.derive_seed(cfg["seed"], pair, seed, "train"), pad_id=tok.pad_token_id,
+                method=meth, teacher=teacher, kd_ratio=cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0,
+                difficulty=difficulty, vocab_size=vocab, desc=f"{pair}/{method}/{variant}/seed{seed}")
+    run_dir = Path(P.run_dir(pair, method, variant, seed))
+    _write_run_tables(run_dir, res)
+    models.save(student, tok, run_dir / "model")
+    io.write_json(run_dir / "train.json", {**res.stats, "method": method, "variant": variant,
+                                           "method_params": {**M.defaults(cls), **run.params},
+                                           "params": models.n_params(student), **provenance(cfg)})
+
+
+def _write_run_tables(run_dir: Path, res) -> None:
+    io.write_csv(run_dir / "trace.csv", res.trace)
+    io.write_csv(run_dir / "epochs.csv", res.epochs)
+    io.write_csv(run_dir / "bin_loss.csv", res.bin_loss)
+
+
+def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
+    """Sample answers on every benchmark with every evaluation seed: answers/<benchmark>.jsonl."""
+    from kdbench.generate import sample
+
+    P, dev, ev = Paths(cfg), _setup(cfg), cfg["evaluation"]
+    run_dir = Path(P.run_dir(pair, method, variant, seed))
+    model = models.load_model(run_dir / "model").to(dev)
+    tok = models.load_tokenizer(run_dir / "model")
+    for bench in cfg["data"]["benchmarks"]:
+        records = load_records(P.data(bench))
+        rows, stats = [], {"gen_tokens": 0, "gen_wall_s": 0.0}
+        for es in ev["seeds"]:
+            answers, st = sample(model, tok, records, seed=es, temperature=ev["temperature"], top_p=ev["top_p"],
+                                 top_k=ev["top_k"], max_length=cfg["data"]["max_length"],
+                                 max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
+                                 precision=ev["precision"], desc=f"{method}/{variant}/seed{seed} {bench} s{es}")
+            rows += [{"id": r["id"], "eval_seed": es, "answer": a} for r, a in zip(records, answers)]
+            stats = {k: stats[k] + st[k] for k in stats}
+        io.write_jsonl(run_dir / "answers" / f"{bench}.jsonl", rows)
+        io.write_json(run_dir / "answers" / f"{bench}.json", stats)
+
+
+def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
+    """Rouge-L of every answer (scores.csv) and the run's metrics.json with provenance."""
+    from kdbench.metrics import rouge_l_per_example
+
+    P = Paths(cfg)
+    run_dir = Path(P.run_dir(pair, method, variant, seed))
+    frames, summary = [], {}
+    for bench in cfg["data"]["benchmarks"]:
+        records = {r["id"]: r for r in load_records(P.data(bench))}
+        answers = pd.DataFrame(io.read_jsonl(run_dir / "answers" / f"{bench}.jsonl"))
+        refs = [records[i]["output"] for i in answers["id"]]
+        answers["rouge_l"] = rouge_l_per_example(answers["answer"].fillna("").tolist(), refs)
+        answers["benchmark"] = bench
+        answers["task"] = [records[i].get("task") for i in answers["id"]]
+        answers["difficulty"] = [records[i].get("difficulty") for i in answers["id"]]
+        frames.append(answers.drop(columns="answer").rename(columns={"id": "example_id"}))
+        per_seed = answers.groupby("eval_seed")["rouge_l"].mean()
+        gen = io.read_json(run_dir / "answers" / f"{bench}.json")
+        summary[bench] = {"rouge_l": float(per_seed.mean()), "rouge_l_eval_std": float(per_seed.std(ddof=0)),
+                          "n_eval_seeds": int(len(per_seed)), "n_examples": len(records),
+                          "gen_tokens_per_s": gen["gen_tokens"] / max(gen["gen_wall_s"], 1e-9)}
+    io.write_csv(run_dir / "scores.csv", pd.concat(frames, ignore_index=True))
+    train_info = io.read_json(run_dir / "train.json")
+    io.write_json(run_dir / "metrics.json", {"pair": pair, "method": method, "variant": variant, "seed": seed,
+                                             "benchmarks": summary, "train": train_info})
+
+
+def provenance(cfg: dict) -> dict:
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    dev = models.device()
+    return {"config": cfg, "git_commit": commit, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__},
+            "device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu: {platform.processor() or platform.machine()}",
+            "threads": torch.get_num_threads()}
+
+
+# --- the profile's tables ----------------------------------------------------------------------
+
+def all_runs(cfg: dict) -> list[tuple[str, str, str, int]]:
+    """(pair, method, variant, seed) of the teacher and every student run."""
+    out = [(pair, *TEACHER) for pair in cfg["pairs"]]
+    return out + [(r.pair, r.method, r.variant, r.seed) for r in C.runs(cfg)]
+
+
+def collect(cfg: dict) -> None:
+    """Gather every run into the long tables of results/<profile>/tables/ (see README)."""
+    P = Paths(cfg)
+    runs, examples, traces, epochs, bins = [], [], [], [], []
+    for pair, method, variant, seed in all_runs(cfg):
+        keys = {"pair": pair, "method": method, "variant": variant, "seed": seed}
+        d = Path(P.run_dir(pair, method, variant, seed))
+        m = io.read_json(d / "metrics.json")
+        t = m["train"]
+        for bench, b in m["benchmarks"].items():
+            runs.append({**keys, "benchmark": bench, **b, "train_wall_s": t.get("train_wall_s", np.nan),
+                         "train_tokens": t.get("train_tokens", np.nan), "train_examples": t.get("train_examples", np.nan),
+                         "train_tokens_per_s": t.get("train_tokens_per_s", np.nan), "student_params": t.get("params")})
+        examples.append(pd.read_csv(d / "scores.csv").assign(**keys))
+        for name, bucket in (("trace.csv", traces), ("epochs.csv", epochs), ("bin_loss.csv", bins)):
+            if (d / name).is_file() and (d / name).stat().st_size > 1:
+                bucket.append(pd.read_csv(d / name).assign(**keys))
+    key_cols = ["pair", "method", "variant", "seed"]
+    front = lambda df: df[key_cols + [c for c in df.columns if c not in key_cols]]  # noqa: E731
+    io.write_csv(Path(P.tables) / "runs.csv", pd.DataFrame(runs))
+    io.write_csv(Path(P.tables) / "examples.csv.gz", front(pd.concat(examples, ignore_index=True)))
+    for name, bucket in (("trace.csv.gz", traces), ("epochs.csv", epochs), ("bin_loss.csv", bins)):
+        io.write_csv(Path(P.tables) / name, front(pd.concat(bucket, ignore_index=True)) if bucket
+                     else pd.DataFrame(columns=key_cols))
+    abl = [{"ablation": row, "method": cfg["ablations"]["method"], "variant": slug}
+           for row, (slug, _) in C.ablation_variants(cfg).items()]
+    io.write_csv(Path(P.tables) / "ablations.csv", pd.DataFrame(abl, columns=["ablation", "method", "variant"]))
+    io.write_json(Path(P.tables) / "methods.json", {n: M.get(n, cfg["methods_dir"]).references
+                                                    for n in C.method_names(cfg)})
+
+
+def tables(cfg: dict) -> None:
+    from kdbench import tables as T
+
+    T.build_all(Paths(cfg).tables)
+
+
+def figures(cfg: dict) -> None:
+    from kdbench import plots
+
+    P = Paths(cfg)
+    plots.build_all(P.tables, P.figures)

@@ -1,0 +1,663 @@
+"""Publication tables from the long tables that the DAG's `collect` step writes.
+
+Inputs follow the contract of `results/<profile>/tables/` (runs.csv, examples.csv.gz,
+epochs.csv, ablations.csv; see `read_tables`). Outputs:
+
+* `main_table`     teacher first, then every student (method, variant) of the main grid;
+                   one column per benchmark plus "avg"; Rouge-L mean ± std over training seeds.
+* `ablation_table` one row per ablation name (config order), tested against "full".
+* `runtime_table`  training wall time, throughput, examples seen, time relative to kd.
+* `write_table`    writes `{stem}.md`, `{stem}.csv` (numeric) and `{stem}.tex` (booktabs).
+* `build_all`      everything above from a tables directory (what the DAG rule calls).
+
+The table functions return *numeric* frames: one row per table row (index = row label),
+columns `pair, method, variant, n_seeds` and, for every value column `c`, `c_mean`, `c_std`
+and (where tested) `c_p`. Formatting (± std, bold best, † for p < 0.05) happens only in
+`format_table` / `write_table`; what to format is described in `df.attrs` ("columns",
+"caption", "footnote", "index_header").
+
+Significance: a two-sided paired bootstrap over test examples (see `paired_bootstrap`).
+Per example, a row's score is its Rouge-L averaged over training seeds and sampling (eval)
+seeds; examples are resampled with replacement `n_boot` times; for "avg" every benchmark is
+resampled separately and the per-benchmark mean differences are averaged, matching how a
+run's avg is defined (the unweighted mean over benchmarks).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kdbench.errors import UserError
+
+TEACHER = "teacher"
+#: Methods shown first (after the teacher), in this order; every other method follows by name.
+LEAD_METHODS = ("sft", "seqkd", "kd")
+#: Significance level for the † mark.
+ALPHA = 0.05
+DAGGER = "†"
+#: Nicer column headers for the instruction-KD benchmarks; other names are shown as they are.
+BENCHMARK_NAMES = {
+    "dolly": "Dolly", "dollyeval": "Dolly", "selfinst": "SelfInst", "self_inst": "SelfInst",
+    "self-inst": "SelfInst", "vicuna": "Vicuna", "sinst": "S-NI", "s-ni": "S-NI",
+    "uinst": "UnNI", "unni": "UnNI", "avg": "avg",
+}
+
+TABLE_FILES = {
+    "runs": "runs.csv",
+    "examples": "examples.csv.gz",
+    "trace": "trace.csv.gz",
+    "epochs": "epochs.csv",
+    "bin_loss": "bin_loss.csv",
+    "ablations": "ablations.csv",
+}
+_STR_COLUMNS = {c: str for c in ("pair", "method", "variant", "benchmark", "ablation",
+                                 "example_id", "task")}
+_KEY = ["method", "variant"]
+
+
+# --------------------------------------------------------------------------- reading
+def read_tables(tables_dir: str | Path, names: Sequence[str] | None = None
+                ) -> dict[str, pd.DataFrame | None]:
+    """Read the DAG's long tables from `tables_dir`.
+
+    names: a subset of `TABLE_FILES` keys (default: all). A missing or empty file gives None.
+    Key columns (pair, method, variant, benchmark, ablation, example_id, task) are read as str.
+    """
+    tables_dir = Path(tables_dir)
+    out: dict[str, pd.DataFrame | None] = {}
+    for name in names or TABLE_FILES:
+        path = tables_dir / TABLE_FILES[name]
+        if not path.exists() or path.stat().st_size == 0:
+            out[name] = None
+            continue
+        try:
+            out[name] = pd.read_csv(path, dtype=_STR_COLUMNS)
+        except pd.errors.EmptyDataError:
+            out[name] = None
+    return out
+
+
+def _require(df: pd.DataFrame | None, columns: Sequence[str], what: str) -> pd.DataFrame:
+    if df is None:
+        raise UserError(f"{what} is missing; run the DAG's collect step to write it.")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise UserError(f"{what} lacks the columns {missing}; regenerate it with the collect "
+                        "step of this kdbench version.")
+    return df
+
+
+def select_pair(df: pd.DataFrame, pair: str | None = None) -> pd.DataFrame:
+    """Rows of one teacher–student pair: `pair`, or the only pair present.
+
+    Raises UserError if `pair` is absent or if several pairs are present and none is named.
+    A frame without a `pair` column is returned unchanged.
+    """
+    if df is None or "pair" not in df.columns or df.empty:
+        return df
+    pairs = list(pd.unique(df["pair"]))
+    if pair is None:
+        if len(pairs) > 1:
+            raise UserError(f"the table holds several pairs {pairs}; pass pair=... to choose one.")
+        return df
+    if pair not in pairs:
+        raise UserError(f"pair {pair!r} is not in the table (it has {pairs}); pick one of those.")
+    return df[df["pair"] == pair]
+
+
+# --------------------------------------------------------------------------- rows
+def row_label(method: str, variant: str, ablation_names: Sequence[str] = ()) -> str:
+    """'method' for the default variant, else 'method (variant)'; ablation names replace the
+    slug where given (e.g. 'cpd (no_curriculum)')."""
+    if variant == "default":
+        return method
+    return f"{method} ({'/'.join(ablation_names) if ablation_names else variant})"
+
+
+def order_key(method: str, variant: str) -> tuple:
+    """Sort key of rows: teacher, sft, seqkd, kd, then other methods by name; within a
+    method the default variant first, then variants by slug."""
+    if method == TEACHER:
+        rank = 0
+    elif method in LEAD_METHODS:
+        rank = 1 + LEAD_METHODS.index(method)
+    else:
+        rank = 1 + len(LEAD_METHODS)
+    return (rank, method, variant != "default", variant)
+
+
+def _ablation_pairs(ablations: pd.DataFrame | None) -> set[tuple[str, str]]:
+    if ablations is None or ablations.empty:
+        return set()
+    _require(ablations, ["ablation", "method", "variant"], "ablations.csv")
+    return set(zip(ablations["method"], ablations["variant"]))
+
+
+def main_rows(runs: pd.DataFrame, ablations: pd.DataFrame | None = None
+              ) -> list[tuple[str, str]]:
+    """The (method, variant) rows of the main table, in display order.
+
+    Every (method, variant) of `runs` except those that appear only as ablation rows: a pair
+    listed in ablations.csv is dropped unless its variant is "default".
+    """
+    abl = _ablation_pairs(ablations)
+    present = runs[_KEY].drop_duplicates().itertuples(index=False, name=None)
+    keep = [(m, v) for m, v in present if v == "default" or (m, v) not in abl]
+    return sorted(keep, key=lambda mv: order_key(*mv))
+
+
+def benchmarks_of(runs: pd.DataFrame) -> list[str]:
+    """Benchmarks in order of first appearance in runs.csv (the config order)."""
+    return [str(b) for b in pd.unique(runs["benchmark"])]
+
+
+# --------------------------------------------------------------------------- statistics
+def run_scores(runs: pd.DataFrame, benchmarks: Sequence[str]) -> pd.DataFrame:
+    """Per-run Rouge-L: index (method, variant, seed), columns `benchmarks` + "avg".
+
+    avg = the run's unweighted mean over `benchmarks` (NaN if the run lacks one of them).
+    """
+    dup = runs.duplicated(_KEY + ["seed", "benchmark"])
+    if dup.any():
+        first = runs[dup].iloc[0]
+        raise UserError(
+            f"runs.csv has several rows for {first['method']}/{first['variant']}/seed "
+            f"{first['seed']}/{first['benchmark']}; rerun the collect step to rewrite it.")
+    wide = (runs.set_index(_KEY + ["seed", "benchmark"])["rouge_l"].astype(float)
+            .unstack("benchmark").reindex(columns=list(benchmarks)))
+    wide["avg"] = wide[list(benchmarks)].mean(axis=1, skipna=False)
+    wide.columns.name = None
+    return wide
+
+
+def _seed_summary(per_run: pd.DataFrame, rows: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    """mean, sample std (ddof=1; NaN for one seed) and n over seeds of every column of
+    `per_run` (index (method, variant, seed)), one output row per label of `rows` (the
+    index, named "label")."""
+    g = per_run.groupby(level=_KEY)
+    mean, std, n = g.mean(), g.std(ddof=1), g.size()
+    keys = pd.MultiIndex.from_tuples(list(rows.values()), names=_KEY)
+    out = pd.DataFrame(index=pd.Index(list(rows), name="label"))
+    out["method"] = [m for m, _ in rows.values()]
+    out["variant"] = [v for _, v in rows.values()]
+    out["n_seeds"] = n.reindex(keys).fillna(0).astype(int).to_numpy()
+    for c in per_run.columns:
+        out[f"{c}_mean"] = mean[c].reindex(keys).to_numpy()
+        out[f"{c}_std"] = std[c].reindex(keys).to_numpy()
+    return out
+
+
+def paired_bootstrap(diffs: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0
+                     ) -> tuple[list[float], float]:
+    """Two-sided paired bootstrap p-values for mean differences.
+
+    diffs: one array per benchmark of per-example differences (method − baseline).
+    Each benchmark's examples are resampled with replacement `n_boot` times (stratified);
+    the statistic is the mean difference per benchmark and, for "avg", the unweighted mean
+    of the per-benchmark means. The bootstrap distribution is centred on zero (the null of
+    no difference): p = (1 + #{|θ* − θ̂| ≥ |θ̂|}) / (n_boot + 1). Identical systems give
+    p = 1; a constant non-zero difference gives the smallest value, 1 / (n_boot + 1).
+    Returns (p per benchmark, p of avg); NaN where a benchmark has no examples.
+    """
+    if n_boot < 1:
+        raise UserError(f"n_boot must be at least 1 (got {n_boot}); use e.g. 1000.")
+    rng = np.random.default_rng(seed)
+    ps, draws_all, observed_all = [], [], []
+    for d in diffs:
+        d = np.asarray(d, dtype=float)
+        if d.size == 0:
+            ps.append(float("nan"))
+            continue
+        draws = _bootstrap_means(d, n_boot, rng)
+        observed = float(d.mean())
+        ps.append(_p_two_sided(draws, observed))
+        draws_all.append(draws)
+        observed_all.append(observed)
+    if not diffs or len(draws_all) < len(diffs):
+        return ps, float("nan")
+    p_avg = _p_two_sided(np.mean(draws_all, axis=0), float(np.mean(observed_all)))
+    return ps, p_avg
+
+
+def _bootstrap_means(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of `n_boot` resamples of `d`, drawn in chunks of ≤ 2M indices (bounded memory)."""
+    n = d.size
+    out = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - start)
+        out[start:start + k] = d[rng.integers(0, n, size=(k, n))].mean(axis=1)
+    return out
+
+
+def _p_two_sided(draws: np.ndarray, observed: float) -> float:
+    extreme = np.abs(draws - observed) >= abs(observed) - 1e-12
+    return float((1 + extreme.sum()) / (draws.size + 1))
+
+
+def _per_example(examples: pd.DataFrame, keys: set[tuple[str, str]]) -> pd.Series:
+    """Rouge-L per (method, variant, benchmark, example_id), averaged over training seeds and
+    eval seeds."""
+    _require(examples, _KEY + ["benchmark", "example_id", "rouge_l"], "examples.csv.gz")
+    mv = pd.MultiIndex.from_frame(examples[_KEY])
+    ex = examples[mv.isin(list(keys))]
+    return ex.groupby(_KEY + ["benchmark", "example_id"], sort=True)["rouge_l"].mean()
+
+
+def significance(examples: pd.DataFrame, rows: dict[str, tuple[str, str]], baseline: str,
+                 benchmarks: Sequence[str], n_boot: int = 1000, seed: int = 0
+                 ) -> pd.DataFrame:
+    """p-values of every row against row `baseline` (a label of `rows`).
+
+    Returns a frame indexed by label with columns `benchmarks` + "avg"; NaN for the baseline
+    itself, the teacher, and where either side lacks per-example scores. Examples are paired
+    by example_id (inner join). Every row uses the same random stream (common random
+    numbers), so rows with equal example sets see identical resamples.
+    """
+    cols = list(benchmarks) + ["avg"]
+    out = pd.DataFrame(np.nan, index=pd.Index(list(rows)), columns=cols)
+    if baseline not in rows:
+        return out
+    per = _per_example(examples, set(rows.values()))
+    base_key = rows[baseline]
+    for label, key in rows.items():
+        if label == baseline or key[0] == TEACHER:
+            continue
+        diffs = []
+        for b in benchmarks:
+            try:
+                a = per.loc[key + (b,)]
+                ref = per.loc[base_key + (b,)]
+            except KeyError:
+                diffs.append(np.array([]))
+                continue
+            both = pd.concat([a, ref], axis=1, join="inner").dropna()
+            diffs.append((both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
+        ps, p_avg = paired_bootstrap(diffs, n_boot=n_boot, seed=seed)
+        out.loc[label, list(benchmarks)] = ps
+        out.loc[label, "avg"] = p_avg
+    return out
+
+
+# --------------------------------------------------------------------------- tables
+def _col_spec(key, header, fmt="{:.2f}", best="max", show_std=True, tested=False) -> dict:
+    """How `format_table` shows value column `key` (numeric columns key_mean/key_std/key_p).
+
+    best: "max", "min" or None — which mean is bold among students.
+    """
+    return dict(key=key, header=header, fmt=fmt, best=best, show_std=show_std, tested=tested)
+
+
+def _range_text(values) -> str:
+    vals = sorted({int(v) for v in values if pd.notna(v) and v > 0})
+    if not vals:
+        return "?"
+    return str(vals[0]) if vals[0] == vals[-1] else f"{vals[0]}–{vals[-1]}"
+
+
+def _score_table(runs, rows, index_name, examples, baseline, n_boot, seed,
+                 caption, baseline_role) -> pd.DataFrame:
+    """Shared body of the main and ablation tables."""
+    benchmarks = benchmarks_of(runs)
+    per_run = run_scores(runs, benchmarks)
+    df = _seed_summary(per_run, rows)
+    cols = benchmarks + ["avg"]
+    if examples is not None and baseline in rows:
+        p = significance(examples, rows, baseline, benchmarks, n_boot=n_boot, seed=seed)
+    else:
+        p = pd.DataFrame(np.nan, index=df.index, columns=cols)
+    for c in cols:
+        df[f"{c}_p"] = p[c].reindex(df.index).to_numpy()
+    df.insert(0, "pair", runs["pair"].iloc[0] if "pair" in runs.columns and len(runs) else "")
+    # Reorder to key columns, then mean/std/p per value column.
+    value = [f"{c}_{s}" for c in cols for s in ("mean", "std", "p")]
+    df = df[["pair", "method", "variant", "n_seeds"] + value]
+
+    students = df[df["method"] != TEACHER]
+    n_eval = runs["n_eval_seeds"] if "n_eval_seeds" in runs.columns else []
+    notes = [
+        f"Rouge-L F1 (×100), mean ± sample std over {_range_text(students['n_seeds'])} "
+        "training seeds; each run's score is its mean over "
+        f"{_range_text(n_eval)} sampling seeds. avg: a run's mean over the benchmarks, "
+        "then mean ± std over seeds.",
+        "Bold: best student per column (ties at the shown precision all bold)"
+        + ("; the teacher is set apart and never bold." if (df["method"] == TEACHER).any()
+           else "."),
+    ]
+    if examples is None:
+        notes.append("No significance marks: per-example scores (examples.csv.gz) were not "
+                     "given.")
+    elif baseline not in rows:
+        notes.append(f"No significance marks: the {baseline_role} row {baseline!r} is "
+                     "missing.")
+    else:
+        notes.append(
+            f"{DAGGER}: differs from {baseline} at p < {ALPHA:g}, two-sided paired bootstrap "
+            f"over test examples ({n_boot:,} resamples; per example, Rouge-L averaged over "
+            "training and sampling seeds; for avg each benchmark is resampled separately).")
+    df.attrs.update(
+        columns=[_col_spec(c, BENCHMARK_NAMES.get(c.lower(), c), tested=True) for c in cols],
+        caption=caption, footnote=notes, index_header=index_name)
+    return df
+
+
+def main_table(runs: pd.DataFrame, ablations: pd.DataFrame | None = None,
+               baseline: str = "kd", n_boot: int = 1000,
+               examples: pd.DataFrame | None = None, seed: int = 0,
+               pair: str | None = None) -> pd.DataFrame:
+    """The main results table (numeric).
+
+    runs: runs.csv (one row per run × benchmark); ablations: ablations.csv, used only to
+    drop ablation-only variants (see `main_rows`); examples: examples.csv.gz for the paired
+    bootstrap against row `baseline` (None: no test, said in the footnote); pair: which
+    teacher–student pair (needed only when runs holds several).
+    Rows: teacher first, then sft, seqkd, kd, then the other methods by name. Columns:
+    pair, method, variant, n_seeds, and for each benchmark and "avg": `_mean`, `_std`, `_p`.
+    """
+    runs = _require(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
+                    "runs.csv")
+    if runs.empty:
+        raise UserError("runs.csv has no rows; run the DAG (snakemake) before making tables.")
+    examples = select_pair(examples, pair) if examples is not None else None
+    rows = {row_label(m, v): (m, v) for m, v in main_rows(runs, ablations)}
+    return _score_table(runs, rows, "method", examples, baseline, n_boot, seed,
+                        caption="Rouge-L of every distillation method.",
+                        baseline_role="baseline")
+
+
+def ablation_table(runs: pd.DataFrame, ablations: pd.DataFrame,
+                   examples: pd.DataFrame | None = None, reference: str = "full",
+                   n_boot: int = 1000, seed: int = 0, pair: str | None = None
+                   ) -> pd.DataFrame:
+    """The ablation table (numeric): one row per ablation name, in config order.
+
+    ablations: ablations.csv (ablation, method, variant); several names may share a run.
+    Same columns and statistics as `main_table`; the test compares every row with the
+    `reference` ("full") row. An ablation whose run is missing gives a NaN row (n_seeds 0).
+    """
+    runs = _require(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
+                    "runs.csv")
+    ablations = _require(ablations, ["ablation", "method", "variant"], "ablations.csv")
+    if ablations.empty:
+        raise UserError("ablations.csv has no rows; declare an ablation grid in the config.")
+    examples = select_pair(examples, pair) if examples is not None else None
+    rows: dict[str, tuple[str, str]] = {}
+    for a, m, v in ablations[["ablation", "method", "variant"]].itertuples(index=False):
+        rows.setdefault(a, (m, v))
+    return _score_table(runs, rows, "ablation", examples, reference, n_boot, seed,
+                        caption="Ablations: Rouge-L of each variant.",
+                        baseline_role="reference")
+
+
+def _magnitude_fmt(values) -> str:
+    """A number format suited to the largest finite value: 1,234 / 12.3 / 1.23."""
+    vals = np.abs(np.asarray(values, dtype=float))
+    top = np.nanmax(vals) if np.isfinite(vals).any() else 0.0
+    return "{:,.0f}" if top >= 1000 else "{:.1f}" if top >= 10 else "{:.2f}"
+
+
+def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
+                  baseline: str = "kd", ablations: pd.DataFrame | None = None,
+                  pair: str | None = None) -> pd.DataFrame:
+    """The runtime table (numeric): one row per (method, variant), every variant included.
+
+    Per run (values of runs.csv repeat per benchmark; gen_tokens_per_s is averaged over
+    benchmarks): train_wall_s (s), train_tokens_per_s, train_examples (examples seen, all
+    epochs), gen_tokens_per_s; then mean ± sample std over seeds. `time_ratio` = mean wall
+    time of the row / mean wall time of `baseline` (a ratio of means; no std).
+    With `epochs` (epochs.csv): `data_fraction` = examples seen / (epochs × training-set
+    size), the size being the largest epoch of the pair — below 1 for curricula that train
+    on subsets. With `ablations`: non-default variants are labelled by ablation name.
+    The teacher is listed first only if it was trained in this profile (finite wall time).
+    """
+    values = ["train_wall_s", "train_tokens_per_s", "train_examples", "gen_tokens_per_s"]
+    runs = _require(select_pair(runs, pair), _KEY + ["seed"] + values, "runs.csv")
+    per_run = runs.groupby(_KEY + ["seed"])[values].mean()
+    if epochs is not None and not select_pair(epochs, pair).empty:
+        ep = _require(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
+                      "epochs.csv")
+        full = ep["n_examples"].max()
+        g = ep.groupby(_KEY + ["seed"])
+        frac = g["n_examples"].sum() / (g["epoch"].nunique() * full)
+        per_run["data_fraction"] = frac.reindex(per_run.index)
+    per_run = per_run[~((per_run.index.get_level_values("method") == TEACHER)
+                        & per_run["train_wall_s"].isna())]
+
+    names: dict[tuple[str, str], list[str]] = {}
+    if ablations is not None and not ablations.empty:
+        for a, m, v in ablations[["ablation", "method", "variant"]].itertuples(index=False):
+            names.setdefault((m, v), []).append(a)
+    keys = sorted({k[:2] for k in per_run.index}, key=lambda mv: order_key(*mv))
+    rows = {row_label(m, v, names.get((m, v), ())): (m, v) for m, v in keys}
+    df = _seed_summary(per_run, rows)
+    df.insert(0, "pair", runs["pair"].iloc[0] if "pair" in runs.columns and len(runs) else "")
+    base = df.loc[baseline, "train_wall_s_mean"] if baseline in df.index else np.nan
+    df["time_ratio_mean"] = df["train_wall_s_mean"] / base
+    df["time_ratio_std"] = np.nan
+
+    cols = [
+        _col_spec("train_wall_s", "train time (s)", _magnitude_fmt(df["train_wall_s_mean"]),
+                  best="min"),
+        _col_spec("train_tokens_per_s", "train tok/s",
+                  _magnitude_fmt(df["train_tokens_per_s_mean"])),
+        _col_spec("train_examples", "examples seen", "{:,.0f}", best=None, show_std=False),
+        _col_spec("time_ratio", f"time / {baseline}", "{:.2f}", best="min", show_std=False),
+        _col_spec("gen_tokens_per_s", "gen tok/s", _magnitude_fmt(df["gen_tokens_per_s_mean"])),
+    ]
+    if "data_fraction_mean" in df.columns:
+        cols.insert(3, _col_spec("data_fraction", "data fraction", "{:.2f}", best=None,
+                                 show_std=False))
+    order = [f"{c['key']}_{s}" for c in cols for s in ("mean", "std")]
+    df = df[["pair", "method", "variant", "n_seeds"] + order]
+    notes = [
+        "Training wall time (s), training throughput (response tokens/s) and generation "
+        "throughput (generated tokens/s): mean ± sample std over "
+        f"{_range_text(df.loc[df['method'] != TEACHER, 'n_seeds'])} training seeds. "
+        "Examples seen: summed over epochs.",
+        f"time / {baseline}: mean wall time over {baseline}'s mean wall time"
+        + ("." if np.isfinite(base) else f" (not available: no {baseline} row)."),
+        "Bold: fastest training time, highest throughput (students only).",
+    ]
+    if "data_fraction_mean" in df.columns:
+        notes.insert(2, "Data fraction: examples seen / (epochs × training-set size).")
+    df.attrs.update(columns=cols, caption="Training and generation cost per method.",
+                    footnote=notes, index_header="method")
+    return df
+
+
+# --------------------------------------------------------------------------- formatting
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}"}
+_TEX_UNICODE = {"±": r"$\pm$", DAGGER: r"$^{\dagger}$", "–": "--", "—": "---",
+                "×": r"$\times$", "θ": r"$\theta$", "≥": r"$\geq$", "≤": r"$\leq$",
+                "α": r"$\alpha$", "τ": r"$\tau$", "μ": r"$\mu$", "π": r"$\pi$"}
+
+
+def tex_escape(text: str) -> str:
+    """Escape LaTeX specials and map the few non-ASCII symbols the tables use to math."""
+    out = "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(text))
+    for k, v in _TEX_UNICODE.items():
+        out = out.replace(k, v)
+    return out
+
+
+def format_table(df: pd.DataFrame, target: str = "md") -> pd.DataFrame:
+    """Strings for display: 'mean ± std', best student mean per column bold, † if p < ALPHA.
+
+    target: "md" (**bold**, †) or "tex" (\\textbf{}, $^{\\dagger}$, escaped labels).
+    Returns a frame with the row-label column first (header `df.attrs["index_header"]`) and
+    one column per value column; NaN means show as an en dash.
+    """
+    if target not in ("md", "tex"):
+        raise ValueError(f"target must be 'md' or 'tex', not {target!r}")
+    specs = df.attrs.get("columns")
+    if not specs:
+        raise UserError("this frame has no column description in .attrs; pass a frame made by "
+                        "main_table, ablation_table or runtime_table.")
+    tex = target == "tex"
+    pm, dash = (r" $\pm$ ", "--") if tex else (" ± ", "–")
+    students = (df["method"] != TEACHER).to_numpy() if "method" in df.columns \
+        else np.ones(len(df), bool)
+    header = df.attrs.get("index_header", "method")
+    out = pd.DataFrame({header: [tex_escape(i) if tex else str(i) for i in df.index]})
+    for spec in specs:
+        key, fmt = spec["key"], spec["fmt"]
+        mean = df[f"{key}_mean"].to_numpy(dtype=float)
+        std = df[f"{key}_std"].to_numpy(dtype=float) if f"{key}_std" in df else \
+            np.full(len(df), np.nan)
+        pval = df[f"{key}_p"].to_numpy(dtype=float) if f"{key}_p" in df else \
+            np.full(len(df), np.nan)
+        shown = [fmt.format(m) if np.isfinite(m) else None for m in mean]
+        best_text = None
+        cand = mean[students & np.isfinite(mean)]
+        if spec["best"] and cand.size and len({fmt.format(c) for c in cand}) > 1:
+            # bold only where students differ at the shown precision
+            best_text = fmt.format(cand.max() if spec["best"] == "max" else cand.min())
+        cells = []
+        for i, text in enumerate(shown):
+            if text is None:
+                cells.append(dash)
+                continue
+            if spec["show_std"] and np.isfinite(std[i]):
+                text += pm + fmt.format(std[i])
+            if best_text is not None and students[i] and shown[i] == best_text:
+                text = rf"\textbf{{{text}}}" if tex else f"**{text}**"
+            if np.isfinite(pval[i]) and pval[i] < ALPHA:
+                text += r"$^{\dagger}$" if tex else DAGGER
+            cells.append(text)
+        out[tex_escape(spec["header"]) if tex else spec["header"]] = cells
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` via a temporary file in the same directory and os.replace, so
+    readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _lines(footnote) -> list[str]:
+    if footnote is None:
+        return []
+    return [footnote] if isinstance(footnote, str) else [str(x) for x in footnote]
+
+
+def to_markdown(formatted: pd.DataFrame, caption: str | None = None, footnote=None) -> str:
+    """A pipe table (label column left-aligned, values right-aligned) with the caption above
+    and each footnote line as its own paragraph below."""
+    align = ["left"] + ["right"] * (formatted.shape[1] - 1)
+    body = formatted.to_markdown(index=False, colalign=align)
+    parts = ([f"**{caption}**", ""] if caption else []) + [body]
+    for line in _lines(footnote):
+        parts += ["", line]
+    return "\n".join(parts) + "\n"
+
+
+def to_latex(formatted: pd.DataFrame, caption: str | None = None, footnote=None,
+             label: str | None = None, escape: bool = False) -> str:
+    """A booktabs `table` float: \\toprule, header, \\midrule, rows (a \\midrule after a first
+    row labelled "teacher"), \\bottomrule, then the footnote in \\footnotesize.
+
+    `formatted` cells are used verbatim unless escape=True (plain text frames)."""
+    esc = tex_escape if escape else str
+    cols = list(formatted.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small"]
+    if caption:
+        lines.append(rf"\caption{{{tex_escape(caption)}}}")
+    if label:
+        lines.append(rf"\label{{{label}}}")
+    lines += [rf"\begin{{tabular}}{{l{'r' * (len(cols) - 1)}}}", r"\toprule",
+              " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
+    first = str(formatted.iloc[0, 0]) if len(formatted) else ""
+    for i, row in enumerate(formatted.itertuples(index=False)):
+        lines.append(" & ".join(esc(x) for x in row) + r" \\")
+        if i == 0 and first == TEACHER and len(formatted) > 1:
+            lines.append(r"\midrule")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    notes = _lines(footnote)
+    if notes:
+        lines += [r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize",
+                  " ".join(tex_escape(n) for n in notes), r"\end{minipage}"]
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df_or_formatted: pd.DataFrame, out_stem: str | Path,
+                caption: str | None = None, footnote=None) -> list[Path]:
+    """Write `{stem}.md`, `{stem}.csv` and `{stem}.tex` atomically; return their paths.
+
+    A numeric frame from main_table/ablation_table/runtime_table is formatted here (caption
+    and footnote default to its .attrs) and its CSV keeps the numbers: the row label, pair,
+    method, variant, n_seeds and `<column>_mean/_std/_p`. Any other frame is written as it
+    is (its cells escaped for LaTeX).
+    """
+    stem = Path(out_stem)
+    df = df_or_formatted
+    numeric = bool(df.attrs.get("columns"))
+    caption = caption if caption is not None else df.attrs.get("caption")
+    footnote = footnote if footnote is not None else df.attrs.get("footnote")
+    if numeric:
+        md, tex = format_table(df, "md"), format_table(df, "tex")
+        csv = df.reset_index().to_csv(index=False, float_format="%.10g")
+        escape = False
+    else:
+        md = tex = df
+        csv = df.to_csv(index=False)
+        escape = True
+    label = "tab:" + stem.name.replace("_", "-")
+    paths = [
+        atomic_write_text(stem.with_suffix(".md"), to_markdown(md, caption, footnote)),
+        atomic_write_text(stem.with_suffix(".csv"), csv),
+        atomic_write_text(stem.with_suffix(".tex"),
+                          to_latex(tex, caption, footnote, label=label, escape=escape)),
+    ]
+    return paths
+
+
+# --------------------------------------------------------------------------- all
+def build_all(tables_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> list[Path]:
+    """Read the long tables of `tables_dir` and write main.*, ablation.* (only if
+    ablations.csv has rows) and runtime.* next to them; return the written paths.
+
+    With several teacher–student pairs in runs.csv, every table is written once per pair as
+    `{name}_{pair}.*` instead.
+    """
+    tables_dir = Path(tables_dir)
+    t = read_tables(tables_dir, ["runs", "examples", "ablations", "epochs"])
+    runs = _require(t["runs"], _KEY + ["pair", "seed", "benchmark", "rouge_l"],
+                    str(tables_dir / "runs.csv"))
+    ablations = t["ablations"]
+    has_abl = ablations is not None and not ablations.empty
+    pairs = [str(p) for p in pd.unique(runs["pair"])]
+    written: list[Path] = []
+    for pair in pairs:
+        suffix = "" if len(pairs) == 1 else f"_{pair}"
+        r = runs[runs["pair"] == pair]
+        ex = t["examples"]
+        ex = ex[ex["pair"] == pair] if ex is not None else None
+        ep = t["epochs"]
+        ep = ep[ep["pair"] == pair] if ep is not None else None
+        written += write_table(main_table(r, ablations, examples=ex, n_boot=n_boot, seed=seed),
+                               tables_dir / f"main{suffix}")
+        if has_abl:
+            written += write_table(ablation_table(r, ablations, examples=ex, n_boot=n_boot,
+                                                  seed=seed), tables_dir / f"ablation{suffix}")
+        written += write_table(runtime_table(r, ep, ablations=ablations),
+                               tables_dir / f"runtime{suffix}")
+    return written

@@ -1,0 +1,172 @@
+"""The one training engine: teacher SFT, student pre-training, student SFT and distillation.
+
+AdamW, linear warm-up then cosine decay, gradient clipping, gradient accumulation with the
+loss normalised by the response tokens of the whole accumulation window, length-bucketed
+batches, bf16 autocast where supported, a per-step trace. The total loss of a step is
+
+    (1 - kd_ratio) * CE(student, reference) + kd_ratio * method.loss(student, teacher, mask, progress)
+
+with kd_ratio from the config, overridden per step by the method's schedule, and 0 for
+methods that need no teacher.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from kdbench.data import Encoded, collate, make_batches
+from kdbench.errors import UserError
+from kdbench.method import EpochContext, Method, Progress
+from kdbench.models import autocast
+
+
+@dataclasses.dataclass
+class Result:
+    trace: pd.DataFrame    # one row per optimizer step
+    epochs: pd.DataFrame   # one row per epoch
+    bin_loss: pd.DataFrame  # per epoch x difficulty quintile (empty without a difficulty profile)
+    stats: dict
+
+
+def epoch_plan(method: Method | None, n_examples: int, n_epochs: int, seed: int,
+               difficulty: np.ndarray | None) -> list[np.ndarray]:
+    """The examples of every epoch: the method's curriculum, or all of them shuffled."""
+    ctx = EpochContext(n_examples=n_examples, n_epochs=n_epochs, seed=seed, difficulty=difficulty)
+    rng = np.random.default_rng([seed, 1])
+    plan = []
+    for e in range(n_epochs):
+        idx = method.epoch_indices(e, ctx) if method is not None else None
+        plan.append(rng.permutation(n_examples) if idx is None else np.asarray(idx, dtype=np.int64))
+    return plan
+
+
+def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` of the steps, then cosine decay to `min_ratio`."""
+    n_warm = max(1, int(round(warmup * total)))
+    if step < n_warm:
+        return (step + 1) / n_warm
+    t = (step - n_warm) / max(1, total - n_warm)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: int,
+          method: Method | None = None, teacher=None, kd_ratio: float = 0.0,
+          difficulty: np.ndarray | None = None, vocab_size: int | None = None,
+          desc: str = "train") -> Result:
+    """Train `model` in place. `teacher(batch) -> (B, T, V) logits` is needed when kd_ratio > 0."""
+    dev = next(model.parameters()).device
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 2])
+    lengths = np.array([len(e.ids) for e in examples])
+    plan = epoch_plan(method, len(examples), budget["epochs"], seed, difficulty)
+    epoch_batches = [make_batches(p, lengths, budget["batch_size"], budget["bucket_window"], rng) for p in plan]
+    accum = budget["grad_accum"]
+    steps_per_epoch = [math.ceil(len(b) / accum) for b in epoch_batches]
+    total = max(1, sum(steps_per_epoch))
+    uses_teacher = method is not None and method.needs_teacher and teacher is not None
+
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": budget["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=budget["lr"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, budget["warmup"], budget["min_lr_ratio"]))
+    bins = _quintiles(difficulty) if difficulty is not None else None
+
+    model.train()
+    trace, epochs, bin_rows = [], [], []
+    step, tokens, seen, t0 = 0, 0, 0, time.perf_counter()
+    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
+    for epoch, batches in enumerate(epoch_batches):
+        ep_t0, ep_tokens, ep_rows = time.perf_counter(), 0, []
+        ce_sum = np.zeros(len(examples))
+        ce_n = np.zeros(len(examples))
+        for k in range(steps_per_epoch[epoch]):
+            window = [collate([examples[i] for i in b], pad_id, budget["loss_on"])
+                      for b in batches[k * accum:(k + 1) * accum]]
+            n_window = sum(int(b["mask"].sum()) for b in window)
+            progress = Progress(epoch=epoch, n_epochs=len(epoch_batches), step=step, total_steps=total,
+                                epoch_step=k, epoch_steps=steps_per_epoch[epoch])
+            progress.values = dict(method.schedule(progress)) if method is not None else {}
+            ratio = float(progress.values.get("kd_ratio", kd_ratio)) if uses_teacher else 0.0
+            sums = {"loss": 0.0, "ce": 0.0, "distill": 0.0}
+            for batch in window:
+                batch = {k_: v.to(dev) for k_, v in batch.items()}
+                mask, n_micro = batch["mask"], int(batch["mask"].sum())
+                if n_micro == 0:
+                    continue
+                with autocast(budget["precision"], dev):
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                tok_ce = F.cross_entropy(logits[mask].float(), batch["targets"][mask], reduction="none")
+                ce = tok_ce.mean()
+                loss = (1 - ratio) * ce if ratio < 1 else ce * 0
+                distill = torch.zeros(())
+                if ratio > 0:
+                    t_logits = teacher(batch)
+                    V = vocab_size or t_logits.shape[-1]
+                    distill = method.loss(logits[..., :V], t_logits[..., :V], mask, progress)
+                    loss = loss + ratio * distill
+                w = n_micro / n_window
+                (loss * w).backward()
+                if not torch.isfinite(loss):
+                    raise UserError(f"{desc}: the loss became {loss.item()} at step {step} (epoch {epoch}); "
+                                    "lower the learning rate or set the budget's precision to fp32.")
+                sums["loss"] += loss.item() * w
+                sums["ce"] += ce.item() * w
+                sums["distill"] += float(distill.detach()) * w
+                rows = batch["index"].unsqueeze(1).expand_as(mask)[mask].cpu().numpy()
+                np.add.at(ce_sum, rows, tok_ce.detach().cpu().numpy())
+                np.add.at(ce_n, rows, 1)
+            if budget["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), budget["grad_clip"])
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            n_examples = sum(len(b) for b in batches[k * accum:(k + 1) * accum])
+            tokens += n_window
+            ep_tokens += n_window
+            seen += n_examples
+            row = {"step": step, "epoch": epoch, **sums, "lr": opt.param_groups[0]["lr"],
+                   "tokens": tokens, "examples": seen, "wall_s": time.perf_counter() - t0,
+                   **{k_: float(v) for k_, v in progress.values.items()}, "kd_ratio": ratio}
+            trace.append(row)
+            ep_rows.append(row)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss']:.3f}", epoch=epoch)
+        idx = plan[epoch]
+        ep = {"epoch": epoch, "n_examples": len(idx), "n_tokens": ep_tokens,
+              "wall_s": time.perf_counter() - ep_t0,
+              "mean_difficulty": float(np.mean(difficulty[idx])) if difficulty is not None and len(idx) else np.nan}
+        for key in (ep_rows[0] if ep_rows else {}):
+            if key not in ("step", "epoch", "loss", "ce", "distill", "lr", "tokens", "examples", "wall_s"):
+                ep[key] = float(np.mean([r[key] for r in ep_rows]))
+        epochs.append(ep)
+        if bins is not None:
+            for q in range(1, 6):
+                sel = (bins == q) & (ce_n > 0)
+                if sel.any():
+                    bin_rows.append({"epoch": epoch, "bin": q, "n_examples": int(sel.sum()),
+                                     "ce": float(ce_sum[sel].sum() / ce_n[sel].sum())})
+    bar.close()
+    wall = time.perf_counter() - t0
+    model.eval()
+    stats = {"train_wall_s": wall, "train_tokens": tokens, "train_examples": seen,
+             "train_steps": step, "train_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
+             "examples_per_epoch": [len(p) for p in plan]}
+    return Result(pd.DataFrame(trace), pd.DataFrame(epochs), pd.DataFrame(bin_rows), stats)
+
+
+def _quintiles(difficulty: np.ndarray) -> np.ndarray:
+    """Difficulty bin 1 (easiest fifth) .. 5 (hardest fifth) per example, by rank (ties by index)."""
+    ranks = np.empty(len(difficulty), dtype=np.int64)
+    ranks[np.argsort(difficulty, kind="stable")] = np.arange(len(difficulty))
+    return 1 + (ranks * 5) // max(1, len(difficulty))

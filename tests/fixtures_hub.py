@@ -1,0 +1,120 @@
+"""Offline fixtures for tests/test_hub.py, created in temporary folders.
+
+- `make_tokenizer`: a word-level tokenizer (whitespace + punctuation pre-tokenizer), saved with
+  `save_pretrained`; its token count for a text is `count_tokens(text)`, computed here
+  independently of the tokenizer (the pre-tokenizer's regex `\\w+|[^\\w\\s]+`).
+- `make_gpt2` / `make_llama`: tiny random models built from a config (a few thousand
+  parameters), saved with `save_pretrained`.
+- `make_minillm_snapshot`: local copies of the MiniLLM hub repos, in their real file layout
+  (raw.jsonl / valid.jsonl / 11_/valid.jsonl, fields topic/instruction/input/output/prompt),
+  with single references and, for sinst, lists of references. The `prompt` field is written
+  from the literal protocol template, not from kdbench's `format_prompt`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+WORDS = ("the a of to and is in what why how who name give write list explain three colors "
+         "cat sat on mat it was warm answer question text summary sentence paris capital france").split()
+SPECIALS = ["<unk>", "<pad>", "<eos>"]
+
+# the protocol's two prompt forms, written out literally (REFERENCES.md, Evaluation protocol)
+_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
+             "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
+               "further context. Write a response that appropriately completes the request.\n\n"
+               "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+
+
+def alpaca(instruction: str, inp: str = "") -> str:
+    return _WITH_INPUT.format(instruction=instruction, input=inp) if inp else _NO_INPUT.format(instruction=instruction)
+
+
+def count_tokens(text: str) -> int:
+    """Tokens the fixture tokenizer produces for `text` (no special tokens)."""
+    return len(re.findall(r"\w+|[^\w\s]+", text))
+
+
+def make_tokenizer(folder: Path, extra_words: tuple[str, ...] = (), eos: str = "<eos>"):
+    """Word-level tokenizer: specials, then WORDS (+ extra_words), then the template words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    template_words = re.findall(r"\w+|[^\w\s]+", _WITH_INPUT.format(instruction="", input=""))
+    vocab: dict[str, int] = {}
+    for w in SPECIALS + list(WORDS) + list(extra_words) + template_words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token=eos)
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    return fast
+
+
+def make_gpt2(folder: Path, vocab_size: int, n_layer: int = 4, seed: int = 0):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=16, n_layer=n_layer, n_head=2,
+                     bos_token_id=2, eos_token_id=2, pad_token_id=1)
+    model = GPT2LMHeadModel(cfg).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def make_llama(folder: Path, vocab_size: int, n_layer: int = 4, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=n_layer,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      bos_token_id=2, eos_token_id=2, pad_token_id=1, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _row(i: int, instruction: str, inp: str, output, **extra) -> dict:
+    return {**extra, "instruction": instruction, "input": inp, "output": output, "prompt": alpaca(instruction, inp)}
+
+
+def make_minillm_snapshot(root: Path) -> dict[str, Path]:
+    """Folders dolly/, self-inst/, vicuna/, sinst/, uinst/ in the hub layout; returns their paths.
+
+    dolly/raw.jsonl has 1,003 rows (the validation split is its first 1,000, train the last 3);
+    instruction i of raw.jsonl is "what is <i>" so rows can be told apart.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    raw = [_row(i, f"what is {i}", "the cat sat on the mat" if i % 2 else "", f"answer {i}", topic="open_qa")
+           for i in range(1003)]
+    _write_jsonl(root / "dolly" / "raw.jsonl", raw)
+    _write_jsonl(root / "dolly" / "valid.jsonl", [
+        _row(0, "name three colors", "", "red green blue", topic="brainstorming"),
+        _row(1, "give the capital", "paris is the capital of france", "paris", topic="closed_qa"),
+    ])
+    _write_jsonl(root / "self-inst" / "valid.jsonl", [
+        _row(0, "write a summary", "the cat sat on the mat", "a cat sat", topic="Grammarly"),
+    ])
+    # Vicuna: no input field at all, a category instead of a topic
+    _write_jsonl(root / "vicuna" / "valid.jsonl", [
+        {"instruction": "explain why the cat sat", "category": "generic",
+         "prompt": alpaca("explain why the cat sat"), "output": "it was warm"},
+    ])
+    _write_jsonl(root / "sinst" / "11_" / "valid.jsonl", [
+        _row(0, "list three colors", "", ["red green blue", "blue red green", "green blue red"], topic="task1"),
+        _row(1, "answer the question", "what is the capital of france", ["paris is the capital"], topic="task2"),
+    ])
+    _write_jsonl(root / "sinst" / "0_2" / "valid.jsonl", [_row(0, "answer", "a", ["b"], topic="t")])
+    _write_jsonl(root / "uinst" / "11_" / "valid.jsonl",
+                 [_row(i, f"question {i}", "", f"answer number {i}") for i in range(12)])
+    return {name: root / name for name in ("dolly", "self-inst", "vicuna", "sinst", "uinst")}

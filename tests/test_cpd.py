@@ -1,0 +1,327 @@
+"""methods/cpd.py (and its curriculum baselines pocl, curriculum_kd), driven as the engine does.
+
+The engine calls `epoch_indices(epoch, ctx)` once per epoch, then for every step sets
+`progress.values = method.schedule(progress)` before `method.loss(...)`.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdbench import curriculum as C
+from kdbench import divergences as D
+from kdbench.errors import UserError
+from kdbench.method import EpochContext, Progress, get, instantiate, slug
+
+METHODS = Path(__file__).resolve().parent.parent / "methods"
+
+
+def make(name="cpd", **params):
+    cls = get(name, METHODS)
+    return instantiate(cls, params, name)
+
+
+def run_schedule(method, n_epochs, epoch_steps):
+    """(epoch, step, values) for every step of a run whose epochs have the given lengths."""
+    total = sum(epoch_steps)
+    out, step = [], 0
+    for e, n in enumerate(epoch_steps):
+        for s in range(n):
+            p = Progress(epoch=e, n_epochs=n_epochs, step=step, total_steps=total,
+                         epoch_step=s, epoch_steps=n)
+            out.append((e, step, method.schedule(p)))
+            step += 1
+    return out
+
+
+def loss_at(method, progress, s, t, mask):
+    progress.values = method.schedule(progress)
+    return method.loss(s, t, mask, progress)
+
+
+# --- schedules --------------------------------------------------------------------------
+
+def test_epoch_schedule_endpoints_and_values():
+    m = make()
+    vals = [m.schedule(Progress(epoch=e, n_epochs=5)) for e in range(5)]
+    # α = 0.9 − 0.8 π, τ = 1 + π with π = e/4
+    np.testing.assert_allclose([v["alpha"] for v in vals], [0.9, 0.7, 0.5, 0.3, 0.1])
+    np.testing.assert_allclose([v["temperature"] for v in vals], [1.0, 1.25, 1.5, 1.75, 2.0])
+    np.testing.assert_allclose([v["curriculum_progress"] for v in vals], [0, .25, .5, .75, 1])
+    # constant within an epoch, whatever the step
+    assert m.schedule(Progress(epoch=2, n_epochs=5, epoch_step=7, epoch_steps=9))["alpha"] == \
+        pytest.approx(0.5)
+
+
+def test_step_schedule_interpolates_within_epochs():
+    m = make(granularity="step")
+    trace = run_schedule(m, 3, [2, 4, 5])
+    pis = [v["curriculum_progress"] for _, _, v in trace]
+    # epoch 0: (0 + s/2)/2; epoch 1: (1 + s/4)/2; epoch 2: clipped to 1
+    np.testing.assert_allclose(pis, [0, .25, .5, .625, .75, .875, 1, 1, 1, 1, 1])
+    assert trace[0][2]["alpha"] == pytest.approx(0.9) and trace[0][2]["temperature"] == 1.0
+    assert trace[-1][2]["alpha"] == pytest.approx(0.1) and trace[-1][2]["temperature"] == 2.0
+    # one epoch: π is the fraction of the epoch done
+    assert m.curriculum_progress(Progress(epoch=0, n_epochs=1, epoch_step=3, epoch_steps=4)) == 0.75
+
+
+@pytest.mark.parametrize("granularity", ["epoch", "step"])
+def test_schedules_are_monotone(granularity):
+    m = make(granularity=granularity)
+    trace = run_schedule(m, 6, [3, 5, 8, 10, 13, 17])      # curriculum epochs grow
+    a = np.array([v["alpha"] for _, _, v in trace])
+    t = np.array([v["temperature"] for _, _, v in trace])
+    assert np.all(np.diff(a) <= 1e-12) and np.all(np.diff(t) >= -1e-12)
+    assert a[0] == pytest.approx(0.9) and a[-1] == pytest.approx(0.1)
+    assert t[0] == pytest.approx(1.0) and t[-1] == pytest.approx(2.0)
+    assert np.all((a >= 0.1 - 1e-12) & (a <= 0.9 + 1e-12))
+
+
+# --- ablation variants -------------------------------------------------------------------
+
+def ctx_for(d, n_epochs=4, seed=3):
+    return EpochContext(n_examples=len(d), n_epochs=n_epochs, seed=seed, difficulty=np.asarray(d))
+
+
+D20 = np.random.default_rng(11).permutation(20).astype(float)    # distinct difficulties 0..19
+
+
+def test_full_variant_uses_uniform_subsets_shuffled_within_epoch():
+    m = make()
+    assert type(m).uses_difficulty and m.uses_difficulty and slug({}, type(m)) == "default"
+    ctx = ctx_for(D20, n_epochs=4)
+    expected = C.uniform_difficulty_subsets(D20, 4, 0.2)
+    for e in range(4):
+        idx = m.epoch_indices(e, ctx)
+        assert idx.dtype == np.int64
+        assert sorted(idx.tolist()) == sorted(expected[e].tolist())
+    # d = permutation of 0..19: μ_start = 1.5, μ_all = 9.5, targets 1.5, 4.17, 6.83, 9.5 →
+    # prefix mean (k−1)/2 reaches them at k = 4, 10, 15, 20
+    assert [len(m.epoch_indices(e, ctx)) for e in range(4)] == [4, 10, 15, 20]
+    assert set(D20[m.epoch_indices(0, ctx)].tolist()) == {0, 1, 2, 3}
+    # shuffled within the epoch, deterministically
+    assert np.array_equal(m.epoch_indices(1, ctx), m.epoch_indices(1, ctx))
+    assert not np.array_equal(m.epoch_indices(3, ctx), expected[3])
+    assert np.array_equal(make(shuffle=False).epoch_indices(3, ctx), expected[3])
+
+
+def test_no_curriculum_trains_on_all_data_and_follows_step_fraction():
+    m = make(curriculum="none")
+    assert m.uses_difficulty is False                       # the DAG may skip scoring
+    assert m.epoch_indices(0, EpochContext(n_examples=5, n_epochs=3, seed=0)) is None
+    v = m.schedule(Progress(epoch=0, n_epochs=3, step=3, total_steps=12))
+    assert v["curriculum_progress"] == 0.25
+    assert v["alpha"] == pytest.approx(0.7) and v["temperature"] == pytest.approx(1.25)
+    v = m.schedule(Progress(epoch=2, n_epochs=3, step=12, total_steps=12))
+    assert v["alpha"] == pytest.approx(0.1) and v["temperature"] == pytest.approx(2.0)
+
+
+def test_no_mixing_schedule_and_no_temperature_schedule():
+    fixed_alpha = make(alpha_start=0.1)
+    fixed_tau = make(tau_end=1.0)
+    for e in range(4):
+        p = Progress(epoch=e, n_epochs=4)
+        assert fixed_alpha.schedule(p)["alpha"] == pytest.approx(0.1)
+        assert fixed_tau.schedule(p)["temperature"] == 1.0
+    assert fixed_alpha.schedule(Progress(epoch=0, n_epochs=4))["temperature"] == 1.0
+    assert fixed_tau.schedule(Progress(epoch=0, n_epochs=4))["alpha"] == pytest.approx(0.9)
+    assert slug({"alpha_start": 0.1}, type(fixed_alpha)) == "alpha_start-0.1"
+
+
+def test_stages_variant_uses_pocl_stages():
+    m = make(curriculum="stages", shuffle=False)
+    ctx = ctx_for(D20, n_epochs=4)
+    assert [len(m.epoch_indices(e, ctx)) for e in range(4)] == [5, 10, 15, 20]
+    assert set(D20[m.epoch_indices(0, ctx)].tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_hard_first_gives_the_hardest_examples_first():
+    m = make(order="hard_first")
+    ctx = ctx_for(D20, n_epochs=4)
+    assert set(D20[m.epoch_indices(0, ctx)].tolist()) == {19, 18, 17, 16}
+    assert len(m.epoch_indices(3, ctx)) == 20
+
+
+def test_shuffled_difficulty_keeps_sizes_and_depends_on_seed():
+    m = make(order="shuffled")
+    d = np.random.default_rng(2).random(60)
+    sizes = [len(x) for x in C.uniform_difficulty_subsets(d, 4)]
+    a = [m.epoch_indices(e, ctx_for(d, 4, seed=1)) for e in range(4)]
+    assert [len(x) for x in a] == sizes
+    first_easy = set(C.uniform_difficulty_subsets(d, 4)[0].tolist())
+    assert set(a[0].tolist()) != first_easy
+    b = m.epoch_indices(0, ctx_for(d, 4, seed=2))
+    assert set(b.tolist()) != set(a[0].tolist())
+
+
+def test_missing_difficulty_raises_user_error():
+    ctx = EpochContext(n_examples=5, n_epochs=3, seed=0, difficulty=None)
+    for name in ("cpd", "pocl", "curriculum_kd"):
+        with pytest.raises(UserError, match="score_difficulty"):
+            make(name).epoch_indices(0, ctx)
+    with pytest.raises(UserError, match="entries but the training set has"):
+        make().epoch_indices(0, EpochContext(n_examples=5, n_epochs=3, seed=0,
+                                             difficulty=np.zeros(4)))
+
+
+def test_bad_parameters_raise_user_errors():
+    for bad in ({"alpha_start": 1.0}, {"alpha_end": -0.1}, {"tau_end": 0.0},
+                {"granularity": "batch"}, {"curriculum": "spiral"}, {"order": "random"},
+                {"start_fraction": 0.0}, {"n_stages": 0}, {"beta": 1}):
+        with pytest.raises(UserError):
+            make(**bad)
+
+
+# --- loss -------------------------------------------------------------------------------
+
+def manual_skew(s, t, mask, alpha, tau):
+    """τ² KL(p ‖ α p + (1−α) q), token mean, in float64 without kdbench.divergences."""
+    p = torch.softmax(t.double() / tau, -1)
+    q = torch.softmax(s.double() / tau, -1)
+    m = alpha * p + (1 - alpha) * q
+    kl = (p * (p.log() - m.log())).sum(-1)
+    return (kl[mask].mean() * tau ** 2).item()
+
+
+def test_loss_is_the_scheduled_skew_forward_kl():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 3, 7, generator=g), torch.randn(2, 3, 7, generator=g) * 2
+    mask = torch.tensor([[True, True, False], [True, False, True]])
+    m = make()
+    for e, (alpha, tau) in enumerate([(0.9, 1.0), (0.5, 1.5), (0.1, 2.0)]):
+        p = Progress(epoch=e, n_epochs=3)
+        got = loss_at(m, p, s, t, mask)
+        assert got.dtype == torch.float32 and got.dim() == 0
+        assert got.item() == pytest.approx(manual_skew(s, t, mask, alpha, tau), rel=1e-5)
+    # empty values: the loss computes the schedule itself
+    assert m.loss(s, t, mask, Progress(epoch=1, n_epochs=3)).item() == \
+        pytest.approx(manual_skew(s, t, mask, 0.5, 1.5), rel=1e-5)
+
+
+def extreme_logits(B=2, T=3, V=16):
+    """Student certain of token 0 (logits ±1e4), teacher confident on token 1."""
+    s = torch.full((B, T, V), -1e4)
+    s[..., 0] = 1e4
+    t = torch.zeros(B, T, V)
+    t[..., 1] = 8.0
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, 2] = False
+    return s, t, mask
+
+
+def logit_grad(fn, s, *args, **kw):
+    s = s.clone().requires_grad_(True)
+    fn(s, *args, **kw).backward()
+    return s.grad
+
+
+def test_logit_gradient_is_bounded_by_tau_one_minus_alpha():
+    # Per token, ∂L/∂z_j = −τ(1−α)(r_j − q_j Σ r), r = p q / (α p + (1−α) q) ≤ α q + (1−α) p,
+    # so |∂L/∂z_j| ≤ τ(1−α); the token mean divides by the number of masked tokens n.
+    m = make()
+    g = torch.Generator().manual_seed(1)
+    cases = [extreme_logits()]
+    for scale in (1.0, 30.0, 1e3):
+        s = torch.randn(2, 3, 16, generator=g) * scale
+        cases.append((s, torch.randn(2, 3, 16, generator=g) * scale, torch.ones(2, 3, dtype=torch.bool)))
+    for s, t, mask in cases:
+        n = int(mask.sum())
+        for e in range(5):
+            p = Progress(epoch=e, n_epochs=5)
+            v = m.schedule(p)
+            p.values = v
+            grad = logit_grad(lambda x: m.loss(x, t, mask, p), s)
+            assert torch.isfinite(grad).all()
+            assert grad.abs().max().item() <= v["temperature"] * (1 - v["alpha"]) / n * (1 + 1e-5)
+
+
+def test_student_confidently_wrong_fkl_pushes_cpd_saturates():
+    # Both are bounded at the logit level (forward KL by τ|q − p| ≤ τ); in this case forward
+    # KL's gradient is close to its bound τ/n while CPD's vanishes: q is one-hot on token 0, so
+    # r = p q / m is nonzero only at 0 where q_0 Σ r = r_0, and the loss sits at its ceiling
+    # τ² log(1/(α + (1−α) q_1)) ≈ τ² log(1/α) with zero slope.
+    m = make()
+    s, t, mask = extreme_logits()
+    n = int(mask.sum())
+    for e, (alpha, tau) in enumerate([(0.9, 1.0), (0.1, 2.0)]):
+        p = Progress(epoch=e, n_epochs=2)
+        p.values = m.schedule(p)
+        cpd = logit_grad(lambda x: m.loss(x, t, mask, p), s).abs().max().item()
+        fkl = logit_grad(D.forward_kl, s, t, mask, temperature=tau).abs().max().item()
+        assert fkl > 0.9 * tau / n
+        assert cpd < 1e-3 * fkl
+        # closed form: q = one-hot(0), p_0 = 1/(e^{8/τ} + 15); m_0 = α p_0 + 1 − α and
+        # m_v = α p_v elsewhere, so KL = p_0 log(p_0/m_0) + (1 − p_0) log(1/α)
+        p0 = 1 / (math.exp(8.0 / tau) + 15)
+        ceiling = tau ** 2 * (p0 * math.log(p0 / (alpha * p0 + 1 - alpha))
+                              + (1 - p0) * math.log(1 / alpha))
+        assert m.loss(s, t, mask, p).item() == pytest.approx(ceiling, rel=1e-5)
+
+
+def test_probability_gradient_fkl_unbounded_cpd_bounded():
+    # With respect to the student's probabilities q (student logits = log q, τ = 1), forward
+    # KL's gradient is −p_v/q_v (+1 from the normalisation) and grows like 1/q_v on the token
+    # the teacher likes; the skew's is −(1−α)(p_v/m_v − Σ r) with m_v ≥ α p_v, so it stays
+    # below (1−α)/α whatever q. (With respect to log q forward KL's is −p_v, bounded, so
+    # the probabilities are where the difference shows.)
+    m = make(tau_end=1.0)                                   # τ = 1 at every π
+    V = 8
+    t = torch.zeros(1, 1, V)
+    t[..., 1] = 10.0                                        # teacher puts ~all mass on token 1
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    fkl_grads = []
+    for eps in (1e-2, 1e-4, 1e-6):
+        q = torch.full((1, 1, V), (1 - eps) / (V - 1))
+        q[..., 1] = eps
+        q.requires_grad_(True)
+        D.forward_kl(q.log(), t, mask).backward()
+        fkl_grads.append(q.grad.abs().max().item())
+        for e in range(2):                                  # α = 0.9 and α = 0.1
+            p = Progress(epoch=e, n_epochs=2)
+            p.values = m.schedule(p)
+            alpha = p.values["alpha"]
+            qq = q.detach().clone().requires_grad_(True)
+            m.loss(qq.log(), t, mask, p).backward()
+            assert qq.grad.abs().max().item() <= (1 - alpha) / alpha * (1 + 1e-4)
+    p1 = math.exp(10) / (math.exp(10) + V - 1)
+    np.testing.assert_allclose(fkl_grads, [p1 / e - 1 for e in (1e-2, 1e-4, 1e-6)], rtol=1e-3)
+    assert fkl_grads[-1] > 1e5 * (1 - 0.9) / 0.9
+
+
+# --- the curriculum baselines -----------------------------------------------------------
+
+def test_pocl_stage_schedule_and_data():
+    m = make("pocl")
+    assert type(m).uses_difficulty
+    vals = [m.schedule(Progress(epoch=e, n_epochs=8)) for e in range(8)]
+    np.testing.assert_allclose([v["stage"] for v in vals], [0, 0, 1, 1, 2, 2, 3, 3])
+    np.testing.assert_allclose([v["temperature"] for v in vals[::2]], [1, 4 / 3, 5 / 3, 2])
+    np.testing.assert_allclose([v["kd_ratio"] for v in vals[::2]], [0.7, 0.8, 0.9, 1.0])
+    ctx = ctx_for(D20, n_epochs=8)
+    assert [len(m.epoch_indices(e, ctx)) for e in range(8)] == [5, 5, 10, 10, 15, 15, 20, 20]
+    assert set(D20[m.epoch_indices(2, ctx)].tolist()) == set(range(10))
+    # loss: forward KL at the stage temperature
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(1, 4, 5, generator=g), torch.randn(1, 4, 5, generator=g)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    p = Progress(epoch=7, n_epochs=8)
+    assert loss_at(m, p, s, t, mask).item() == pytest.approx(
+        D.forward_kl(s, t, mask, temperature=2.0).item())
+    assert loss_at(m, p, s, t, mask).item() == pytest.approx(manual_skew(s, t, mask, 0.0, 2.0), rel=1e-5)
+
+
+def test_curriculum_kd_uses_cpd_subsets_with_plain_forward_kl():
+    m = make("curriculum_kd")
+    ctx = ctx_for(D20, n_epochs=4)
+    assert [len(m.epoch_indices(e, ctx)) for e in range(4)] == [4, 10, 15, 20]
+    cpd = make()
+    assert all(set(m.epoch_indices(e, ctx).tolist()) == set(cpd.epoch_indices(e, ctx).tolist())
+               for e in range(4))
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(1, 4, 5, generator=g), torch.randn(1, 4, 5, generator=g)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    for e in range(4):
+        assert loss_at(m, Progress(epoch=e, n_epochs=4), s, t, mask).item() == pytest.approx(
+            manual_skew(s, t, mask, 0.0, 1.0), rel=1e-5)
