@@ -37,13 +37,13 @@ def per_example_nll(model, examples, pad_id: int, batch_size: int, precision: st
         chunk = [examples[i] for i in order[s:s + batch_size]]
         batch = {k: v.to(dev) for k, v in collate(chunk, pad_id).items()}
         with autocast(precision, dev):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"]).logits
         logq = torch.log_softmax(logits.float(), -1)
         if teacher is None:
             tok = -logq.gather(-1, batch["targets"].unsqueeze(-1)).squeeze(-1)
         else:
             with autocast(precision, dev):
-                t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                t_logits = teacher(input_ids=batch["input_ids"]).logits
             logp = torch.log_softmax(t_logits.float()[..., :logq.shape[-1]], -1)
             tok = (logp.exp() * (logp - logq)).sum(-1)
         m = batch["mask"].float()

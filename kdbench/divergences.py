@@ -25,7 +25,8 @@ Conventions shared by every function
   (skew KL, JS) and TVD are always finite.
 - A mask with no true entry gives 0 (connected to the student logits), not NaN.
 
-Memory: the masked rows are processed in chunks of about `CHUNK_ELEMENTS` logits. Each chunk
+Memory: the masked rows are processed in chunks of about `CPU_CHUNK_ELEMENTS` logits
+(`ACCELERATOR_CHUNK_ELEMENTS` on a GPU). Each chunk
 computes its values and, if the student needs a gradient, its gradient right away; only that
 per-row gradient (one (N, V) copy in the student's dtype) is kept for backward, never the
 (chunk, V) intermediates. This is exact because every per-token divergence depends on its own
@@ -49,14 +50,19 @@ from kdbench.errors import UserError
 
 Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-CHUNK_ELEMENTS = 1 << 22
-"""Logits per chunk (rows = max(1, CHUNK_ELEMENTS // V)): 4 M floats = 16 MiB per (chunk, V)
-temporary; about ten such temporaries are alive at once."""
+CPU_CHUNK_ELEMENTS = 1 << 18
+"""Logits per chunk on the CPU (rows = max(1, elements // V)): 1 MiB float32 temporaries stay
+in cache, which makes the chunked code faster than one pass over the whole tensor."""
+ACCELERATOR_CHUNK_ELEMENTS = 1 << 24
+"""Logits per chunk on a GPU: 64 MiB temporaries, large enough to hide kernel launches."""
+CHUNK_ELEMENTS: int | None = None
+"""If set, overrides both of the above (the tests force tiny chunks with it)."""
 
 __all__ = [
     "forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "jensen_shannon",
     "total_variation", "per_token", "token_mean", "kl_rows", "log_mixture", "zero",
-    "check_temperature", "check_unit", "CHUNK_ELEMENTS",
+    "check_temperature", "check_unit", "CHUNK_ELEMENTS", "CPU_CHUNK_ELEMENTS",
+    "ACCELERATOR_CHUNK_ELEMENTS",
 ]
 
 
@@ -88,8 +94,10 @@ def kl_rows(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     log a_v = log b_v = −inf (where a naive a·(log a − log b) would give NaN).
     """
     a = log_a.exp()
-    diff = torch.where(a > 0, log_a - log_b, 0.0)
-    return (a * diff).sum(-1)
+    fast = (a * (log_a - log_b)).sum(-1)
+    if bool(torch.isfinite(fast).all()):
+        return fast  # every term finite, so its gradient is too: the common case, fewer passes
+    return (a * torch.where(a > 0, log_a - log_b, 0.0)).sum(-1)
 
 
 def log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
@@ -103,6 +111,9 @@ def log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> to
         return log_a
     x = log_a + math.log(weight_a)
     y = log_b + math.log1p(-weight_a)
+    fast = torch.logaddexp(x, y)
+    if bool(torch.isfinite(fast).all()):
+        return fast  # no entry where both are 0: the common case
     both_zero = (x == -math.inf) & (y == -math.inf)
     safe = torch.logaddexp(torch.where(both_zero, 0.0, x), torch.where(both_zero, 0.0, y))
     return torch.where(both_zero, -math.inf, safe)
@@ -146,24 +157,33 @@ def _rows_value(kernel: Kernel, s: torch.Tensor, t: torch.Tensor, temperature: f
     """Per-row divergence × τ² of student rows `s` and teacher rows `t` (rows, V)."""
     if temperature != 1.0:
         s, t = s / temperature, t / temperature
-    # A row is undefined when it has a +inf entry or no finite entry; NaN rows stay NaN.
-    valid = ~(s.amax(-1).isinf() | t.amax(-1).isinf())
-    all_valid = bool(valid.all())
-    if not all_valid:
-        s = torch.where(valid[:, None], s, 0.0)
-        t = torch.where(valid[:, None], t, 0.0)
     value = kernel(torch.log_softmax(s, -1), torch.log_softmax(t, -1))
-    if not all_valid:
-        value = torch.where(valid, value, 0.0)
-    return value * (temperature ** 2)
+    if not bool(torch.isfinite(value).all()):  # rare: redo the chunk with undefined rows zeroed
+        value = _guarded_rows_value(kernel, s, t)
+    return value * (temperature ** 2) if temperature != 1.0 else value
 
 
-def _chunk_rows(vocab: int, chunk_rows: int | None) -> int:
+def _guarded_rows_value(kernel: Kernel, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """As the kernel, but a row with a +inf entry or no finite entry gives 0 (zero gradient).
+
+    NaN rows stay NaN (a NaN logit is a bug upstream, not something to hide); an infinite
+    divergence of well-defined rows (support mismatch) stays +inf.
+    """
+    valid = ~(s.amax(-1).isinf() | t.amax(-1).isinf())
+    s = torch.where(valid[:, None], s, 0.0)
+    t = torch.where(valid[:, None], t, 0.0)
+    value = kernel(torch.log_softmax(s, -1), torch.log_softmax(t, -1))
+    return torch.where(valid, value, 0.0)
+
+
+def _chunk_rows(vocab: int, chunk_rows: int | None, device: torch.device) -> int:
     if chunk_rows is not None:
         if int(chunk_rows) < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}.")
         return int(chunk_rows)
-    return max(1, CHUNK_ELEMENTS // max(1, vocab))
+    elements = CHUNK_ELEMENTS or (CPU_CHUNK_ELEMENTS if device.type == "cpu"
+                                  else ACCELERATOR_CHUNK_ELEMENTS)
+    return max(1, elements // max(1, vocab))
 
 
 class _PerToken(torch.autograd.Function):
@@ -204,7 +224,9 @@ class _PerToken(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         idx, jac = ctx.saved_tensors
-        grad = torch.zeros(ctx.flat_shape, dtype=jac.dtype, device=jac.device)
+        every_row = idx.numel() == ctx.flat_shape[0]  # indices are unique: all rows written
+        grad = (torch.empty if every_row else torch.zeros)(ctx.flat_shape, dtype=jac.dtype,
+                                                             device=jac.device)
         rows = ctx.rows
         for lo in range(0, idx.numel(), rows):
             g = jac[lo:lo + rows].to(ctx.cd) * grad_out[lo:lo + rows, None].to(ctx.cd)
@@ -247,7 +269,7 @@ def per_token(kernel: Kernel, student_logits: torch.Tensor, teacher_logits: torc
         student = student.detach()
     teacher = teacher_logits.detach().reshape(-1, vocab)
     return _PerToken.apply(student, teacher, idx, kernel, temperature,
-                           _chunk_rows(vocab, chunk_rows))
+                           _chunk_rows(vocab, chunk_rows, student.device))
 
 
 def token_mean(kernel: Kernel, student_logits, teacher_logits, mask, *, temperature: float = 1.0,

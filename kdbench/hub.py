@@ -193,14 +193,18 @@ def _read_json_rows(path: Path, cache_dir: str | None) -> Any:
 
 
 def _load_hub_rows(hub_id: str, data_file: str | None, split: str | None, revision: str | None,
-                   cache_dir: str | None) -> Any:
-    """Rows of a hub dataset (or its cache); network and not-found errors become UserError."""
+                   cache_dir: str | None) -> tuple[Any, str | None]:
+    """(rows, split name) of a hub dataset or its cache; network and not-found errors -> UserError.
+
+    With `data_file` the rows are that file of the repo; without, the repo's own `split` (or
+    its only split when `split` is None).
+    """
     import datasets
     from huggingface_hub import errors as hf_errors
 
     kwargs: dict[str, Any] = {"revision": revision, "cache_dir": cache_dir}
     if data_file is not None:
-        kwargs.update(data_files={"rows": data_file}, split="rows")
+        kwargs.update(data_files=data_file, split="train")  # one file -> datasets calls it "train"
     try:
         ds = datasets.load_dataset(hub_id, **kwargs)
     except (ConnectionError, hf_errors.OfflineModeIsEnabled, hf_errors.LocalEntryNotFoundError) as e:
@@ -221,7 +225,7 @@ def _load_hub_rows(hub_id: str, data_file: str | None, split: str | None, revisi
         if split not in ds:
             raise UserError(f"hub dataset '{hub_id}' has no split '{split}'; available: {sorted(ds)}")
         ds = ds[split]
-    return ds
+    return ds, split
 
 
 def _local_split_file(folder: Path, bench: Benchmark | None, split: str) -> SplitFile:
@@ -285,7 +289,8 @@ def load_instruction_split(
         folder with `<split>.jsonl`), or a `.jsonl`/`.json` file.
     split: `test` (default) for the evaluation sets; Dolly also has `train` (raw.jsonl from
         line 1,000), `validation` (its first 1,000 lines) and `raw`; S-NI/UnNI also take a
-        length bucket (`0_2`, ..., `11_`). For an unregistered hub repo, the repo's split.
+        length bucket (`0_2`, ..., `11_`). For an unregistered hub repo, one of its splits
+        (default: its only split).
         Ignored for a file, except that a registered row range is applied when the file is the
         split's file (e.g. `dolly/raw.jsonl` with split `train`).
     limit: None -> the protocol's cut (UnNI: first 10,000, others: all); an int -> the first
@@ -303,6 +308,7 @@ def load_instruction_split(
     path = Path(source_str).expanduser()
     bench = BENCHMARKS.get(_ALIASES.get(task.lower().replace("_", "-"), "")) if task else None
     bench = bench or benchmark_for(source_str)
+    requested_split = split
     split = split or (bench.default_split if bench else "test")
     cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
 
@@ -322,8 +328,11 @@ def load_instruction_split(
         spec = bench.splits.get(split) if bench and bench.hub_id.lower() == source_str.lower() else None
         if bench and bench.hub_id.lower() == source_str.lower() and spec is None:
             raise UserError(f"benchmark '{bench.name}' has no split '{split}'; available: {sorted(bench.splits)}")
-        ds = _load_hub_rows(source_str, spec.file if spec else None, None if spec else split, revision, cache_dir)
-        spec = spec or SplitFile("")
+        if spec is not None:
+            ds, _ = _load_hub_rows(source_str, spec.file, None, revision, cache_dir)
+        else:  # an unregistered repo: its own splits
+            ds, split = _load_hub_rows(source_str, None, requested_split, revision, cache_dir)
+            spec = SplitFile("")
         name = task or (bench.name if bench else source_str.split("/")[-1])
     else:
         raise UserError(f"instruction data source '{source_str}' is neither an existing path nor a hub id "
@@ -508,12 +517,14 @@ def convert_gguf(
         the HF cache). dtype: torch dtype of the saved weights (default float32, what
         transformers dequantizes to). The folder is written to `<out_dir>.tmp` and renamed to
         `out_dir` only when complete (an existing `out_dir` is replaced); it also holds
-        `kdbench_source.json` with the GGUF's origin and sha256. Needs `pip install gguf`.
+        `kdbench_source.json` with the GGUF's origin and sha256. Needs `pip install gguf accelerate`.
     """
-    try:
-        import gguf  # noqa: F401  (transformers imports it lazily; fail early with a clear message)
+    try:  # transformers needs both for gguf_file=...; fail early with a clear message
+        import accelerate  # noqa: F401
+        import gguf  # noqa: F401
     except ImportError as e:
-        raise UserError("reading GGUF checkpoints needs the `gguf` package; run `pip install gguf`") from e
+        raise UserError(f"reading GGUF checkpoints needs the packages gguf and accelerate ({e.name} is "
+                        f"missing); run `pip install gguf accelerate`") from e
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = Path(os.fspath(repo_or_dir)).expanduser()

@@ -15,21 +15,21 @@ A table with several teacher–student pairs must be filtered to one pair first;
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.colors
+import matplotlib.ticker
+import matplotlib.transforms
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
+from kdbench import io
 from kdbench import tables as T
-from kdbench.errors import UserError
 
 #: One style for every figure.
 RC = {
@@ -119,23 +119,16 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save(fig: Figure, out: str | Path) -> list[Path]:
-    """Write `{out}.png` and `{out}.pdf` atomically (temp file in the same folder, then
-    os.replace); return both paths. PDF metadata carry no date, so reruns are identical."""
+    """Write `{out}.png` and `{out}.pdf` atomically (kdbench.io.atomic_path: a temporary
+    beside the target, then a rename); return both paths. The PDF carries no creation date
+    and the PNG no timestamp, so a rerun on the same data writes identical files."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
         path = out.with_name(f"{out.name}.{ext}")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            meta = {"CreationDate": None} if ext == "pdf" else {}
+        with io.atomic_path(path) as tmp:
             fig.savefig(tmp, format=ext, dpi=DPI, bbox_inches="tight", pad_inches=0.05,
-                        metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+                        metadata={"CreationDate": None} if ext == "pdf" else {})
         paths.append(path)
     return paths
 
@@ -242,7 +235,8 @@ def _place_labels(fig: Figure, ax, xs, ys, texts, colors, xerr=None, yerr=None,
                 best = (ann, cost, bb)
             else:
                 ann.remove()
-            if overlap(bb, placed) + overlap(bb, obstacles) == 0 and inside and not far:
+            clean = inside and overlap(bb, placed) + overlap(bb, obstacles) == 0
+            if clean and not far and best[0] is ann:
                 break
         placed.append(best[2])
 
@@ -329,7 +323,7 @@ def rouge_by_method(runs: pd.DataFrame, out: str | Path,
 
 def _per_run_train(runs: pd.DataFrame) -> pd.DataFrame:
     """train_wall_s per run (index method, variant, seed)."""
-    T._require(runs, ["method", "variant", "seed", "train_wall_s"], "runs.csv")
+    T.require_columns(runs, ["method", "variant", "seed", "train_wall_s"], "runs.csv")
     return runs.groupby(["method", "variant", "seed"])["train_wall_s"].mean()
 
 
@@ -448,7 +442,7 @@ def training_curves(trace: pd.DataFrame, out: str | Path,
     trace = _one_pair(trace)
     if trace is None or trace.empty:
         return []
-    T._require(trace, ["method", "variant", "seed", "step", "loss"], "trace.csv.gz")
+    T.require_columns(trace, ["method", "variant", "seed", "step", "loss"], "trace.csv.gz")
     rows = _rows(trace, ablations, teacher=False)
     if not rows:
         return []
@@ -554,7 +548,7 @@ def cpd_schedule(epochs: pd.DataFrame, out: str | Path, method: str = "cpd",
     epochs = _one_pair(epochs)
     if epochs is None or epochs.empty:
         return []
-    T._require(epochs, ["method", "variant", "seed", "epoch", "n_examples"], "epochs.csv")
+    T.require_columns(epochs, ["method", "variant", "seed", "epoch", "n_examples"], "epochs.csv")
     sel = epochs[(epochs["method"] == method) & (epochs["variant"] == variant)]
     if sel.empty:
         return []
@@ -608,7 +602,7 @@ def bin_loss(bin_loss: pd.DataFrame, out: str | Path, method: str = "cpd",
     df = _one_pair(bin_loss)
     if df is None or df.empty:
         return []
-    T._require(df, ["method", "variant", "seed", "epoch", "bin", "ce"], "bin_loss.csv")
+    T.require_columns(df, ["method", "variant", "seed", "epoch", "bin", "ce"], "bin_loss.csv")
     if "n_examples" in df.columns:
         df = df[df["n_examples"].fillna(0) > 0]
     runs = [(method, variant)]
@@ -689,4 +683,4 @@ def build_all(tables_dir: str | Path, figures_dir: str | Path) -> list[Path]:
 __all__ = ["RC", "style", "method_color", "method_marker", "new_figure", "save",
            "pareto_front", "rouge_by_method", "train_time", "quality_vs_cost",
            "training_curves", "rouge_by_difficulty", "cpd_schedule", "bin_loss",
-           "build_all", "UserError"]
+           "build_all"]

@@ -24,14 +24,13 @@ run's avg is defined (the unweighted mean over benchmarks).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from kdbench import io
 from kdbench.errors import UserError
 
 TEACHER = "teacher"
@@ -45,6 +44,8 @@ BENCHMARK_NAMES = {
     "dolly": "Dolly", "dollyeval": "Dolly", "selfinst": "SelfInst", "self_inst": "SelfInst",
     "self-inst": "SelfInst", "vicuna": "Vicuna", "sinst": "S-NI", "s-ni": "S-NI",
     "uinst": "UnNI", "unni": "UnNI", "avg": "avg",
+    # the embedded synthetic suite
+    "id": "ID", "paraphrase": "Paraphrase", "hard": "Hard",
 }
 
 TABLE_FILES = {
@@ -82,7 +83,10 @@ def read_tables(tables_dir: str | Path, names: Sequence[str] | None = None
     return out
 
 
-def _require(df: pd.DataFrame | None, columns: Sequence[str], what: str) -> pd.DataFrame:
+def require_columns(df: pd.DataFrame | None, columns: Sequence[str], what: str
+                    ) -> pd.DataFrame:
+    """`df` itself if it has `columns`; UserError naming `what` (e.g. "runs.csv") if it is
+    None or lacks some."""
     if df is None:
         raise UserError(f"{what} is missing; run the DAG's collect step to write it.")
     missing = [c for c in columns if c not in df.columns]
@@ -134,7 +138,7 @@ def order_key(method: str, variant: str) -> tuple:
 def _ablation_pairs(ablations: pd.DataFrame | None) -> set[tuple[str, str]]:
     if ablations is None or ablations.empty:
         return set()
-    _require(ablations, ["ablation", "method", "variant"], "ablations.csv")
+    require_columns(ablations, ["ablation", "method", "variant"], "ablations.csv")
     return set(zip(ablations["method"], ablations["variant"]))
 
 
@@ -243,7 +247,7 @@ def _p_two_sided(draws: np.ndarray, observed: float) -> float:
 def _per_example(examples: pd.DataFrame, keys: set[tuple[str, str]]) -> pd.Series:
     """Rouge-L per (method, variant, benchmark, example_id), averaged over training seeds and
     eval seeds."""
-    _require(examples, _KEY + ["benchmark", "example_id", "rouge_l"], "examples.csv.gz")
+    require_columns(examples, _KEY + ["benchmark", "example_id", "rouge_l"], "examples.csv.gz")
     mv = pd.MultiIndex.from_frame(examples[_KEY])
     ex = examples[mv.isin(list(keys))]
     return ex.groupby(_KEY + ["benchmark", "example_id"], sort=True)["rouge_l"].mean()
@@ -285,12 +289,12 @@ def significance(examples: pd.DataFrame, rows: dict[str, tuple[str, str]], basel
 
 
 # --------------------------------------------------------------------------- tables
-def _col_spec(key, header, fmt="{:.2f}", best="max", show_std=True, tested=False) -> dict:
+def _col_spec(key, header, fmt="{:.2f}", best="max", show_std=True) -> dict:
     """How `format_table` shows value column `key` (numeric columns key_mean/key_std/key_p).
 
     best: "max", "min" or None — which mean is bold among students.
     """
-    return dict(key=key, header=header, fmt=fmt, best=best, show_std=show_std, tested=tested)
+    return dict(key=key, header=header, fmt=fmt, best=best, show_std=show_std)
 
 
 def _range_text(values) -> str:
@@ -319,12 +323,12 @@ def _score_table(runs, rows, index_name, examples, baseline, n_boot, seed,
     df = df[["pair", "method", "variant", "n_seeds"] + value]
 
     students = df[df["method"] != TEACHER]
-    n_eval = runs["n_eval_seeds"] if "n_eval_seeds" in runs.columns else []
+    n_eval = _range_text(runs["n_eval_seeds"]) if "n_eval_seeds" in runs.columns else "?"
     notes = [
         f"Rouge-L F1 (×100), mean ± sample std over {_range_text(students['n_seeds'])} "
         "training seeds; each run's score is its mean over "
-        f"{_range_text(n_eval)} sampling seeds. avg: a run's mean over the benchmarks, "
-        "then mean ± std over seeds.",
+        + ("its" if n_eval == "?" else n_eval) + " sampling seeds. avg: a run's mean over "
+        "the benchmarks, then mean ± std over seeds.",
         "Bold: best student per column (ties at the shown precision all bold)"
         + ("; the teacher is set apart and never bold." if (df["method"] == TEACHER).any()
            else "."),
@@ -341,7 +345,7 @@ def _score_table(runs, rows, index_name, examples, baseline, n_boot, seed,
             f"over test examples ({n_boot:,} resamples; per example, Rouge-L averaged over "
             "training and sampling seeds; for avg each benchmark is resampled separately).")
     df.attrs.update(
-        columns=[_col_spec(c, BENCHMARK_NAMES.get(c.lower(), c), tested=True) for c in cols],
+        columns=[_col_spec(c, BENCHMARK_NAMES.get(c.lower(), c)) for c in cols],
         caption=caption, footnote=notes, index_header=index_name)
     return df
 
@@ -359,7 +363,7 @@ def main_table(runs: pd.DataFrame, ablations: pd.DataFrame | None = None,
     Rows: teacher first, then sft, seqkd, kd, then the other methods by name. Columns:
     pair, method, variant, n_seeds, and for each benchmark and "avg": `_mean`, `_std`, `_p`.
     """
-    runs = _require(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
+    runs = require_columns(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
                     "runs.csv")
     if runs.empty:
         raise UserError("runs.csv has no rows; run the DAG (snakemake) before making tables.")
@@ -380,9 +384,9 @@ def ablation_table(runs: pd.DataFrame, ablations: pd.DataFrame,
     Same columns and statistics as `main_table`; the test compares every row with the
     `reference` ("full") row. An ablation whose run is missing gives a NaN row (n_seeds 0).
     """
-    runs = _require(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
+    runs = require_columns(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
                     "runs.csv")
-    ablations = _require(ablations, ["ablation", "method", "variant"], "ablations.csv")
+    ablations = require_columns(ablations, ["ablation", "method", "variant"], "ablations.csv")
     if ablations.empty:
         raise UserError("ablations.csv has no rows; declare an ablation grid in the config.")
     examples = select_pair(examples, pair) if examples is not None else None
@@ -416,10 +420,10 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     The teacher is listed first only if it was trained in this profile (finite wall time).
     """
     values = ["train_wall_s", "train_tokens_per_s", "train_examples", "gen_tokens_per_s"]
-    runs = _require(select_pair(runs, pair), _KEY + ["seed"] + values, "runs.csv")
+    runs = require_columns(select_pair(runs, pair), _KEY + ["seed"] + values, "runs.csv")
     per_run = runs.groupby(_KEY + ["seed"])[values].mean()
     if epochs is not None and not select_pair(epochs, pair).empty:
-        ep = _require(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
+        ep = require_columns(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
                       "epochs.csv")
         full = ep["n_examples"].max()
         g = ep.groupby(_KEY + ["seed"])
@@ -537,18 +541,11 @@ def format_table(df: pd.DataFrame, target: str = "md") -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- writing
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` via a temporary file in the same directory and os.replace, so
-    readers never see a half-written file."""
+    """Write `text` (UTF-8) to `path` through kdbench.io.atomic_path (a temporary beside it,
+    then a rename), so readers never see a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with io.atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="\n")
     return path
 
 
@@ -562,7 +559,7 @@ def to_markdown(formatted: pd.DataFrame, caption: str | None = None, footnote=No
     """A pipe table (label column left-aligned, values right-aligned) with the caption above
     and each footnote line as its own paragraph below."""
     align = ["left"] + ["right"] * (formatted.shape[1] - 1)
-    body = formatted.to_markdown(index=False, colalign=align)
+    body = formatted.to_markdown(index=False, colalign=align, disable_numparse=True)
     parts = ([f"**{caption}**", ""] if caption else []) + [body]
     for line in _lines(footnote):
         parts += ["", line]
@@ -640,7 +637,7 @@ def build_all(tables_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> list
     """
     tables_dir = Path(tables_dir)
     t = read_tables(tables_dir, ["runs", "examples", "ablations", "epochs"])
-    runs = _require(t["runs"], _KEY + ["pair", "seed", "benchmark", "rouge_l"],
+    runs = require_columns(t["runs"], _KEY + ["pair", "seed", "benchmark", "rouge_l"],
                     str(tables_dir / "runs.csv"))
     ablations = t["ablations"]
     has_abl = ablations is not None and not ablations.empty

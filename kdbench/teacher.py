@@ -28,7 +28,7 @@ class OnlineTeacher:
     @torch.no_grad()
     def __call__(self, batch: dict) -> torch.Tensor:
         with autocast(self.precision, self.dev):
-            return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return self.model(input_ids=batch["input_ids"]).logits
 
 
 class CachedTeacher:
@@ -45,7 +45,7 @@ class CachedTeacher:
         out = torch.zeros((B, T, self.logits.shape[1]), dtype=torch.bfloat16)
         for b, i in enumerate(batch["index"].tolist()):
             e = self.examples[i]
-            rows = np.asarray(self.logits[self.offsets[i]:self.offsets[i + 1]])
+            rows = np.array(self.logits[self.offsets[i]:self.offsets[i + 1]])
             out[b, e.n_prompt - 1:e.n_prompt - 1 + len(rows)] = torch.from_numpy(rows.view(np.int16)).view(torch.bfloat16)
         return out.to(batch["input_ids"].device)
 

@@ -104,7 +104,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
                 if n_micro == 0:
                     continue
                 with autocast(budget["precision"], dev):
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    logits = model(input_ids=batch["input_ids"]).logits
                 tok_ce = F.cross_entropy(logits[mask].float(), batch["targets"][mask], reduction="none")
                 ce = tok_ce.mean()
                 loss = (1 - ratio) * ce if ratio < 1 else ce * 0

@@ -3,8 +3,10 @@
 - `make_tokenizer`: a word-level tokenizer (whitespace + punctuation pre-tokenizer), saved with
   `save_pretrained`; its token count for a text is `count_tokens(text)`, computed here
   independently of the tokenizer (the pre-tokenizer's regex `\\w+|[^\\w\\s]+`).
-- `make_gpt2` / `make_llama`: tiny random models built from a config (a few thousand
+- `make_gpt2` / `make_llama` / `make_qwen2`: tiny random models built from a config (a few thousand
   parameters), saved with `save_pretrained`.
+- `make_tiny_gguf`: a 2-layer Llama GGUF (float32 tensors, GPT-2-style BPE tokenizer of 32 tokens)
+  written with the `gguf` package's writer, for the conversion test.
 - `make_minillm_snapshot`: local copies of the MiniLLM hub repos, in their real file layout
   (raw.jsonl / valid.jsonl / 11_/valid.jsonl, fields topic/instruction/input/output/prompt),
   with single references and, for sinst, lists of references. The `prompt` field is written
@@ -79,6 +81,21 @@ def make_llama(folder: Path, vocab_size: int, n_layer: int = 4, seed: int = 0):
     return model
 
 
+def make_qwen2(folder: Path, vocab_size: int, n_layer: int = 4, seed: int = 0):
+    """Qwen2 with sliding-window attention in its upper half: per-layer `config.layer_types`."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=n_layer,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      use_sliding_window=True, sliding_window=4, max_window_layers=n_layer // 2,
+                      bos_token_id=2, eos_token_id=2, pad_token_id=1)
+    model = Qwen2ForCausalLM(cfg).eval()
+    model.save_pretrained(folder)
+    return model
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -118,3 +135,55 @@ def make_minillm_snapshot(root: Path) -> dict[str, Path]:
     _write_jsonl(root / "uinst" / "11_" / "valid.jsonl",
                  [_row(i, f"question {i}", "", f"answer number {i}") for i in range(12)])
     return {name: root / name for name in ("dolly", "self-inst", "vicuna", "sinst", "uinst")}
+
+
+def make_tiny_gguf(path: Path, n_layer: int = 2, hidden: int = 16, ff: int = 32, heads: int = 2, kv: int = 1):
+    """Write a tiny Llama GGUF file; returns the token-embedding matrix written (vocab, hidden)."""
+    import gguf
+    import numpy as np
+
+    toks = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(97, 123)] + ["\u0120", "ab", "\u0120a"]
+    vocab, hd = len(toks), hidden // heads
+    rng = np.random.default_rng(0)
+
+    def rand(*shape):
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny")
+    w.add_context_length(64)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(ff)
+    w.add_embedding_length(hidden)
+    w.add_rope_dimension_count(hd)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(vocab)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(toks)
+    w.add_token_types([3, 3, 3] + [1] * (vocab - 3))
+    w.add_token_merges(["a b", "\u0120 a"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    embedding = rand(vocab, hidden)
+    w.add_tensor("token_embd.weight", embedding)
+    for i in range(n_layer):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(f"blk.{i}.attn_q.weight", rand(hidden, hidden))
+        w.add_tensor(f"blk.{i}.attn_k.weight", rand(kv * hd, hidden))
+        w.add_tensor(f"blk.{i}.attn_v.weight", rand(kv * hd, hidden))
+        w.add_tensor(f"blk.{i}.attn_output.weight", rand(hidden, hidden))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", rand(ff, hidden))
+        w.add_tensor(f"blk.{i}.ffn_up.weight", rand(ff, hidden))
+        w.add_tensor(f"blk.{i}.ffn_down.weight", rand(hidden, ff))
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    w.add_tensor("output.weight", rand(vocab, hidden))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return embedding

@@ -1,5 +1,6 @@
 # Validates the config, writes the resolved config every stage reads, and defines the helpers
 # the rules use to name their inputs. Nothing here trains or scores anything.
+import shutil
 import sys
 
 from kdbench import config as C
@@ -7,8 +8,14 @@ from kdbench import method as M
 from kdbench.errors import UserError
 from kdbench.paths import Paths
 
+# `--configfile X` replaces config/default.yaml rather than merging into it: a profile is
+# complete on its own (Snakemake would otherwise inherit the default's pairs and ablations).
+_cli = workflow.config_settings.overwrite_config
+_raw = _cli if workflow.overwrite_configfiles else config
+_source = ", ".join(map(str, workflow.overwrite_configfiles)) or "config/default.yaml"
+
 try:
-    CFG = C.validate(config, source="the config")
+    CFG = C.validate(_raw, source=_source)
     METHODS = M.discover(CFG["methods_dir"])
     RUNS = C.runs(CFG)
     if "teacher" in METHODS:
@@ -22,6 +29,8 @@ PAIRS = list(CFG["pairs"])
 BENCHMARKS = list(CFG["data"]["benchmarks"])
 SEEDS = list(range(CFG["training_seeds"]))
 KD = "python -m kdbench"
+# GPU rules claim the one GPU only where there is one (profiles/default limits gpu to 1)
+GPU = 1 if shutil.which("nvidia-smi") else 0
 CONFIG = P.config  # the resolved config: every stage command reads it
 C.write_resolved(CFG, CONFIG)
 

@@ -14,7 +14,7 @@ rule train_teacher:
         fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], CFG["training"]["teacher"], CFG["data"]["max_length"]),
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         P.log("train_teacher", "{pair}.log"),
     benchmark:
@@ -38,7 +38,7 @@ rule init_student:
         fp=lambda wc: fp(CFG["pairs"][wc.pair]["student"], CFG["training"]["pretrain"]),
     threads: CFG["threads"]
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         P.log("init_student", "{pair}", "seed{seed}.log"),
     benchmark:
@@ -55,7 +55,7 @@ rule cache_teacher:
         directory(P.teacher_cache()),
     threads: CFG["threads"]
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         P.log("cache_teacher", "{pair}.log"),
     benchmark:
@@ -74,7 +74,7 @@ rule teacher_samples:
         fp=fp(CFG["evaluation"]),
     threads: CFG["threads"]
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         P.log("teacher_samples", "{pair}.log"),
     benchmark:
@@ -97,7 +97,7 @@ rule score_difficulty:
         fp=fp(CFG["difficulty"]),
     threads: CFG["threads"]
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         P.log("score_difficulty", "{pair}.log"),
     benchmark:

@@ -38,7 +38,7 @@ rule distill:
         method="|".join(METHODS),
     threads: CFG["threads"]
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         P.log("distill", "{pair}", "{method}", "{variant}", "seed{seed}.log"),
     benchmark:
@@ -59,7 +59,7 @@ rule generate:
         key=run_key,
     threads: CFG["threads"]
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         P.log("generate", "{pair}", "{method}", "{variant}", "seed{seed}.log"),
     benchmark:

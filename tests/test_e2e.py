@@ -1,0 +1,81 @@
+"""End to end: the smoke profile through Snakemake in a temporary directory, a rerun that
+does nothing, method discovery in the DAG, and the notebooks on the smoke results."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir, *args, methods_dir=REPO / "methods", config=(), check=True):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(REPO / "config" / "smoke.yaml"), *args,
+           "--config", f"methods_dir={methods_dir}", *config]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and out.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    snakemake(work, "--cores", "2")
+    return work / "results" / "smoke"
+
+
+@pytest.mark.slow
+def test_smoke_profile_end_to_end(smoke_results):
+    import yaml
+
+    tables = smoke_results / "tables"
+    main = (tables / "main.md").read_text()
+    runs = pd.read_csv(tables / "runs.csv")
+    include = yaml.safe_load(open(REPO / "config" / "smoke.yaml"))["methods"]["include"]
+    for name in ["teacher", *include]:
+        assert name in set(runs["method"]), name
+        assert f"| {name}" in main or f"|{name}" in main or name in main
+    assert set(runs["benchmark"]) == {"id", "paraphrase", "hard"}
+    assert runs["rouge_l"].between(0, 100).all()
+    for stem in ("main", "runtime", "ablation"):
+        for ext in ("md", "csv", "tex"):
+            assert (tables / f"{stem}.{ext}").stat().st_size > 0
+    assert list((smoke_results / "figures").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_rerun_of_an_up_to_date_dag_does_nothing(smoke_results):
+    out = snakemake(smoke_results.parents[1], "-n", "--cores", "2")
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_new_method_file_shows_up_in_the_dag(tmp_path):
+    methods = tmp_path / "methods"
+    shutil.copytree(REPO / "methods", methods)
+    shutil.copy(methods / "kd.py", methods / "my_new_kd.py")
+    out = snakemake(tmp_path, "-n", "--cores", "1", methods_dir=methods)
+    assert "my_new_kd" in out.stdout
+    assert "template_method" not in out.stdout
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    out = snakemake(tmp_path, "-n", "--cores", "1", config=["training_seeds=zero"], check=False)
+    assert out.returncode != 0
+    assert "training_seeds" in out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (REPO / "analysis").glob("*.ipynb")))
+def test_notebook_runs_on_smoke_results(notebook, smoke_results, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("KDBENCH_RESULTS", str(smoke_results))
+    nb = nbformat.read(REPO / "analysis" / notebook, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO / "analysis")}}).execute()

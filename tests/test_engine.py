@@ -1,0 +1,84 @@
+"""The training engine: every method trains through it; accumulation is exact; the cache
+equals the online teacher; a NaN loss stops with a clear message."""
+import numpy as np
+import pytest
+import torch
+
+from kdbench import method as M
+from kdbench.data import collate, encode
+from kdbench.errors import UserError
+from kdbench.teacher import CachedTeacher, OnlineTeacher, build_cache
+from kdbench.train import lr_factor, train
+
+BUDGET = {"epochs": 2, "batch_size": 8, "grad_accum": 1, "lr": 1e-3, "min_lr_ratio": 0.1, "warmup": 0.1,
+          "weight_decay": 0.0, "grad_clip": 1.0, "loss_on": "response", "precision": "fp32", "bucket_window": 2}
+
+
+@pytest.fixture(scope="module")
+def examples(tokenizer, records):
+    return encode(tokenizer, records[:24], max_length=512)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = [lr_factor(s, 100, 0.1, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(M.discover()))
+def test_every_method_trains_through_the_engine(name, examples, tokenizer, make_model):
+    cls = M.discover()[name]
+    meth = cls()
+    student, teacher = make_model(seed=1), make_model(seed=2, hidden_size=32)
+    difficulty = np.random.default_rng(0).random(len(examples)) if cls.uses_difficulty else None
+    before = [p.detach().clone() for p in student.parameters()]
+    res = train(student, examples, {**BUDGET, "epochs": 3}, seed=0, pad_id=tokenizer.pad_token_id,
+                method=meth, teacher=OnlineTeacher(teacher, "fp32", torch.device("cpu")),
+                kd_ratio=1.0 if cls.needs_teacher else 0.0, difficulty=difficulty)
+    assert np.isfinite(res.trace["loss"]).all()
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    assert len(res.epochs) == 3 and res.stats["train_examples"] == res.epochs["n_examples"].sum()
+    if cls.needs_teacher:
+        assert (res.trace["distill"] != 0).any()
+    else:
+        assert (res.trace["distill"] == 0).all() and (res.trace["kd_ratio"] == 0).all()
+    for key in meth.schedule(M.Progress()):  # scheduled values are logged every step
+        assert key in res.trace.columns
+    if difficulty is not None:
+        assert set(res.bin_loss["bin"]) <= {1, 2, 3, 4, 5} and len(res.bin_loss)
+
+
+def test_accumulation_equals_one_big_batch(examples, tokenizer, make_model, monkeypatch):
+    # plain SGD so the update is proportional to the gradient (Adam's first step is its sign)
+    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, lr: torch.optim.SGD(groups, lr=lr))
+    sub = examples[:8]
+    budget = {**BUDGET, "epochs": 1, "grad_clip": 0.0, "warmup": 0.0, "bucket_window": 1}
+    a, b = make_model(seed=3), make_model(seed=3)
+    train(a, sub, {**budget, "batch_size": 8, "grad_accum": 1}, seed=0, pad_id=tokenizer.pad_token_id)
+    train(b, sub, {**budget, "batch_size": 4, "grad_accum": 2}, seed=0, pad_id=tokenizer.pad_token_id)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+
+
+def test_cache_equals_online_teacher(examples, tokenizer, make_model, tmp_path):
+    teacher = make_model(seed=4).eval()
+    build_cache(teacher, examples, tokenizer.pad_token_id, tmp_path / "cache", "fp32", torch.device("cpu"), batch_size=7)
+    cached = CachedTeacher(tmp_path / "cache", examples)
+    online = OnlineTeacher(teacher, "fp32", torch.device("cpu"))
+    batch = collate([examples[i] for i in (5, 0, 17)], tokenizer.pad_token_id)
+    m = batch["mask"]
+    # the cache stores bf16: compare at bf16 resolution on the positions that carry the loss
+    torch.testing.assert_close(cached(batch)[m].float(), online(batch)[m].float(), atol=0.05, rtol=0.02)
+
+
+class _NaN(M.Method):
+    def loss(self, student_logits, teacher_logits, mask, progress):
+        return student_logits.sum() * float("nan")
+
+
+def test_nan_loss_stops_with_one_sentence(examples, tokenizer, make_model):
+    teacher = OnlineTeacher(make_model(seed=5), "fp32", torch.device("cpu"))
+    with pytest.raises(UserError, match="learning rate"):
+        train(make_model(), examples, BUDGET, seed=0, pad_id=tokenizer.pad_token_id, method=_NaN(),
+              teacher=teacher, kd_ratio=1.0)
