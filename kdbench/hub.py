@@ -13,7 +13,7 @@ Two halves, both free of network access unless a hub id is asked for:
    `output` always holds one or more reference answers (S-NI has several per prompt).
 
    Hub layout (one JSON object per line; all files also carry a pre-rendered Alpaca
-   `prompt`, which is ignored here because `format_prompt` re-renders it):
+   `prompt`, which is ignored here because `kdbench.data.format_prompt` re-renders it):
 
    ============  ==========================  =====================================  =======
    benchmark     file in the hub repo        fields                                 output
@@ -31,8 +31,10 @@ Two halves, both free of network access unless a hub id is asked for:
    1,000 lines of `raw.jsonl`, its training set the rest.
 
 2. Model helpers: the vocabulary check of a teacher–student pair, a DistilBERT-style student
-   built from a subset of the teacher's layers, and the conversion of a GGUF checkpoint to
-   safetensors.
+   built from a subset of the teacher's layers, and GGUF checkpoints (loaded and dequantized
+   in memory, or converted to a safetensors folder).
+
+The prompt template is `kdbench.data`'s (PROMPT, PROMPT_WITH_INPUT, format_prompt).
 """
 from __future__ import annotations
 
@@ -43,34 +45,16 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from kdbench.data import PROMPT, PROMPT_WITH_INPUT, encode_prompt
 from kdbench.errors import UserError
 
 # --------------------------------------------------------------------------------------
-# Prompt template (Alpaca style, as in the MiniLLM / DistiLLM / POCL evaluation protocol)
+# Prompt template: owned by kdbench.data (PROMPT, PROMPT_WITH_INPUT, format_prompt)
 # --------------------------------------------------------------------------------------
-
-PROMPT_TEMPLATE: dict[str, str] = {
-    "no_input": (
-        "Below is an instruction that describes a task. "
-        "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\n{instruction}\n\n### Response:\n"
-    ),
-    "with_input": (
-        "Below is an instruction that describes a task, paired with an input that provides "
-        "further context. Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-    ),
-}
-
-
-def format_prompt(instruction: str, input: str = "", template: dict[str, str] = PROMPT_TEMPLATE) -> str:
-    """The prompt string the model sees: the with-input template iff `input` is non-empty."""
-    if input:
-        return template["with_input"].format(instruction=instruction, input=input)
-    return template["no_input"].format(instruction=instruction)
 
 
 def _template_regex(text: str, fields: Sequence[str]) -> re.Pattern:
@@ -80,16 +64,18 @@ def _template_regex(text: str, fields: Sequence[str]) -> re.Pattern:
     return re.compile(pattern + r"\Z", re.DOTALL)
 
 
-def parse_prompt(prompt: str, template: dict[str, str] = PROMPT_TEMPLATE) -> tuple[str, str] | None:
-    """Inverse of `format_prompt`: (instruction, input) or None if `prompt` has another form.
+_WITH_INPUT_RE = _template_regex(PROMPT_WITH_INPUT, ["instruction", "input"])
+_NO_INPUT_RE = _template_regex(PROMPT, ["instruction"])
 
-    Accepts the `<n>` newline escape of MiniLLM's `.txt` files.
-    """
+
+def parse_prompt(prompt: str) -> tuple[str, str] | None:
+    """Inverse of `kdbench.data.format_prompt`: (instruction, input), or None if `prompt` has
+    another form. Accepts the `<n>` newline escape of MiniLLM's `.txt` files."""
     prompt = prompt.replace("<n>", "\n")
-    m = _template_regex(template["with_input"], ["instruction", "input"]).match(prompt)
+    m = _WITH_INPUT_RE.match(prompt)
     if m:
         return m["instruction"], m["input"]
-    m = _template_regex(template["no_input"], ["instruction"]).match(prompt)
+    m = _NO_INPUT_RE.match(prompt)
     if m:
         return m["instruction"], ""
     return None
@@ -167,6 +153,26 @@ def benchmark_for(source: str) -> Benchmark | None:
         if key:
             return BENCHMARKS[key]
     return None
+
+
+def has_protocol_split(source: str | os.PathLike, split: str) -> bool:
+    """Whether `source` is a registered benchmark in its hub layout that defines `split`.
+
+    True for the benchmark's own hub id, a local copy of the repo that holds the split's file,
+    or that file itself; e.g. ("MiniLLM/dolly", "validation") -> True (the first 1,000 lines of
+    raw.jsonl). Needs no network: prepare_data uses it to take the protocol's validation split
+    instead of a random hold-out.
+    """
+    source_str = os.fspath(source)
+    bench = benchmark_for(source_str)
+    if bench is None or split not in bench.splits:
+        return False
+    path = Path(source_str).expanduser()
+    if path.is_dir():
+        return (path / bench.splits[split].file).is_file()
+    if path.is_file():
+        return path.name == Path(bench.splits[split].file).name
+    return source_str.lower() == bench.hub_id.lower()
 
 
 # --------------------------------------------------------------------------------------
@@ -357,19 +363,15 @@ def filter_by_prompt_length(
     records: Sequence[dict[str, Any]],
     tokenizer: Any,
     max_prompt_tokens: int = 256,
-    *,
-    template: dict[str, str] = PROMPT_TEMPLATE,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Drop records whose rendered prompt has more than `max_prompt_tokens` tokens.
+    """Drop records whose prompt has more than `max_prompt_tokens` tokens (the protocol's rule).
 
-    Tokens are counted as the protocol does: `tokenizer.encode(prompt, add_special_tokens=False)`
-    of `format_prompt(instruction, input)`. Returns (kept records in order, number dropped).
+    Tokens are counted exactly as the engine encodes prompts for training and generation,
+    `kdbench.data.encode_prompt(tokenizer, record)` (the Alpaca prompt of `format_prompt`,
+    with whatever special tokens the tokenizer adds, e.g. OPT's leading `</s>`), so a kept
+    prompt is never cut later. Returns (kept records in order, number dropped).
     """
-    if not records:
-        return [], 0
-    prompts = [format_prompt(r["instruction"], r["input"], template) for r in records]
-    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    kept = [r for r, t in zip(records, ids) if len(t) <= max_prompt_tokens]
+    kept = [r for r in records if len(encode_prompt(tokenizer, r)) <= max_prompt_tokens]
     return kept, len(records) - len(kept)
 
 
@@ -379,10 +381,18 @@ def filter_by_prompt_length(
 
 
 def _special_tokens(tok: Any) -> dict[str, Any]:
-    """Named special tokens (bos/eos/unk/pad/...) and the set of all special tokens."""
+    """The special tokens that decide how text is cut into ids and where answers end: named
+    ones (bos/eos/unk/...) and the set of all, WITHOUT the padding token (padding never carries
+    a loss or a logit that is compared; hub checkpoints often differ only in whether a pad
+    token is set, e.g. MiniLLM's GPT-2 teacher sets pad = <|endoftext|>, openai-community/gpt2
+    sets none)."""
     named = dict(getattr(tok, "special_tokens_map", {}) or {})
     named.pop("additional_special_tokens", None)
-    return {"named": named, "all": sorted(set(getattr(tok, "all_special_tokens", []) or []))}
+    pad = named.pop("pad_token", None)
+    every = set(getattr(tok, "all_special_tokens", []) or [])
+    if pad is not None and str(pad) not in {str(v) for v in named.values()}:
+        every.discard(str(pad))
+    return {"named": {k: str(v) for k, v in named.items()}, "all": sorted(every)}
 
 
 def check_vocab(
@@ -395,9 +405,11 @@ def check_vocab(
 ) -> int:
     """The vocabulary size V to compare teacher and student logits over: logits[..., :V].
 
-    Requires identical tokenizers (same token -> id map, same special tokens). The models'
-    output sizes (`config.vocab_size`) may differ by padding of the embedding matrix (Qwen2.5:
-    151,665 tokens, 151,936 or 152,064 rows; OPT: 50,265 tokens, 50,272 rows): the shared size
+    Requires identical tokenizers (same token -> id map, same special tokens apart from the
+    padding token, which never carries a loss); call it with each model's OWN tokenizer,
+    before either is saved with the other's. The models' output sizes (`config.vocab_size`)
+    may differ by padding of the embedding matrix (Qwen2.5: 151,665 tokens, 151,936 or
+    152,064 rows; OPT: 50,265 tokens, 50,272 rows): the shared size
     min(teacher_vocab_size, student_vocab_size) is returned as long as it covers every token of
     the tokenizer. Anything else raises UserError naming both models.
     """
@@ -412,8 +424,8 @@ def check_vocab(
     ts, ss = _special_tokens(teacher_tokenizer), _special_tokens(student_tokenizer)
     if ts != ss:
         raise UserError(f"{pair} share a vocabulary but not their special tokens ({ts['named']} vs "
-                        f"{ss['named']}); save the student with the teacher's tokenizer so both "
-                        f"end answers with the same EOS")
+                        f"{ss['named']}); pick checkpoints whose special tokens match (e.g. both -Instruct "
+                        f"or both base models of one family) so both end answers with the same EOS")
     n_tokens = max(len(teacher_tokenizer), len(student_tokenizer))
     shared = min(int(teacher_vocab_size), int(student_vocab_size))
     if shared < n_tokens:
@@ -491,7 +503,7 @@ def student_from_teacher_layers(teacher_model: Any, layer_indices: Sequence[int]
 
 
 # --------------------------------------------------------------------------------------
-# GGUF -> safetensors
+# GGUF checkpoints (e.g. SmolLM2-135M-Instruct.Q4_1.gguf)
 # --------------------------------------------------------------------------------------
 
 
@@ -501,6 +513,79 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _gguf_location(repo_or_dir: str | os.PathLike, gguf_file: str) -> tuple[str, Path | None]:
+    """(what to pass to from_pretrained, the local .gguf path or None for a hub repo)."""
+    src = Path(os.fspath(repo_or_dir)).expanduser()
+    if src.is_dir():
+        if not (src / gguf_file).is_file():
+            raise UserError(f"GGUF file {src / gguf_file} does not exist; check the folder and file name "
+                            f"(`path` and `gguf_file` in the config)")
+        return str(src), src / gguf_file
+    return os.fspath(repo_or_dir), None
+
+
+def _require(*packages: str) -> None:
+    for name in packages:
+        try:
+            __import__(name)
+        except ImportError as e:
+            raise UserError(f"reading GGUF checkpoints needs the packages gguf and accelerate ({name} is "
+                            f"missing); run `pip install gguf accelerate` (or `pip install -e \".[gguf]\"`)") from e
+
+
+def load_gguf_tokenizer(repo_or_dir: str | os.PathLike, gguf_file: str) -> Any:
+    """The tokenizer stored in a GGUF file (read-only: safe for concurrent jobs). Needs `gguf`."""
+    _require("gguf")
+    from transformers import AutoTokenizer
+
+    location, _ = _gguf_location(repo_or_dir, gguf_file)
+    try:
+        return AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
+    except OSError as e:  # a hub repo without network or cache
+        raise UserError(_gguf_unreachable(location, gguf_file, e)) from e
+
+
+def _gguf_unreachable(location: str, gguf_file: str, exc: Exception) -> str:
+    return (f"cannot read GGUF file {gguf_file!r} from {location!r} ({type(exc).__name__}); download it "
+            f"where there is network (`hf download {location} {gguf_file} --local-dir DIR`), copy DIR here "
+            f"and set the model's `path` in the config to DIR")
+
+
+def load_gguf(repo_or_dir: str | os.PathLike, gguf_file: str, *, dtype: Any = None,
+              **from_pretrained_kwargs: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) of a GGUF checkpoint, dequantized into plain dense weights in memory.
+
+    repo_or_dir: a local folder holding `gguf_file`, or a hub model repo (needs the network or
+    the HF cache). dtype: torch dtype of the weights (default float32, what transformers
+    dequantizes to; the quantization rounding is baked in). The model carries no GGUF
+    quantizer, so `save_pretrained` writes an ordinary safetensors checkpoint. Nothing is
+    written to disk, so concurrent jobs cannot race. Needs `pip install gguf accelerate`.
+    """
+    _require("gguf", "accelerate")  # transformers refuses gguf_file= without accelerate
+    from transformers import AutoModelForCausalLM
+
+    location, _ = _gguf_location(repo_or_dir, gguf_file)
+    tokenizer = load_gguf_tokenizer(location, gguf_file)
+    kwargs: dict[str, Any] = dict(from_pretrained_kwargs)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:  # transformers >= 5 can keep GGUF blocks packed; ask for plain dense weights
+        from transformers import GgufConfig
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:  # older transformers always dequantize
+        pass
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, **kwargs)
+    except OSError as e:
+        raise UserError(_gguf_unreachable(location, gguf_file, e)) from e
+    # the weights are now dense: drop the GGUF loader record, or save_pretrained refuses to
+    # write (a GGUF quantizer is not serializable) and from_pretrained would expect a GGUF file
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    return model, tokenizer
 
 
 def convert_gguf(
@@ -513,63 +598,33 @@ def convert_gguf(
 ) -> Path:
     """Dequantize a GGUF checkpoint into a Hugging Face folder (safetensors + tokenizer).
 
-    repo_or_dir: a local folder holding `gguf_file`, or a hub model repo (needs the network or
-        the HF cache). dtype: torch dtype of the saved weights (default float32, what
-        transformers dequantizes to). The folder is written to `<out_dir>.tmp` and renamed to
-        `out_dir` only when complete (an existing `out_dir` is replaced); it also holds
-        `kdbench_source.json` with the GGUF's origin and sha256. Needs `pip install gguf accelerate`.
+    `load_gguf`, then `save_pretrained` into a private temporary folder beside `out_dir`,
+    renamed onto `out_dir` only when complete (an existing `out_dir` is replaced). The folder
+    also holds `kdbench_source.json` with the GGUF's origin and sha256. The DAG does not
+    call this (train_teacher saves the loaded teacher itself); it is the by-hand way to get
+    a safetensors copy, e.g. to share or inspect.
     """
-    try:  # transformers needs both for gguf_file=...; fail early with a clear message
-        import accelerate  # noqa: F401
-        import gguf  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"reading GGUF checkpoints needs the packages gguf and accelerate ({e.name} is "
-                        f"missing); run `pip install gguf accelerate`") from e
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    src = Path(os.fspath(repo_or_dir)).expanduser()
-    local = src.is_dir()
-    if local and not (src / gguf_file).is_file():
-        raise UserError(f"GGUF file {src / gguf_file} does not exist; check the folder and file name")
-    out = Path(os.fspath(out_dir)).expanduser()
-    tmp = out.with_name(out.name + ".tmp")
     say = progress or (lambda msg: None)
-    location = str(src) if local else os.fspath(repo_or_dir)
-
-    say(f"loading tokenizer from {location}/{gguf_file}")
-    tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
-    say("loading and dequantizing model")
-    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
-    try:  # transformers >= 5 can keep GGUF blocks packed; ask for plain dense weights
-        from transformers import GgufConfig
-        kwargs["quantization_config"] = GgufConfig(dequantize=True)
-    except ImportError:  # older transformers always dequantize
-        pass
-    model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, **kwargs)
-    # the weights are now dense: drop the GGUF loader record, or save_pretrained refuses to
-    # write (a GGUF quantizer is not serializable) and from_pretrained would expect a GGUF file
-    model.hf_quantizer = None
-    if getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config
-
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    say(f"writing {tmp}")
-    tokenizer.save_pretrained(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    provenance = {"source": location, "gguf_file": gguf_file,
-                  "sha256": _sha256(src / gguf_file) if local else None,
-                  "dtype": str(next(model.parameters()).dtype)}
-    (tmp / "kdbench_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
-
-    old = out.with_name(out.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
+    location, local_file = _gguf_location(repo_or_dir, gguf_file)
+    say(f"loading and dequantizing {location}/{gguf_file}")
+    model, tokenizer = load_gguf(location, gguf_file, dtype=dtype)
+    out = Path(os.fspath(out_dir)).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        say(f"writing {tmp}")
+        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp, safe_serialization=True)
+        provenance = {"source": location, "gguf_file": gguf_file,
+                      "sha256": _sha256(local_file) if local_file else None,
+                      "dtype": str(next(model.parameters()).dtype)}
+        (tmp / "kdbench_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent)) / "old"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old.parent, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     say(f"wrote {out}")
     return out

@@ -34,10 +34,17 @@ def autocast(precision: str, dev: torch.device):
     return torch.autocast(dev.type, dtype=torch.bfloat16)
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, gguf_file: str | None = None):
+    """A tokenizer folder or hub id (or the tokenizer inside `path`/`gguf_file`), with the pad
+    token defaulting to EOS."""
     from transformers import AutoTokenizer
 
-    tok = _from_pretrained(AutoTokenizer, str(path))
+    if gguf_file:
+        from kdbench.hub import load_gguf_tokenizer
+
+        tok = load_gguf_tokenizer(path, gguf_file)
+    else:
+        tok = _from_pretrained(AutoTokenizer, str(path))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -71,9 +78,12 @@ def load_model(path: str | Path, spec: dict | None = None):
     kwargs = {"attn_implementation": spec.get("attn_implementation", "sdpa")}
     if dtype != "auto":
         kwargs["dtype"] = getattr(torch, dtype)
-    if spec.get("gguf_file"):
-        kwargs["gguf_file"] = spec["gguf_file"]
-    model = _from_pretrained(AutoModelForCausalLM, str(path), **kwargs)
+    if spec.get("gguf_file"):  # dequantized in memory, saved later as plain safetensors
+        from kdbench.hub import load_gguf
+
+        model, _ = load_gguf(path, spec["gguf_file"], **kwargs)
+    else:
+        model = _from_pretrained(AutoModelForCausalLM, str(path), **kwargs)
     return model.float() if device().type == "cpu" else model
 
 

