@@ -102,8 +102,10 @@ def _check_semantics(cfg: dict, source: str) -> None:
         if spec["student"]["init"] == "layers_from_teacher" and not spec["student"]["layers"]:
             raise UserError(f"{source}: `pairs.{pair}.student.layers` is empty; list the teacher "
                             "layers to copy for init: layers_from_teacher.")
-    # every method name, parameter and grid must resolve; this raises the clear errors
+    # every method name, parameter and grid must resolve (also of methods not included)
     runs(cfg, source)
+    for name in set(cfg["methods"]["params"]) | set(cfg["methods"]["grids"]):
+        variants(cfg, name, source)
 
 
 # --- runs ---------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_bad_config_one_sentence(smoke, edit, words):
 
 def test_variants_dedupe_and_slug(smoke):
     raw = copy.deepcopy(smoke)
-    raw.setdefault("methods", {})["grids"] = {"skl": {"alpha": [0.1, 0.3]}}
+    raw["methods"] = {"include": ["skl", "cpd"], "grids": {"skl": {"alpha": [0.1, 0.3]}}}
     cfg = C.validate(raw)
     skl = {r.variant for r in C.runs(cfg) if r.method == "skl"}
     assert skl == {"default", "alpha-0.3"}          # 0.1 is the default: same run, one slug

@@ -12,9 +12,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir, *args, methods_dir=REPO / "methods", config=(), check=True):
+def snakemake(workdir, *args, methods_dir=REPO / "methods", config=(), configfile=REPO / "config" / "smoke.yaml",
+              check=True):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(REPO / "config" / "smoke.yaml"), *args,
+           "--configfile", str(configfile), *args,
            "--config", f"methods_dir={methods_dir}", *config]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if check and out.returncode != 0:
@@ -55,10 +56,15 @@ def test_rerun_of_an_up_to_date_dag_does_nothing(smoke_results):
 
 
 def test_new_method_file_shows_up_in_the_dag(tmp_path):
+    import yaml
+
     methods = tmp_path / "methods"
     shutil.copytree(REPO / "methods", methods)
     shutil.copy(methods / "kd.py", methods / "my_new_kd.py")
-    out = snakemake(tmp_path, "-n", "--cores", "1", methods_dir=methods)
+    cfg = yaml.safe_load(open(REPO / "config" / "smoke.yaml"))
+    cfg.pop("methods")  # include: all, the default
+    (tmp_path / "all.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(tmp_path, "-n", "--cores", "1", methods_dir=methods, configfile=tmp_path / "all.yaml")
     assert "my_new_kd" in out.stdout
     assert "template_method" not in out.stdout
 
