@@ -154,7 +154,8 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return dt
 
 
-def _rows_value(kernel: Kernel, s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+def _rows_value(kernel: Kernel, s: torch.Tensor, t: torch.Tensor,
+                temperature: float) -> torch.Tensor:
     """Per-row divergence × τ² of student rows `s` and teacher rows `t` (rows, V)."""
     if temperature != 1.0:
         s, t = s / temperature, t / temperature
@@ -266,7 +267,8 @@ def per_token(kernel: Kernel, student_logits: torch.Tensor, teacher_logits: torc
         if tuple(mask.shape) != tuple(lead):
             raise ValueError(f"mask shape {tuple(mask.shape)} must equal the logits' leading "
                              f"shape {tuple(lead)}.")
-        idx = mask.reshape(-1).to(device=student_logits.device, dtype=torch.bool).nonzero().squeeze(1)
+        flat = mask.reshape(-1).to(device=student_logits.device, dtype=torch.bool)
+        idx = flat.nonzero().squeeze(1)
     student = student_logits.reshape(-1, vocab)
     if not torch.is_grad_enabled():  # evaluation: skip the per-row gradients
         student = student.detach()

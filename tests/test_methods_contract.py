@@ -263,7 +263,8 @@ def test_taid_target_interpolates_logits():
     assert loss.item() == pytest.approx(kl(r, q), rel=1e-9)
     at_one = instantiate(METHODS["taid"], {"t_start": 1.0})
     p = [math.exp(b) / sum(math.exp(x) for x in zt) for b in zt]
-    assert run_loss(at_one, s, t, torch.ones(1, 1, dtype=torch.bool)).item() == pytest.approx(kl(p, q))
+    one_token = torch.ones(1, 1, dtype=torch.bool)
+    assert run_loss(at_one, s, t, one_token).item() == pytest.approx(kl(p, q))
 
 
 def test_taid_adaptive_schedule_rule():

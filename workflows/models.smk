@@ -13,6 +13,7 @@ rule train_teacher:
     params:
         fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], CFG["training"]["teacher"], CFG["data"]["max_length"]),
     threads: workflow.cores
+    priority: 10  # the critical path: every distillation waits for the teacher
     resources:
         gpu=GPU,
     log:
