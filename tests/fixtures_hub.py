@@ -137,12 +137,17 @@ def make_minillm_snapshot(root: Path) -> dict[str, Path]:
     return {name: root / name for name in ("dolly", "self-inst", "vicuna", "sinst", "uinst")}
 
 
-def make_tiny_gguf(path: Path, n_layer: int = 2, hidden: int = 16, ff: int = 32, heads: int = 2, kv: int = 1):
-    """Write a tiny Llama GGUF file; returns the token-embedding matrix written (vocab, hidden)."""
+def make_tiny_gguf(path: Path, n_layer: int = 2, hidden: int = 16, ff: int = 32, heads: int = 2, kv: int = 1,
+                   extra_control_tokens: tuple[str, ...] = ()):
+    """Write a tiny Llama GGUF file; returns the token-embedding matrix written (vocab, hidden).
+
+    `extra_control_tokens` are appended to the vocabulary (e.g. "<|endoftext|>", which
+    transformers' GGUF reader adds to a GPT-2-style vocabulary when it is missing)."""
     import gguf
     import numpy as np
 
     toks = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(97, 123)] + ["\u0120", "ab", "\u0120a"]
+    toks += list(extra_control_tokens)
     vocab, hd = len(toks), hidden // heads
     rng = np.random.default_rng(0)
 
@@ -163,7 +168,7 @@ def make_tiny_gguf(path: Path, n_layer: int = 2, hidden: int = 16, ff: int = 32,
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
     w.add_token_list(toks)
-    w.add_token_types([3, 3, 3] + [1] * (vocab - 3))
+    w.add_token_types([3, 3, 3] + [1] * (vocab - 3 - len(extra_control_tokens)) + [3] * len(extra_control_tokens))
     w.add_token_merges(["a b", "\u0120 a"])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)

@@ -557,7 +557,7 @@ def test_gguf_teacher_is_converted_once_by_train_teacher(tmp_path):
     from kdbench.paths import Paths
 
     (tmp_path / "gguf").mkdir()
-    embedding = _tiny_gguf_with_eot(tmp_path / "gguf" / "tiny.gguf")
+    embedding = fx.make_tiny_gguf(tmp_path / "gguf" / "tiny.gguf", extra_control_tokens=("<|endoftext|>",))
     teacher = {"init": "pretrained", "path": str(tmp_path / "gguf"), "gguf_file": "tiny.gguf", "finetuned": True}
     cfg = _hub_cfg(tmp_path, teacher, {"init": "layers_from_teacher", "layers": [1]})
     P = Paths(cfg)
@@ -575,45 +575,3 @@ def test_gguf_teacher_is_converted_once_by_train_teacher(tmp_path):
         assert json_of(Path(P.student_init("p", seed)) / "kdbench.json")["shared_vocab_size"] == 33
     assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == ["tiny.gguf"]
     assert not list(Path(P.root).rglob("*converted*"))
-
-
-def _tiny_gguf_with_eot(path, n_layer=2, hidden=16, ff=32, heads=2, kv=1):
-    """A 2-layer Llama GGUF like fixtures_hub.make_tiny_gguf, whose GPT-2-style vocabulary also
-    holds <|endoftext|> (33 tokens): transformers' GGUF reader adds that token when it is
-    missing, and the stages (rightly) refuse a teacher with fewer logits than tokenizer tokens.
-    Returns the token-embedding matrix written, (33, hidden)."""
-    import gguf
-    import numpy as np
-
-    toks = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(97, 123)] + ["\u0120", "ab", "\u0120a", "<|endoftext|>"]
-    vocab, hd = len(toks), hidden // heads
-    rng = np.random.default_rng(0)
-
-    def rand(*shape):
-        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    for add, value in [(w.add_context_length, 64), (w.add_block_count, n_layer), (w.add_feed_forward_length, ff),
-                       (w.add_embedding_length, hidden), (w.add_rope_dimension_count, hd), (w.add_head_count, heads),
-                       (w.add_head_count_kv, kv), (w.add_layer_norm_rms_eps, 1e-5), (w.add_vocab_size, vocab),
-                       (w.add_file_type, gguf.LlamaFileType.ALL_F32), (w.add_tokenizer_model, "gpt2"),
-                       (w.add_token_list, toks), (w.add_token_types, [3, 3, 3] + [1] * (vocab - 4) + [3]),
-                       (w.add_token_merges, ["a b", "\u0120 a"]), (w.add_bos_token_id, 1), (w.add_eos_token_id, 2),
-                       (w.add_unk_token_id, 0)]:
-        add(value)
-    embedding = rand(vocab, hidden)
-    w.add_tensor("token_embd.weight", embedding)
-    for i in range(n_layer):
-        for name, shape in [("attn_q", (hidden, hidden)), ("attn_k", (kv * hd, hidden)), ("attn_v", (kv * hd, hidden)),
-                            ("attn_output", (hidden, hidden)), ("ffn_gate", (ff, hidden)), ("ffn_up", (ff, hidden)),
-                            ("ffn_down", (hidden, ff))]:
-            w.add_tensor(f"blk.{i}.{name}.weight", rand(*shape))
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
-    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
-    w.add_tensor("output.weight", rand(vocab, hidden))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return embedding
