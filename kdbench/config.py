@@ -107,6 +107,9 @@ def _check_semantics(cfg: dict, source: str) -> None:
             if m["init"] == "pretrained" and not m["path"]:
                 raise UserError(f"{source}: `pairs.{pair}.{role}.path` is missing; give a hub id "
                                 "or local folder for a pretrained model.")
+        if spec["teacher"]["init"] == "scratch" and not cfg["tokenizer"]["train"]:
+            raise UserError(f"{source}: pair {pair} has a scratch teacher but `tokenizer.train` is false; "
+                            "set it to true (a scratch model needs the trained BPE) or load a pretrained teacher.")
         if spec["teacher"]["init"] == "layers_from_teacher":
             raise UserError(f"{source}: `pairs.{pair}.teacher.init` cannot be layers_from_teacher.")
         if spec["student"]["init"] == "layers_from_teacher" and not spec["student"]["layers"]:

@@ -166,7 +166,7 @@ def train_teacher(cfg: dict, pair: str) -> None:
     if not spec["finetuned"] and budget["epochs"] > 0:
         from kdbench.train import train
 
-        examples = encode(tok, load_records(P.data("train")), cfg["data"]["max_length"])
+        examples = _train_examples(cfg, tok)
         res = train(model, examples, budget, seed=C.derive_seed(cfg["seed"], pair, "teacher", "train"),
                     pad_id=tok.pad_token_id, desc=f"{pair} teacher SFT")
         _write_run_tables(run_dir, res)
@@ -212,7 +212,7 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
     if spec["init"] == "scratch" and budget["epochs"] > 0:
         from kdbench.train import train
 
-        examples = encode(tok, load_records(P.data("train")), cfg["data"]["max_length"])
+        examples = _train_examples(cfg, tok)
         train(model, examples, {**budget, "loss_on": "all"}, seed=s, pad_id=tok.pad_token_id,
               desc=f"{pair} student pre-training seed{seed}")
     with io.atomic_path(P.student_init(pair, seed)) as tmp:
@@ -227,7 +227,8 @@ def _teacher_vocab_size(cfg: dict, pair: str, tok) -> int:
     return _config_vocab_size(t) if t["init"] == "pretrained" else len(tok)
 
 
-def _train_examples(cfg, pair, tok):
+def _train_examples(cfg, tok):
+    """The tokenised training split, references as responses."""
     return encode(tok, load_records(Paths(cfg).data("train")), cfg["data"]["max_length"])
 
 
@@ -250,7 +251,7 @@ def cache_teacher(cfg: dict, pair: str) -> None:
     P, dev = Paths(cfg), _setup(cfg)
     teacher = models.load_model(P.teacher_model(pair)).to(dev)
     tok = models.load_tokenizer(P.teacher_model(pair))
-    build_cache(teacher, _train_examples(cfg, pair, tok), tok.pad_token_id, P.teacher_cache(pair),
+    build_cache(teacher, _train_examples(cfg, tok), tok.pad_token_id, P.teacher_cache(pair),
                 cfg["training"]["student"]["precision"], dev)
 
 

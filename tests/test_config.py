@@ -49,6 +49,7 @@ def test_every_schema_key_is_described():
     (lambda c: c["data"].update(benchmarks={"x": "nosplit"}), ["nosplit"]),
     (lambda c: c["pairs"]["tiny"]["student"].update(init="layers_from_teacher"), ["layers"]),
     (lambda c: c.update(pairs={}), ["pairs"]),
+    (lambda c: c["tokenizer"].update(train=False), ["tokenizer.train", "scratch"]),
     (lambda c: c["data"].update(source="hub", train="./missing/train.jsonl", benchmarks={"d": "MiniLLM/dolly"}),
      ["data.train", "missing/train.jsonl"]),
 ])
