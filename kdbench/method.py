@@ -18,6 +18,7 @@ Class attributes the engine and the DAG read:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import inspect
 import sys
@@ -97,17 +98,23 @@ def default_methods_dir() -> Path:
 
 
 def discover(methods_dir: str | Path | None = None) -> dict[str, type[Method]]:
-    """Import every method file; {name: Method class}. A broken file raises UserError."""
+    """Import every method file; {name: Method class}. A broken file raises UserError.
+
+    Imports are cached per folder and file modification time, so the DAG, which asks once per
+    job while it is built, imports each file once, and an edited or new file is seen at once.
+    """
     d = Path(methods_dir) if methods_dir else default_methods_dir()
     if not d.is_dir():
         raise UserError(f"methods folder {d} does not exist; run from the repository root "
                         "or set `methods_dir` in the config.")
-    found = {}
-    for path in sorted(d.glob("*.py")):
-        if path.stem.startswith(("_", "template")):
-            continue
-        found[path.stem] = _load_file(path)
-    return found
+    files = tuple((str(p), p.stat().st_mtime_ns) for p in sorted(d.glob("*.py"))
+                  if not p.stem.startswith(("_", "template")))
+    return dict(_discover(files))
+
+
+@functools.lru_cache(maxsize=32)
+def _discover(files: tuple[tuple[str, int], ...]) -> tuple[tuple[str, type[Method]], ...]:
+    return tuple((Path(f).stem, _load_file(Path(f))) for f, _ in files)
 
 
 def _load_file(path: Path) -> type[Method]:
