@@ -3,8 +3,11 @@
 TABLES = P.tables
 LONG_TABLES = [f"{TABLES}/{n}" for n in ("runs.csv", "examples.csv.gz", "trace.csv.gz", "epochs.csv",
                                          "bin_loss.csv", "ablations.csv")]
-TABLE_FILES = [f"{TABLES}/{stem}.{ext}" for stem in ("main", "runtime") + (("ablation",) if CFG["ablations"]["method"] else ())
-               for ext in ("md", "csv", "tex")]
+# one set of tables per pair, suffixed _<pair> when the profile has several (kdbench.tables.build_all)
+_SUFFIXES = [""] if len(PAIRS) == 1 else [f"_{p}" for p in PAIRS]
+TABLE_FILES = [f"{TABLES}/{stem}{sfx}.{ext}"
+               for stem in ("main", "runtime") + (("ablation",) if CFG["ablations"]["method"] else ())
+               for sfx in _SUFFIXES for ext in ("md", "csv", "tex")]
 FIGURES_DONE = f"{P.figures}/.done"
 
 
