@@ -44,11 +44,10 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from kdbench import io
 from kdbench.data import PROMPT, PROMPT_WITH_INPUT, encode_prompt
 from kdbench.errors import UserError
 
@@ -609,9 +608,7 @@ def convert_gguf(
     say(f"loading and dequantizing {location}/{gguf_file}")
     model, tokenizer = load_gguf(location, gguf_file, dtype=dtype)
     out = Path(os.fspath(out_dir)).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with io.atomic_path(out) as tmp:
         say(f"writing {tmp}")
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp, safe_serialization=True)
@@ -619,12 +616,5 @@ def convert_gguf(
                       "sha256": _sha256(local_file) if local_file else None,
                       "dtype": str(next(model.parameters()).dtype)}
         (tmp / "kdbench_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent)) / "old"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old.parent, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     say(f"wrote {out}")
     return out

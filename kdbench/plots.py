@@ -585,7 +585,7 @@ def cpd_schedule(epochs: pd.DataFrame, out: str | Path, method: str = "cpd",
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         for ax in axes[2:]:
             ax.set_xlabel("epoch")
-        handles, labels = {}, []
+        handles = {}
         for ax in axes:
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(lab, h)

@@ -7,7 +7,6 @@ paths of `kdbench.paths.Paths`; the Snakemake rules and `python -m kdbench <stag
 """
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 import time
@@ -114,14 +113,6 @@ def teacher_tokenizer(cfg: dict, pair: str):
     return models.load_tokenizer(t["path"], t["gguf_file"])
 
 
-def _spec(cfg: dict, pair: str, role: str) -> dict:
-    """A copy of the pair's model spec. A GGUF checkpoint (`gguf_file`) is dequantized in memory
-    by `models.build`; nothing is converted on disk, so concurrent jobs never race. The teacher
-    is converted exactly once, by train_teacher, which saves it as the teacher model every later
-    stage loads (init_student's layers_from_teacher included)."""
-    return dict(cfg["pairs"][pair][role])
-
-
 def _config_vocab_size(spec: dict) -> int:
     """`config.vocab_size` (output logits) of a pretrained model, read from its config only."""
     from transformers import AutoConfig
@@ -158,7 +149,7 @@ def train_teacher(cfg: dict, pair: str) -> None:
     here, once per pair, and saved as plain safetensors."""
     P, dev = Paths(cfg), _setup(cfg)
     tok = teacher_tokenizer(cfg, pair)
-    spec = _spec(cfg, pair, "teacher")
+    spec = dict(cfg["pairs"][pair]["teacher"])
     model = models.build(spec, tok, C.derive_seed(cfg["seed"], pair, "teacher"), f"{pair}.teacher").to(dev)
     run_dir = Path(P.run_dir(pair, *TEACHER))
     budget = cfg["training"]["teacher"]
@@ -191,7 +182,7 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
 
     P, dev = Paths(cfg), _setup(cfg)
     tok = teacher_tokenizer(cfg, pair)
-    spec = _spec(cfg, pair, "student")
+    spec = dict(cfg["pairs"][pair]["student"])
     s = C.derive_seed(cfg["seed"], pair, seed, "student")
     names = _model_name(cfg, pair, "teacher"), _model_name(cfg, pair, "student")
     if spec["init"] == "layers_from_teacher":  # the saved teacher (converted once by train_teacher)

@@ -34,15 +34,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
+from kdbench import io
 from kdbench.errors import UserError
 
 SPLITS = ("train", "validation", "id", "paraphrase", "hard")
@@ -535,19 +533,6 @@ def generate_split(split: str, n: int, seed: int) -> list[dict]:
     return records
 
 
-def _write_atomic(path: Path, records: list[dict]) -> None:
-    """JSONL, one record per line; written to a temp file beside `path`, then renamed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_suite(out_dir, seed: int = 0, sizes: dict | None = None) -> dict[str, Path]:
     """Write out_dir/{split}.jsonl for the five splits; {split: path}.
 
@@ -566,7 +551,7 @@ def build_suite(out_dir, seed: int = 0, sizes: dict | None = None) -> dict[str, 
     paths = {}
     for split in SPLITS:
         paths[split] = out / f"{split}.jsonl"
-        _write_atomic(paths[split], generate_split(split, sizes[split], seed))
+        io.write_jsonl(paths[split], generate_split(split, sizes[split], seed))
     return paths
 
 

@@ -540,12 +540,10 @@ def format_table(df: pd.DataFrame, target: str = "md") -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- writing
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` through kdbench.io.atomic_path (a temporary beside it,
-    then a rename), so readers never see a half-written file."""
-    path = Path(path)
-    with io.atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8", newline="\n")
+
+
+def _write(path: Path, text: str) -> Path:
+    io.write_text(path, text)  # atomic: a temporary beside it, then a rename
     return path
 
 
@@ -619,9 +617,9 @@ def write_table(df_or_formatted: pd.DataFrame, out_stem: str | Path,
         escape = True
     label = "tab:" + stem.name.replace("_", "-")
     paths = [
-        atomic_write_text(stem.with_suffix(".md"), to_markdown(md, caption, footnote)),
-        atomic_write_text(stem.with_suffix(".csv"), csv),
-        atomic_write_text(stem.with_suffix(".tex"),
+        _write(stem.with_suffix(".md"), to_markdown(md, caption, footnote)),
+        _write(stem.with_suffix(".csv"), csv),
+        _write(stem.with_suffix(".tex"),
                           to_latex(tex, caption, footnote, label=label, escape=escape)),
     ]
     return paths

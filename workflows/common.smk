@@ -44,6 +44,9 @@ def method_cls(wc):
     return METHODS[wc.method]
 
 
+RUN_INDEX = {(r.pair, r.method, r.variant, r.seed): r for r in RUNS}
+
+
 def run_key(wc):
     return f"--pair {wc.pair} --method {wc.method} --variant {wc.variant} --seed {wc.seed}"
 

@@ -18,7 +18,7 @@ def distill_inputs(wc):
 
 
 def run_params(wc):
-    r = C.find_run(CFG, wc.pair, wc.method, wc.variant, int(wc.seed))
+    r = RUN_INDEX[(wc.pair, wc.method, wc.variant, int(wc.seed))]
     return fp(r.params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"])
 
 
