@@ -17,8 +17,12 @@ include: "workflows/runs.smk"
 include: "workflows/report.smk"
 
 
+# The runs themselves are targets too: tables/ and figures/ are committed for the default
+# profile, so on a fresh clone only the (git-ignored) runs are missing; asking for them makes
+# `snakemake` rebuild every run and then, their inputs updated, the tables and figures.
 rule all:
     default_target: True
     input:
+        [P.run_file("metrics.json", pair=p, method=m, variant=v, seed=s) for p, m, v, s in run_dirs()],
         TABLE_FILES,
         FIGURES_DONE,

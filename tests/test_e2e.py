@@ -85,3 +85,12 @@ def test_notebook_runs_on_smoke_results(notebook, smoke_results, monkeypatch):
     monkeypatch.setenv("KDBENCH_RESULTS", str(smoke_results))
     nb = nbformat.read(REPO / "analysis" / notebook, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO / "analysis")}}).execute()
+
+
+@pytest.mark.slow
+def test_fresh_clone_with_committed_tables_rebuilds_the_runs(smoke_results, tmp_path):
+    # a clone has results/<profile>/tables and figures (committed) but no runs (git-ignored)
+    for sub in ("tables", "figures"):
+        shutil.copytree(smoke_results / sub, tmp_path / "results" / "smoke" / sub)
+    out = snakemake(tmp_path, "-n", "--cores", "1")
+    assert "distill" in out.stdout and "collect" in out.stdout
