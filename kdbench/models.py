@@ -126,5 +126,18 @@ def rows_logits(model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return model.get_output_embeddings()(hidden[mask])
 
 
+def next_token_logits(model, input_ids, attention_mask, position_ids, cache):
+    """(B, V) logits of the last position and the updated KV cache (a new one when `cache` is
+    None). input_ids, position_ids: (B, t) new tokens; attention_mask: (B, past + t)."""
+    body = getattr(model, model.base_model_prefix, None)
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+              "cache": cache, "use_cache": True}
+    if model.config.model_type not in PLAIN_HEAD or body is None:
+        out = model(**kwargs)
+        return out.logits[:, -1], out.cache
+    out = body(**kwargs)
+    return model.get_output_embeddings()(out.last_hidden_state[:, -1]), out.cache
+
+
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
