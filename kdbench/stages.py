@@ -64,22 +64,22 @@ def _prepare_hub_data(cfg: dict) -> None:
     """
     import sys
 
-    from kdbench import hub
+    from kdbench import loaders
 
     P, d = Paths(cfg), cfg["data"]
     tok = teacher_tokenizer(cfg, next(iter(cfg["pairs"])))
     report = {}
 
     def load(name, source, split, limit):
-        rows = hub.load_instruction_split(source, split, limit=limit)
-        kept, dropped = hub.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"])
+        rows = loaders.load_instruction_split(source, split, limit=limit)
+        kept, dropped = loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"])
         report[name] = {"source": source, "split": split, "n": len(kept), "dropped_long_prompts": dropped}
         print(f"prepare_data: {name} ({source}, split {split or 'default'}): kept {len(kept)}, dropped "
               f"{dropped} prompt(s) longer than {d['max_prompt_tokens']} tokens", file=sys.stderr)
         return kept
 
     train = load("train", d["train"], "train", d["train_limit"])
-    if hub.has_protocol_split(d["train"], "validation"):
+    if loaders.has_protocol_split(d["train"], "validation"):
         validation = load("validation", d["train"], "validation", None)
     else:  # no protocol split: hold out a seeded random validation set
         rng = np.random.default_rng(C.derive_seed(cfg["seed"], "validation"))
@@ -180,12 +180,12 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
     """The student every method starts from for this seed (built, loaded or cut from the teacher;
     a scratch student is pre-trained as a language model when `training.pretrain.epochs` > 0).
 
-    A pretrained student's OWN tokenizer is checked against the teacher's (`hub.check_vocab`)
+    A pretrained student's OWN tokenizer is checked against the teacher's (`checkpoints.check_vocab`)
     before its weights are loaded: a mismatch stops here, naming both models, with nothing
     written. Only then is the student saved, with the teacher's tokenizer, plus `kdbench.json`
     holding the vocabulary size distillation compares logits over (`shared_vocab_size`).
     """
-    from kdbench import hub
+    from kdbench import checkpoints
 
     P, dev = Paths(cfg), _setup(cfg)
     tok = teacher_tokenizer(cfg, pair)
@@ -195,16 +195,16 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
     if spec["init"] == "layers_from_teacher":  # the saved teacher (converted once by train_teacher)
         teacher = models.load_model(P.teacher_model(pair))
         t_vocab = teacher.config.vocab_size
-        model = hub.student_from_teacher_layers(teacher, spec["layers"])
+        model = checkpoints.student_from_teacher_layers(teacher, spec["layers"])
         del teacher
-        shared = hub.check_vocab(tok, tok, t_vocab, model.config.vocab_size, *names)
+        shared = checkpoints.check_vocab(tok, tok, t_vocab, model.config.vocab_size, *names)
     elif spec["init"] == "pretrained":
         own = models.load_tokenizer(spec["path"], spec["gguf_file"])
-        shared = hub.check_vocab(tok, own, _teacher_vocab_size(cfg, pair, tok), _config_vocab_size(spec), *names)
+        shared = checkpoints.check_vocab(tok, own, _teacher_vocab_size(cfg, pair, tok), _config_vocab_size(spec), *names)
         model = models.build(spec, tok, s, f"{pair}.student")
     else:
         model = models.build(spec, tok, s, f"{pair}.student")
-        shared = hub.check_vocab(tok, tok, _teacher_vocab_size(cfg, pair, tok), model.config.vocab_size, *names)
+        shared = checkpoints.check_vocab(tok, tok, _teacher_vocab_size(cfg, pair, tok), model.config.vocab_size, *names)
     model.to(dev)
     if spec["init"] == "scratch":
         _pretrain(cfg, model, tok, cfg["training"]["pretrain"], s, f"{pair} student pre-training seed{seed}")
