@@ -41,8 +41,8 @@ def prepare_data(cfg: dict) -> None:
                             noise=d["synthetic_noise"])
         report = {}
         splits = {"train": "train", "validation": "validation", **d["benchmarks"]}
-        if d["synthetic_sizes"].get("pretrain"):
-            splits["pretrain"] = "pretrain"
+        if d["synthetic_sizes"].get("broad"):
+            splits["broad"] = "broad"
         for name, split in splits.items():
             if name != split:
                 shutil.copyfile(files[split], P.data(name))
@@ -161,9 +161,9 @@ def train_teacher(cfg: dict, pair: str) -> None:
     if not spec["finetuned"] and budget["epochs"] > 0:
         from kdbench.train import train
 
-        _pretrain(cfg, model, tok, cfg["training"]["teacher_pretrain"],
+        _pretrain(model, tok, cfg["training"]["teacher_pretrain"], _broad_corpus(cfg, tok),
                   C.derive_seed(cfg["seed"], pair, "teacher", "pretrain"), f"{pair} teacher pre-training")
-        examples = _train_examples(cfg, tok)
+        examples = encode(tok, load_records(P.data(cfg["training"]["teacher_data"])), cfg["data"]["max_length"])
         res = train(model, examples, budget, seed=C.derive_seed(cfg["seed"], pair, "teacher", "train"),
                     pad_id=tok.pad_token_id, validate=_validator(cfg, tok, pair, "teacher"),
                     desc=f"{pair} teacher SFT")
@@ -207,7 +207,8 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
         shared = checkpoints.check_vocab(tok, tok, _teacher_vocab_size(cfg, pair, tok), model.config.vocab_size, *names)
     model.to(dev)
     if spec["init"] == "scratch":
-        _pretrain(cfg, model, tok, cfg["training"]["pretrain"], s, f"{pair} student pre-training seed{seed}")
+        _pretrain(model, tok, cfg["training"]["pretrain"], _train_examples(cfg, tok), s,
+                  f"{pair} student pre-training seed{seed}")
     with io.atomic_path(P.student_init(pair, seed)) as tmp:
         models.save(model, tok, tmp)
         io.write_json(tmp / VOCAB_FILE, {"shared_vocab_size": shared, "teacher": names[0], "student": names[1]})
@@ -220,21 +221,24 @@ def _teacher_vocab_size(cfg: dict, pair: str, tok) -> int:
     return _config_vocab_size(t) if t["init"] == "pretrained" else len(tok)
 
 
-def _pretrain(cfg: dict, model, tok, budget: dict, seed: int, desc: str) -> None:
-    """Language-model pre-training of a scratch model (every token carries the loss) on the
-    general corpus, data/pretrain.jsonl, as plain text; without one, on the training split."""
+def _pretrain(model, tok, budget: dict, examples, seed: int, desc: str) -> None:
+    """Language-model pre-training of a scratch model: every token carries the loss."""
     if budget["epochs"] == 0:
         return
-    from kdbench.data import encode_corpus
     from kdbench.train import train
 
-    P = Paths(cfg)
-    corpus = Path(P.data("pretrain"))
-    if corpus.is_file():
-        examples = encode_corpus(tok, load_records(corpus), cfg["data"]["max_length"])
-    else:
-        examples = _train_examples(cfg, tok)
     train(model, examples, {**budget, "loss_on": "all"}, seed=seed, pad_id=tok.pad_token_id, desc=desc)
+
+
+def _broad_corpus(cfg, tok):
+    """The teacher's pre-training text: the broad split as plain text where the profile has one
+    (the teacher's broader pre-training), else the training split in the prompt format."""
+    from kdbench.data import encode_corpus
+
+    broad = Path(Paths(cfg).data("broad"))
+    if broad.is_file():
+        return encode_corpus(tok, load_records(broad), cfg["data"]["max_length"])
+    return _train_examples(cfg, tok)
 
 
 def _train_examples(cfg, tok):

@@ -55,9 +55,9 @@ def teacher_model(pair):
     return P.teacher_model(pair)
 
 
-def corpus_inputs():
-    """The general pre-training corpus, where the profile has one (synthetic `pretrain` split)."""
-    return [P.data("pretrain")] if CFG["data"]["source"] == "synthetic" and CFG["data"]["synthetic_sizes"].get("pretrain") else []
+def broad_inputs():
+    """The teacher's broad collection, where the profile has one (synthetic `broad` split)."""
+    return [P.data("broad")] if CFG["data"]["source"] == "synthetic" and CFG["data"]["synthetic_sizes"].get("broad") else []
 
 
 def tokenizer_inputs():
