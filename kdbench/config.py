@@ -54,8 +54,9 @@ def validate(raw: dict, source: str = "the config") -> dict:
     if errors:
         e = errors[0]
         key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        if e.validator == "pattern" and e.schema.get("pattern") == SAFE_NAME:
-            raise UserError(f"{source}: the name {e.instance!r} under `{key}` is not allowed; names become folder "
+        name = next((x for x in [e, *e.context] if x.validator == "pattern" and x.validator_value == SAFE_NAME), None)
+        if name is not None:  # also inside a oneOf (methods.include)
+            raise UserError(f"{source}: the name {name.instance!r} under `{key}` is not allowed; names become folder "
                             "names and command-line words, so use letters, digits, _, . and - only, "
                             "starting with a letter or digit.")
         if e.validator == "additionalProperties":

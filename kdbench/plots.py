@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 
 from kdbench import io
 from kdbench import tables as T
-from kdbench.paths import per_pair
+from kdbench.paths import LONG_TABLES, per_pair
 
 #: One style for every figure.
 RC = {
@@ -324,7 +324,7 @@ def rouge_by_method(runs: pd.DataFrame, out: str | Path,
 
 def _per_run_train(runs: pd.DataFrame) -> pd.DataFrame:
     """train_wall_s per run (index method, variant, seed)."""
-    T.require_columns(runs, ["method", "variant", "seed", "train_wall_s"], "runs.csv")
+    T.require_columns(runs, ["method", "variant", "seed", "train_wall_s"], LONG_TABLES["runs"])
     return runs.groupby(["method", "variant", "seed"])["train_wall_s"].mean()
 
 
@@ -443,7 +443,7 @@ def training_curves(trace: pd.DataFrame, out: str | Path,
     trace = _one_pair(trace)
     if trace is None or trace.empty:
         return []
-    T.require_columns(trace, ["method", "variant", "seed", "step", "loss"], "trace.csv.gz")
+    T.require_columns(trace, ["method", "variant", "seed", "step", "loss"], LONG_TABLES["trace"])
     rows = _rows(trace, ablations, teacher=False)
     if not rows:
         return []
@@ -552,7 +552,7 @@ def method_schedule(epochs: pd.DataFrame, out: str | Path, method: str, variant:
     epochs = _one_pair(epochs)
     if epochs is None or epochs.empty:
         return []
-    T.require_columns(epochs, ["method", "variant", "seed", "epoch", "n_examples"], "epochs.csv")
+    T.require_columns(epochs, ["method", "variant", "seed", "epoch", "n_examples"], LONG_TABLES["epochs"])
     sel = epochs[(epochs["method"] == method) & (epochs["variant"] == variant)]
     if sel.empty:
         return []
@@ -606,7 +606,7 @@ def bin_loss(bin_loss: pd.DataFrame, out: str | Path, method: str,
     df = _one_pair(bin_loss)
     if df is None or df.empty:
         return []
-    T.require_columns(df, ["method", "variant", "seed", "epoch", "bin", "ce"], "bin_loss.csv")
+    T.require_columns(df, ["method", "variant", "seed", "epoch", "bin", "ce"], LONG_TABLES["bin_loss"])
     if "n_examples" in df.columns:
         df = df[df["n_examples"].fillna(0) > 0]
     runs = [(method, variant)]

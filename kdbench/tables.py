@@ -77,7 +77,7 @@ def read_tables(tables_dir: str | Path, names: Sequence[str] | None = None
 
 def require_columns(df: pd.DataFrame | None, columns: Sequence[str], what: str
                     ) -> pd.DataFrame:
-    """`df` itself if it has `columns`; UserError naming `what` (e.g. "runs.csv") if it is
+    """`df` itself if it has `columns`; UserError naming `what` (e.g. LONG_TABLES["runs"]) if it is
     None or lacks some."""
     if df is None:
         raise UserError(f"{what} is missing; run the DAG's collect step to write it.")
@@ -130,7 +130,7 @@ def order_key(method: str, variant: str) -> tuple:
 def _ablation_pairs(ablations: pd.DataFrame | None) -> set[tuple[str, str]]:
     if ablations is None or ablations.empty:
         return set()
-    require_columns(ablations, ["ablation", "method", "variant"], "ablations.csv")
+    require_columns(ablations, ["ablation", "method", "variant"], LONG_TABLES["ablations"])
     return set(zip(ablations["method"], ablations["variant"]))
 
 
@@ -239,7 +239,7 @@ def _p_two_sided(draws: np.ndarray, observed: float) -> float:
 def _per_example(examples: pd.DataFrame, keys: set[tuple[str, str]]) -> pd.Series:
     """Rouge-L per (method, variant, benchmark, example_id), averaged over training seeds and
     eval seeds."""
-    require_columns(examples, _KEY + ["benchmark", "example_id", "rouge_l"], "examples.csv.gz")
+    require_columns(examples, _KEY + ["benchmark", "example_id", "rouge_l"], LONG_TABLES["examples"])
     mv = pd.MultiIndex.from_frame(examples[_KEY])
     ex = examples[mv.isin(list(keys))]
     return ex.groupby(_KEY + ["benchmark", "example_id"], sort=True)["rouge_l"].mean()
@@ -364,7 +364,7 @@ def main_table(runs: pd.DataFrame, ablations: pd.DataFrame | None = None,
     pair, method, variant, n_seeds, and for each benchmark and "avg": `_mean`, `_std`, `_p`.
     """
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
-                    "runs.csv")
+                    LONG_TABLES["runs"])
     if runs.empty:
         raise UserError("runs.csv has no rows; run the DAG (snakemake) before making tables.")
     examples = select_pair(examples, pair) if examples is not None else None
@@ -385,8 +385,8 @@ def ablation_table(runs: pd.DataFrame, ablations: pd.DataFrame,
     `reference` ("full") row. An ablation whose run is missing gives a NaN row (n_seeds 0).
     """
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
-                    "runs.csv")
-    ablations = require_columns(ablations, ["ablation", "method", "variant"], "ablations.csv")
+                    LONG_TABLES["runs"])
+    ablations = require_columns(ablations, ["ablation", "method", "variant"], LONG_TABLES["ablations"])
     if ablations.empty:
         raise UserError("ablations.csv has no rows; declare an ablation grid in the config.")
     examples = select_pair(examples, pair) if examples is not None else None
@@ -420,11 +420,11 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     The teacher is listed first only if it was trained in this profile (finite wall time).
     """
     values = ["train_wall_s", "train_tokens_per_s", "train_examples", "gen_tokens_per_s"]
-    runs = require_columns(select_pair(runs, pair), _KEY + ["seed"] + values, "runs.csv")
+    runs = require_columns(select_pair(runs, pair), _KEY + ["seed"] + values, LONG_TABLES["runs"])
     per_run = runs.groupby(_KEY + ["seed"])[values].mean()
     if epochs is not None and not select_pair(epochs, pair).empty:
         ep = require_columns(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
-                      "epochs.csv")
+                      LONG_TABLES["epochs"])
         full = ep["n_examples"].max()
         g = ep.groupby(_KEY + ["seed"])
         frac = g["n_examples"].sum() / (g["epoch"].nunique() * full)
@@ -635,7 +635,7 @@ def build_all(tables_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> list
     tables_dir = Path(tables_dir)
     t = read_tables(tables_dir, ["runs", "examples", "ablations", "epochs"])
     runs = require_columns(t["runs"], _KEY + ["pair", "seed", "benchmark", "rouge_l"],
-                    str(tables_dir / "runs.csv"))
+                    str(tables_dir / LONG_TABLES["runs"]))
     ablations = t["ablations"]
     has_abl = ablations is not None and not ablations.empty
     pairs = [str(p) for p in pd.unique(runs["pair"])]
