@@ -2,7 +2,9 @@
 (the teacher's stages take `--pair P --tseed T`, T the teacher seed).
 
 Every DAG rule is one such line, so any stage can be rerun by hand. Extra commands:
-`validate` checks a config, `methods` lists the discovered methods, their defaults and references.
+`validate` checks a config, `methods` lists the discovered methods, their defaults and references,
+`convert_gguf --path DIR_OR_REPO --gguf-file FILE --out DIR` writes a GGUF checkpoint as a
+plain safetensors folder (the DAG does not need it: train_teacher saves a GGUF teacher itself).
 """
 from __future__ import annotations
 
@@ -34,12 +36,21 @@ def parser() -> argparse.ArgumentParser:
                                               "one it decided with)")
         for w in wildcards:
             s.add_argument(f"--{w}", required=True, type=int if w in ("seed", "tseed") else str)
+    g = sub.add_parser("convert_gguf", help="dequantize a GGUF checkpoint into a safetensors folder")
+    g.add_argument("--path", required=True, help="local folder holding the .gguf file, or a hub model repo")
+    g.add_argument("--gguf-file", required=True, help="file name of the checkpoint inside --path")
+    g.add_argument("--out", required=True, help="folder to write (replaced atomically when complete)")
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.stage == "convert_gguf":
+            from kdbench.checkpoints import convert_gguf
+
+            convert_gguf(args.path, args.gguf_file, args.out, progress=print)
+            return 0
         cfg = C.load(args.config)
         if args.fingerprint:
             C.check_fingerprint(cfg, args.fingerprint, args.config)

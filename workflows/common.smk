@@ -80,6 +80,11 @@ def run_key(wc):
                     (("pair", wc.pair), ("method", wc.method), ("variant", wc.variant), ("seed", wc.seed)))
 
 
+def corpus_inputs():
+    """The general pre-training corpus, where the profile has one (synthetic `pretrain` split)."""
+    return [P.data("pretrain")] if CFG["data"]["source"] == "synthetic" and CFG["data"]["synthetic_sizes"].get("pretrain") else []
+
+
 def tokenizer_inputs():
     return [P.tokenizer] if CFG["tokenizer"]["train"] else []
 

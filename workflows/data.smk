@@ -12,6 +12,7 @@ rule prepare_data:
         train=P.data("train"),
         validation=P.data("validation"),
         test_sets=[P.data(b) for b in TEST_SETS],
+        corpus=corpus_inputs(),
         report=P.data_report,
     params:
         fp=data_settings(),

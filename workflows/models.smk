@@ -8,13 +8,15 @@ TRAIN_FILES = ("model", "train", "trace", "epochs", "bin_loss")  # what a traini
 rule train_teacher:
     input:
         tokenizer_inputs(),
+        corpus_inputs(),
         train=P.data("train"),
+        validation=P.data("validation"),
     output:
         directory(P.teacher_model()),
         *[P.teacher_file(name) for name in TRAIN_FILES[1:]],
     params:
-        fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], CFG["training"]["teacher"], CFG["data"]["max_length"],
-                         CFG["seed"]),
+        fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], CFG["training"]["teacher"], CFG["training"]["teacher_pretrain"],
+                         CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"]),
     threads: workflow.cores
     priority: 10  # the critical path: every distillation waits for the teacher
     resources:
@@ -30,7 +32,7 @@ rule train_teacher:
 def init_inputs(wc):
     student = CFG["pairs"][wc.pair]["student"]
     extra = [P.teacher_model(wc.pair, P.teacher_seed(wc.seed))] if student["init"] == "layers_from_teacher" else []
-    return tokenizer_inputs() + extra + [P.data("train")]
+    return tokenizer_inputs() + corpus_inputs() + extra + [P.data("train")]
 
 
 rule init_student:

@@ -4,7 +4,7 @@
 
 def distill_inputs(wc):
     cls, meth, tseed = METHODS[wc.method], method_of(wc), P.teacher_seed(wc.seed)
-    out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"),
+    out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"), "validation": P.data("validation"),
            "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
         out["teacher"] = (P.teacher_cache(wc.pair, tseed) if CFG["distill"]["cache_teacher"]
@@ -17,7 +17,8 @@ def distill_inputs(wc):
 
 
 def run_settings(wc):
-    return fp(run_of(wc).params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"], CFG["seed"])
+    return fp(run_of(wc).params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"],
+              CFG["evaluation"], CFG["seed"])
 
 
 rule distill:
