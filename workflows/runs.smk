@@ -9,7 +9,7 @@ def distill_inputs(wc):
     out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"),
            "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
-        out["teacher"] = P.teacher_cache(wc.pair) if CFG["distill"]["cache_teacher"] else teacher_model(wc.pair)
+        out["teacher"] = P.teacher_cache(wc.pair) if C.uses_teacher_cache(CFG, cls) else teacher_model(wc.pair)
     if cls.uses_difficulty:
         out["difficulty"] = P.difficulty(wc.pair)
     if cls.train_on == "teacher_samples":
