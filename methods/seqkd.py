@@ -17,7 +17,7 @@ References: Kim & Rush, Sequence-Level Knowledge Distillation, EMNLP 2016; the S
 of MiniLLM (Gu et al., ICLR 2024), DistiLLM (Ko et al., ICML 2024) and POCL (Liu & Zhang, 2025).
 """
 from kdbench import divergences as D
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check_temperature, check_unit
 
 
 class Method(Base):
@@ -27,8 +27,8 @@ class Method(Base):
                   "(SeqKD baseline: KD loss on teacher samples)"]
 
     def __init__(self, kd_ratio: float | None = None, temperature: float = 1.0):
-        self.kd_ratio = None if kd_ratio is None else D.check_unit("kd_ratio", kd_ratio)
-        self.temperature = D.check_temperature(temperature)
+        self.kd_ratio = None if kd_ratio is None else check_unit("kd_ratio", kd_ratio)
+        self.temperature = check_temperature(temperature)
 
     def schedule(self, progress):
         return {} if self.kd_ratio is None else {"kd_ratio": self.kd_ratio}
