@@ -97,7 +97,8 @@ def main(argv=None):
           "Share of simulated tables with at least one † (Holm over benchmarks + avg, α = 0.05); "
           "three training seeds; null = identical methods, planted = +2 Rouge-L.", "",
           df.to_markdown(index=False, floatfmt=".3f"), "",
-          f"Main table of {args.tables} with every test: {seconds:.2f} s."]
+          f"Main table of {Path(args.tables).resolve().relative_to(REPO)} with every test: {seconds:.2f} s "
+          f"(load average {Path('/proc/loadavg').read_text().split()[0] if Path('/proc/loadavg').exists() else '?'})."]
     io.write_text(REPO / "benchmarks" / "results" / "statistics.md", "\n".join(md) + "\n")
 
 

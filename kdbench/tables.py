@@ -263,17 +263,22 @@ def t_sf(t: float, df: float) -> float:
 
 
 def t_quantile(q: float, df: float) -> float:
-    """The q-quantile (0.5 ≤ q < 1) of Student's t with `df` degrees of freedom, by bisection
-    on `t_sf` (to 1e-12 relative)."""
-    lo, hi = 0.0, 1.0
-    while t_sf(hi, df) > 1 - q:
-        lo, hi = hi, 2 * hi
+    """The q-quantile (0.5 ≤ q < 1) of Student's t with `df` degrees of freedom: Newton's method
+    on `t_sf` from 0 (the tail is convex for t > 0, so the steps rise monotonically to the
+    root), to 1e-12 relative."""
+    if math.isinf(df) or df > 1e7:
+        log_norm = -0.5 * math.log(2 * math.pi)
+        density = lambda x: math.exp(log_norm - x * x / 2)  # noqa: E731
+    else:
+        log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+        density = lambda x: math.exp(log_norm - (df + 1) / 2 * math.log1p(x * x / df))  # noqa: E731
+    t = 0.0
     for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_sf(mid, df) > 1 - q else (lo, mid)
-        if hi - lo <= 1e-12 * hi:
+        step = (t_sf(t, df) - (1 - q)) / density(t)
+        t += step
+        if abs(step) <= 1e-12 * max(t, 1.0):
             break
-    return (lo + hi) / 2
+    return t
 
 
 def _betainc(a: float, b: float, x: float) -> float:
@@ -332,12 +337,10 @@ def _seed_example_scores(examples: pd.DataFrame, keys: set[tuple[str, str]]) -> 
     return ex.groupby(_KEY + ["benchmark", "seed", "example_id"], sort=True)["rouge_l"].mean()
 
 
-def _block(per: pd.Series, key: tuple[str, str], bench: str) -> pd.DataFrame | None:
-    """Seeds × examples frame of one row on one benchmark (None if absent)."""
-    try:
-        return per.loc[key + (bench,)].unstack("example_id")
-    except KeyError:
-        return None
+def _blocks(per: pd.Series) -> dict[tuple[str, str, str], pd.DataFrame]:
+    """Seeds × examples frame of every (method, variant, benchmark) of `per`."""
+    return {key: g.droplevel([0, 1, 2]).unstack("example_id")
+            for key, g in per.groupby(level=[0, 1, 2], sort=False)}
 
 
 def significance(examples: pd.DataFrame, rows: dict[str, tuple[str, str]], baseline: str,
@@ -357,10 +360,10 @@ def significance(examples: pd.DataFrame, rows: dict[str, tuple[str, str]], basel
     stats_ = ("lo", "hi", "diff_lo", "diff_hi", "p")
     out = pd.DataFrame(np.nan, index=pd.Index(list(rows)),
                        columns=[f"{c}_{s}" for c in cols for s in stats_])
-    per = _seed_example_scores(examples, set(rows.values()))
-    base = {b: _block(per, rows[baseline], b) for b in benchmarks} if baseline in rows else {}
+    blocks_of = _blocks(_seed_example_scores(examples, set(rows.values())))
+    base = {b: blocks_of.get(rows[baseline] + (b,)) for b in benchmarks} if baseline in rows else {}
     for label, key in rows.items():
-        own = {b: _block(per, key, b) for b in benchmarks}
+        own = {b: blocks_of.get(key + (b,)) for b in benchmarks}
         if all(x is not None for x in own.values()):
             seeds = sorted(set.intersection(*(set(x.index) for x in own.values())))
             blocks = [own[b].loc[seeds].dropna(axis=1).to_numpy() for b in benchmarks]
