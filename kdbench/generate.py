@@ -1,7 +1,9 @@
 """Batched sampling with a KV cache, following the instruction-KD protocol: temperature 1,
 top_p 1, top_k 0 (pure sampling), prompt plus answer at most max_length tokens, answers cut
-at EOS and stripped. One seed per pass over a benchmark; results depend only on the seed,
-the model and the batch composition (prompts are batched in a fixed, length-sorted order).
+at EOS and stripped; a prompt longer than `max_prompt_tokens` is cut to its first
+`max_prompt_tokens` tokens and kept (the protocol keeps long test prompts). One seed per pass
+over a test set; results depend only on the seed, the model and the batch composition
+(prompts are batched in a fixed, length-sorted order).
 
 The number of new tokens of an answer never depends on the batch it is in: at most
 `max_new_tokens` (when null: max_length minus the longest prompt of `records`), and never
@@ -11,8 +13,9 @@ The loop is our own rather than `transformers`' `generate`: one forward per new 
 model's own KV cache, the output layer applied to the last position only, and the same
 sampling rules as `generate` (temperature, then top-k, then top-p, then a draw from the
 filtered distribution with the global torch generator; inverse-CDF rather than
-`torch.multinomial`, so the same distribution but not the same tokens for a seed). It skips `generate`'s per-step machinery (logits processors, stopping criteria, input
-preparation), which is most of the time for small models.
+`torch.multinomial`, so the same distribution but not the same tokens for a seed). It skips
+`generate`'s per-step machinery (logits processors, stopping criteria, input preparation),
+which is most of the time for small models.
 """
 from __future__ import annotations
 
@@ -30,10 +33,10 @@ from kdbench.models import autocast, next_token_logits
 @torch.no_grad()
 def sample(model, tokenizer, records: list[dict], *, seed: int, temperature: float = 1.0,
            top_p: float = 1.0, top_k: int = 0, max_length: int = 512, max_new_tokens: int | None = None,
-           batch_size: int = 64, precision: str = "auto", desc: str = "generate") -> tuple[list[str], dict]:
+           max_prompt_tokens: int | None = None, batch_size: int = 64, precision: str = "auto", desc: str = "generate") -> tuple[list[str], dict]:
     """Answers (in record order) and {"gen_tokens", "gen_wall_s"}."""
     dev = next(model.parameters()).device
-    prompts = [encode_prompt(tokenizer, r) for r in records]
+    prompts = [encode_prompt(tokenizer, r)[:max_prompt_tokens] for r in records]
     order = np.argsort([len(p) for p in prompts], kind="stable")
     answers: list[str] = [""] * len(records)
     n_tokens, t0 = 0, time.perf_counter()

@@ -52,13 +52,15 @@ def prepare_data(cfg: dict) -> None:
 
 def _prepare_hub_data(cfg: dict) -> None:
     """Hub or local instruction data: the training split, its validation split and every
-    benchmark, normalised to the record schema, with prompts over `data.max_prompt_tokens`
-    dropped (counted with the first pair's teacher tokenizer, as the engine encodes them).
+    benchmark, normalised to the record schema. Prompts over `data.max_prompt_tokens` (counted
+    with the first pair's teacher tokenizer, as the engine encodes them) are dropped from the
+    training and validation splits and kept in the benchmarks, where generation cuts them to
+    their first `max_prompt_tokens` tokens (the protocol's rule, docs/protocol.md).
 
     Validation: the protocol's own split when the training source has one (MiniLLM/dolly: the
     first 1,000 lines of raw.jsonl, the training split being the rest); otherwise a seeded
-    random hold-out of min(1000, n/10) training examples. Dropped prompts are counted per split
-    in data/report.json and logged to stderr.
+    random hold-out of min(1000, n/10) training examples. Dropped and truncated prompts are
+    counted per split in data/report.json and logged to stderr.
     """
     import sys
 
@@ -68,12 +70,17 @@ def _prepare_hub_data(cfg: dict) -> None:
     tok = teacher_tokenizer(cfg, next(iter(cfg["pairs"])))
     report = {}
 
-    def load(name, source, split, limit):
+    def load(name, source, split, limit, benchmark=False):
         rows = loaders.load_instruction_split(source, split, limit=limit)
-        kept, dropped = loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"])
-        report[name] = {"source": source, "split": split, "n": len(kept), "dropped_long_prompts": dropped}
-        print(f"prepare_data: {name} ({source}, split {split or 'default'}): kept {len(kept)}, dropped "
-              f"{dropped} prompt(s) longer than {d['max_prompt_tokens']} tokens", file=sys.stderr)
+        kept, n_long = loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"])
+        if benchmark:
+            kept = rows
+        report[name] = {"source": source, "split": split, "n": len(kept),
+                        "dropped_long_prompts": 0 if benchmark else n_long,
+                        "truncated_long_prompts": n_long if benchmark else 0}
+        print(f"prepare_data: {name} ({source}, split {split or 'default'}): kept {len(kept)}, "
+              f"{'truncated' if benchmark else 'dropped'} {n_long} prompt(s) longer than "
+              f"{d['max_prompt_tokens']} tokens", file=sys.stderr)
         return kept
 
     train = load("train", d["train"], "train", d["train_limit"])
@@ -86,12 +93,12 @@ def _prepare_hub_data(cfg: dict) -> None:
         validation = [train[i] for i in sorted(perm[:n_val])]
         train = [train[i] for i in sorted(perm[n_val:])]
         report["validation"] = {"source": d["train"], "split": f"random hold-out of {n_val}", "n": n_val,
-                                "dropped_long_prompts": 0}
+                                "dropped_long_prompts": 0, "truncated_long_prompts": 0}
         report["train"]["n"] = len(train)
     io.write_jsonl(P.data("train"), train)
     io.write_jsonl(P.data("validation"), validation)
     for name, source in d["benchmarks"].items():
-        io.write_jsonl(P.data(name), load(name, source, None, d["benchmark_limit"]))
+        io.write_jsonl(P.data(name), load(name, source, None, d["benchmark_limit"], benchmark=True))
     io.write_json(P.data_report, report)
 
 
@@ -349,14 +356,14 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     examples = encode(tok, records, cfg["data"]["max_length"], responses=responses)
     teacher, vocab = None, None
     if cls.needs_teacher:
-        if cfg["distill"]["cache_teacher"]:
+        if C.uses_teacher_cache(cfg, cls):
             teacher = CachedTeacher(P.teacher_cache(pair, tseed), examples)
         else:
             t_model = models.load_model(P.teacher_model(pair, tseed)).to(dev)
             teacher = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
             vocab = _shared_vocab(cfg, pair, seed, student)
     difficulty = load_difficulty(cfg, pair) if meth.uses_difficulty else None
-    res = train(student, examples, cfg["training"]["student"],
+    res = train(student, examples, C.student_budget(cfg, method),
                 seed=C.derive_seed(cfg["seed"], pair, seed, "train"), pad_id=tok.pad_token_id,
                 method=meth, teacher=teacher, kd_ratio=cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0,
                 difficulty=difficulty, vocab_size=vocab, validate=_validator(cfg, tok, pair, seed),
@@ -389,6 +396,7 @@ def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None
         for es in ev["seeds"]:
             answers, st = sample(model, tok, records, seed=es, temperature=ev["temperature"], top_p=ev["top_p"],
                                  top_k=ev["top_k"], max_length=cfg["data"]["max_length"],
+                                 max_prompt_tokens=cfg["data"]["max_prompt_tokens"],
                                  max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
                                  precision=ev["precision"], desc=f"{method}/{variant}/seed{seed} {bench} s{es}")
             rows += [{"id": r["id"], "eval_seed": es, "answer": a} for r, a in zip(records, answers)]

@@ -247,10 +247,13 @@ def test_prepare_data_takes_dollys_protocol_validation_split(snapshot, tmp_path,
     assert [r["id"] for r in val] == [f"dolly-validation-{i}" for i in range(0, 1000, 2)]
     assert [r["id"] for r in train] == ["dolly-train-1000", "dolly-train-1002"]
     report = io.read_json(P.data_report)
-    assert {k: (v["n"], v["dropped_long_prompts"]) for k, v in report.items()} == {
-        "train": (2, 1), "validation": (500, 500), "dolly": (1, 1), "sinst": (1, 1)}
+    # benchmark prompts over 27 tokens are kept (generation cuts them) and counted
+    assert {k: (v["n"], v["dropped_long_prompts"], v["truncated_long_prompts"]) for k, v in report.items()} == {
+        "train": (2, 1, 0), "validation": (500, 500, 0), "dolly": (2, 0, 1), "sinst": (2, 0, 1)}
+    assert len(io.read_jsonl(P.data("sinst"))) == 2
     err = capfd.readouterr().err
     assert "validation" in err and "dropped 500 prompt(s) longer than 27 tokens" in err
+    assert "truncated 1 prompt(s) longer than 27 tokens" in err
 
 
 def test_prepare_data_holds_out_a_seeded_validation_set_otherwise(tmp_path, tok):
