@@ -176,6 +176,17 @@ def _epoch_axis(e: pd.Series, first: int) -> pd.Series:
     return e - first + 1
 
 
+def _integer_epoch_axis(ax, shown: pd.Series) -> None:
+    """Whole-number epoch ticks; a lone epoch sits in the middle of a unit-wide axis instead
+    of matplotlib's ±5% range with fractional ticks."""
+    lo, hi = int(shown.min()), int(shown.max())
+    if hi - lo < 12:
+        ax.set_xticks(range(lo, hi + 1))
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlim(lo - 0.5, hi + 0.5)
+
+
 def _place_labels(fig: Figure, ax, xs, ys, texts, colors, xerr=None, yerr=None,
                   fontsize=9) -> None:
     """Label points without overlaps where possible.
@@ -559,6 +570,7 @@ def cpd_schedule(epochs: pd.DataFrame, out: str | Path, method: str = "cpd",
     with style():
         fig = new_figure(7.4, 5.6)
         axes = fig.subplots(2, 2, sharex=True).ravel()
+        drawn_epochs: set[int] = set()
         for ax, (col, title) in zip(axes, _SCHEDULE_PANELS):
             ax.set_title(title)
             shown = [(method, variant)]
@@ -570,11 +582,15 @@ def cpd_schedule(epochs: pd.DataFrame, out: str | Path, method: str = "cpd",
                 if run.empty or col not in numeric or run[col].isna().all():
                     continue
                 s = run.groupby("epoch")[col].mean()
+                drawn_epochs.update(int(e) for e in s.index)
                 main = (m, v) == (method, variant)
+                # comparisons: hollow and on top, so one that coincides with the main run
+                # (e.g. all data in a one-epoch run) rings its marker instead of hiding under it
                 ax.plot(_epoch_axis(s.index.to_series(), first), s.to_numpy(),
                         color=method_color(m), marker=method_marker(m),
-                        lw=2.0 if main else 1.2, ms=6 if main else 4,
-                        ls="-" if main else "--", zorder=3 if main else 2,
+                        mfc=method_color(m) if main else "none", mew=1.0 if main else 1.4,
+                        lw=2.0 if main else 1.2, ms=6 if main else 9,
+                        ls="-" if main else "--", zorder=2 if main else 3,
                         label=T.row_label(m, v) + (" (all data)" if m == "kd" else ""))
                 drew = True
             if not drew:
@@ -582,7 +598,8 @@ def cpd_schedule(epochs: pd.DataFrame, out: str | Path, method: str = "cpd",
                         va="center", color="0.4")
             elif col == "n_examples":
                 ax.set_ylim(bottom=0)
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        shown_epochs = _epoch_axis(pd.Series(sorted(drawn_epochs or {first})), first)
+        _integer_epoch_axis(axes[0], shown_epochs)  # axes share x
         for ax in axes[2:]:
             ax.set_xlabel("epoch")
         handles = {}
@@ -590,7 +607,8 @@ def cpd_schedule(epochs: pd.DataFrame, out: str | Path, method: str = "cpd",
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(lab, h)
         _legend_below(fig, list(handles.values()), list(handles))
-        fig.suptitle(f"Schedule of {T.row_label(method, variant)} per epoch (mean over seeds)")
+        one = "\none epoch: π = 1, all data at the schedule's end values" if len(shown_epochs) == 1 else ""
+        fig.suptitle(f"Schedule of {T.row_label(method, variant)} per epoch (mean over seeds){one}")
         return save(fig, out)
 
 

@@ -163,6 +163,26 @@ def test_schedule_and_bin_loss_skip_an_absent_method(small, tmp_path):
     assert P.bin_loss(small["bin_loss"], tmp_path / "b", method="nosuch") == []
 
 
+def test_one_epoch_schedule_has_a_whole_epoch_axis_and_visible_comparisons(monkeypatch, tmp_path):
+    """One epoch: a single tick "1" in a unit-wide axis (not matplotlib's fractional ±5%), and
+    comparison runs drawn hollow above the main run, so one that coincides with it (all data
+    in a one-epoch run) still shows its marker."""
+    t = fake_tables(["kd", "cpd", "pocl"], n_seeds=1, benchmarks=("synth",), n_examples=4,
+                    n_epochs=1, steps_per_epoch=3, train_size=100, ablation_variants=False)
+    figs = []
+    monkeypatch.setattr(P, "save", lambda fig, out: figs.append(fig) or [])
+    P.cpd_schedule(t["epochs"], tmp_path / "s")
+    (fig,) = figs
+    size_ax = fig.axes[2]
+    assert size_ax.get_xlim() == (0.5, 1.5) and list(size_ax.get_xticks()) == [1]
+    lines = {line.get_label(): line for line in size_ax.get_lines()}
+    assert set(lines) == {"cpd", "pocl", "kd (all data)"}
+    for label in ("pocl", "kd (all data)"):
+        assert lines[label].get_markerfacecolor() == "none"
+        assert lines[label].get_zorder() > lines["cpd"].get_zorder()
+    assert "one epoch" in fig._suptitle.get_text()
+
+
 def test_several_pairs_need_a_choice(small, tmp_path):
     two = pd.concat([small["runs"], small["runs"].assign(pair="q")])
     with pytest.raises(UserError, match="several pairs"):
