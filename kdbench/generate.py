@@ -19,11 +19,14 @@ from kdbench.models import autocast
 def sample(model, tokenizer, records: list[dict], *, seed: int, temperature: float = 1.0,
            top_p: float = 1.0, top_k: int = 0, max_length: int = 512, max_new_tokens: int | None = None,
            batch_size: int = 64, precision: str = "auto", desc: str = "generate") -> tuple[list[str], dict]:
-    """Answers (in record order) and {"gen_tokens", "gen_wall_s"}."""
+    """Answers (in record order) and {"gen_tokens", "gen_wall_s", "ended"}; ended[i] is True
+    when answer i stopped at EOS, False when it ran into the length cap (max_new_tokens or
+    max_length) without one."""
     dev = next(model.parameters()).device
     prompts = [encode_prompt(tokenizer, r) for r in records]
     order = np.argsort([len(p) for p in prompts], kind="stable")
     answers: list[str] = [""] * len(records)
+    ended = [False] * len(records)
     n_tokens, t0 = 0, time.perf_counter()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     torch.manual_seed(seed)
@@ -48,6 +51,7 @@ def sample(model, tokenizer, records: list[dict], *, seed: int, temperature: flo
             new = out[b, T:].tolist()
             if eos in new:
                 new = new[:new.index(eos)]
+                ended[i] = True
             n_tokens += len(new) + 1
             answers[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
-    return answers, {"gen_tokens": n_tokens, "gen_wall_s": time.perf_counter() - t0}
+    return answers, {"gen_tokens": n_tokens, "gen_wall_s": time.perf_counter() - t0, "ended": ended}

@@ -346,15 +346,19 @@ def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None
                                  top_k=ev["top_k"], max_length=cfg["data"]["max_length"],
                                  max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
                                  precision=ev["precision"], desc=f"{method}/{variant}/seed{seed} {bench} s{es}")
-            rows += [{"id": r["id"], "eval_seed": es, "answer": a} for r, a in zip(records, answers)]
+            rows += [{"id": r["id"], "eval_seed": es, "answer": a, "ended": e}
+                     for r, a, e in zip(records, answers, st["ended"])]
             stats = {k: stats[k] + st[k] for k in stats}
         io.write_jsonl(run_dir / "answers" / f"{bench}.jsonl", rows)
         io.write_json(run_dir / "answers" / f"{bench}.json", stats)
 
 
 def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
-    """Rouge-L of every answer (scores.csv) and the run's metrics.json with provenance."""
-    from kdbench.metrics import rouge_l_per_example
+    """Rouge-L and the shape of every answer (scores.csv; `kdbench.metrics.answer_shape`) and
+    the run's metrics.json with provenance. Per benchmark: Rouge-L (mean over eval seeds),
+    length_ratio (mean answer words / mean reference words), capped (share of answers that
+    hit the length cap without EOS) and repetition (mean repeated-trigram share)."""
+    from kdbench.metrics import answer_shape, rouge_l_per_example
 
     P = Paths(cfg)
     run_dir = Path(P.run_dir(pair, method, variant, seed))
@@ -363,16 +367,23 @@ def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
         records = {r["id"]: r for r in load_records(P.data(bench))}
         answers = pd.DataFrame(io.read_jsonl(run_dir / "answers" / f"{bench}.jsonl"))
         refs = [records[i]["output"] for i in answers["id"]]
-        answers["rouge_l"] = rouge_l_per_example(answers["answer"].fillna("").tolist(), refs)
+        texts = answers["answer"].fillna("").tolist()
+        answers["rouge_l"] = rouge_l_per_example(texts, refs)
+        ended = answers["ended"].tolist() if "ended" in answers else [None] * len(answers)
+        answers = pd.concat([answers, answer_shape(texts, refs, ended)], axis=1)
         answers["benchmark"] = bench
         answers["task"] = [records[i].get("task") for i in answers["id"]]
         answers["difficulty"] = [records[i].get("difficulty") for i in answers["id"]]
-        frames.append(answers.drop(columns="answer").rename(columns={"id": "example_id"}))
+        frames.append(answers.drop(columns=["answer", "ended"], errors="ignore").rename(columns={"id": "example_id"}))
         per_seed = answers.groupby("eval_seed")["rouge_l"].mean()
         gen = io.read_json(run_dir / "answers" / f"{bench}.json")
         summary[bench] = {"rouge_l": float(per_seed.mean()), "rouge_l_eval_std": float(per_seed.std(ddof=0)),
                           "n_eval_seeds": int(len(per_seed)), "n_examples": len(records),
-                          "gen_tokens_per_s": gen["gen_tokens"] / max(gen["gen_wall_s"], 1e-9)}
+                          "gen_tokens_per_s": gen["gen_tokens"] / max(gen["gen_wall_s"], 1e-9),
+                          "answer_words": float(answers["answer_words"].mean()),
+                          "length_ratio": float(answers["answer_words"].mean() / max(answers["reference_words"].mean(), 1e-9)),
+                          "capped": float(answers["capped"].mean()),
+                          "repetition": float(answers["repetition"].mean())}
     io.write_csv(run_dir / "scores.csv", pd.concat(frames, ignore_index=True))
     train_info = io.read_json(run_dir / "train.json")
     io.write_json(run_dir / "metrics.json", {"pair": pair, "method": method, "variant": variant, "seed": seed,
