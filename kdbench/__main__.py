@@ -54,6 +54,8 @@ def main(argv=None) -> int:
         if args.stage == "validate":
             from kdbench import preflight
 
+            for line in preflight.data_report(cfg):
+                print(line)
             for warning in preflight.schedule_warnings(cfg):
                 print(f"kdbench validate: warning: {warning}", file=sys.stderr)
             n = len(C.runs(cfg))

@@ -1,8 +1,8 @@
 """What `python -m kdbench validate` checks beyond the schema, before anything runs.
 
-- `data_report`: reads a sample of every data file the profile will use, the way
-  `prepare_data` reads it, and describes each (layout, field mapping, example counts), so
-  a run cannot stop at `prepare_data` on something visible now.
+- `data_report`: reads every local data file the profile will use, the way `prepare_data`
+  reads it, and describes each (layout, field mapping, example counts), so a run cannot
+  stop at `prepare_data` on something visible now.
 - `schedule_warnings`: a profile that makes a method's curriculum or schedule a no-op (e.g.
   `epochs: 1` with a per-epoch curriculum), or scores a difficulty profile that no run uses.
 
@@ -14,6 +14,7 @@ the profile's is reported.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +23,55 @@ from kdbench import method as M
 
 # the stand-in training set of the simulation: N examples, B per step, a linear profile
 _N, _B = 100, 10
+
+
+def _fields(source: str, split: str | None, fields: dict) -> str:
+    """'instruction <- question, input <- (none), output <- answer' for the first row of a
+    local source."""
+    from kdbench import loaders
+
+    file = loaders.local_file(source, split)
+    where = loaders.field_mapping(loaders.first_row(file), fields)
+    return f"fields of {file.name}: " + ", ".join(f"{k} <- {v or '(none)'}" for k, v in where.items())
+
+
+def data_report(cfg: dict) -> list[str]:
+    """Lines describing how every data source of the profile will be read: the layout, the
+    field mapping and the example counts (before prompts over data.max_prompt_tokens are
+    dropped, which needs the tokenizer). Local sources are read in full, exactly as
+    prepare_data reads them, so a bad row, field or layout stops here; hub ids are left to
+    prepare_data (they need the network or the cache)."""
+    import datasets
+
+    from kdbench import loaders
+
+    datasets.disable_progress_bars()
+    d = cfg["data"]
+    if d["source"] == "synthetic":
+        return [f"data: the embedded synthetic suite ({', '.join(f'{k} {v}' for k, v in d['synthetic_sizes'].items())})"]
+    local = lambda source: Path(source).expanduser().exists()  # noqa: E731
+    lines = []
+    if local(d["train"]) and (not d["validation"] or local(d["validation"])):
+        how, train, validation = loaders.read_training(d, cfg["seed"])
+        limit = f", {d['train_limit']} kept (data.train_limit)" if d["train_limit"] and d["train_limit"] < len(train) else ""
+        lines += [f"data: {how}",
+                  f"  train: {len(train)} examples{limit}; validation: {len(validation)} examples",
+                  "  " + _fields(d["train"], loaders.training_reading(d["train"]).pool, d["fields"])]
+        if d["validation"]:
+            lines.append("  " + _fields(d["validation"], "validation", d["fields"]))
+    else:
+        lines.append(f"data: data.train {d['train']} is a hub dataset, read by prepare_data "
+                     f"(validate reads local files only)")
+    for name, source in d["benchmarks"].items():
+        if not local(source):
+            lines.append(f"  benchmark {name}: hub dataset {source}, read by prepare_data")
+            continue
+        rows = loaders.load_instruction_split(source, None, limit=d["benchmark_limit"], fields=d["fields"])
+        path = Path(source).expanduser()
+        layout = loaders.folder_layout(path)[0] if path.is_dir() else f"one file, {path.name}"
+        lines.append(f"  benchmark {name}: {source} read as {layout}: {len(rows)} examples; "
+                     + _fields(source, None, d["fields"]))
+    return lines + [f"  (counts before dropping prompts over data.max_prompt_tokens = {d['max_prompt_tokens']} tokens)"]
 
 
 def _simulate(meth: M.Method, n_epochs: int) -> tuple[list[int], list[dict]]:

@@ -50,46 +50,39 @@ def prepare_data(cfg: dict) -> None:
 
 def _prepare_hub_data(cfg: dict) -> None:
     """Hub or local instruction data: the training split, its validation split and every
-    benchmark, normalised to the record schema, with prompts over `data.max_prompt_tokens`
-    dropped (counted with the first pair's teacher tokenizer, as the engine encodes them).
+    benchmark, normalised to the record schema (fields as `data.fields` says), with prompts
+    over `data.max_prompt_tokens` dropped (counted with the first pair's teacher tokenizer,
+    as the engine encodes them; not with a tokenizer trained later on this very data).
 
-    Validation: the protocol's own split when the training source has one (MiniLLM/dolly: the
-    first 1,000 lines of raw.jsonl, the training split being the rest); otherwise a seeded
-    random hold-out of min(1000, n/10) training examples. Dropped prompts are counted per split
-    in data/report.json and logged to stderr.
+    The reading of `data.train` is printed (see `kdbench.loaders.read_training`). Dropped prompts are
+    counted per split in data/report.json and logged to stderr.
     """
     import sys
 
     from kdbench import loaders
 
     P, d = Paths(cfg), cfg["data"]
-    tok = teacher_tokenizer(cfg, next(iter(cfg["pairs"])))
+    tok = None if cfg["tokenizer"]["train"] else teacher_tokenizer(cfg, next(iter(cfg["pairs"])))
     report = {}
+    say = lambda msg: print(f"prepare_data: {msg}", file=sys.stderr)  # noqa: E731
 
-    def load(name, source, split, limit):
-        rows = loaders.load_instruction_split(source, split, limit=limit)
-        kept, dropped = loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"])
+    def keep(name, rows, source, split):
+        kept, dropped = loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"]) if tok else (rows, 0)
         report[name] = {"source": source, "split": split, "n": len(kept), "dropped_long_prompts": dropped}
-        print(f"prepare_data: {name} ({source}, split {split or 'default'}): kept {len(kept)}, dropped "
-              f"{dropped} prompt(s) longer than {d['max_prompt_tokens']} tokens", file=sys.stderr)
+        say(f"{name} ({source}, {split}): kept {len(kept)}, dropped {dropped} prompt(s) longer than "
+            f"{d['max_prompt_tokens']} tokens" + ("" if tok else " (not counted: the tokenizer is trained later)"))
         return kept
 
-    train = load("train", d["train"], "train", d["train_limit"])
-    if loaders.has_protocol_split(d["train"], "validation"):
-        validation = load("validation", d["train"], "validation", None)
-    else:  # no protocol split: hold out a seeded random validation set
-        rng = np.random.default_rng(C.derive_seed(cfg["seed"], "validation"))
-        perm = rng.permutation(len(train))
-        n_val = min(1000, len(train) // 10)
-        validation = [train[i] for i in sorted(perm[:n_val])]
-        train = [train[i] for i in sorted(perm[n_val:])]
-        report["validation"] = {"source": d["train"], "split": f"random hold-out of {n_val}", "n": n_val,
-                                "dropped_long_prompts": 0}
-        report["train"]["n"] = len(train)
+    plan, train, validation = loaders.read_training(d, cfg["seed"])
+    say(plan)
+    train = keep("train", train[:d["train_limit"]] if d["train_limit"] else train, d["train"], "train")
+    validation = keep("validation", validation, d["validation"] or d["train"], "validation")
     io.write_jsonl(P.data("train"), train)
     io.write_jsonl(P.data("validation"), validation)
     for name, source in d["benchmarks"].items():
-        io.write_jsonl(P.data(name), load(name, source, None, d["benchmark_limit"]))
+        rows = loaders.load_instruction_split(source, None, limit=d["benchmark_limit"], fields=d["fields"])
+        io.write_jsonl(P.data(name), keep(name, rows, source, "test"))
+    report["train"]["reading"] = plan
     io.write_json(P.data_report, report)
 
 
