@@ -1,7 +1,7 @@
 """Command line: `python -m kdbench <stage> --config FILE [--pair P --method M --variant V --seed K]`.
 
 Every DAG rule is one such line, so any stage can be rerun by hand. Extra commands:
-`validate` checks a config, `methods` lists the discovered methods and their defaults,
+`validate` checks a config, `methods` lists the discovered methods, their defaults and references,
 `convert_gguf --path DIR_OR_REPO --gguf-file FILE --out DIR` writes a GGUF checkpoint as a
 plain safetensors folder (the DAG does not need it: train_teacher saves a GGUF teacher itself).
 """
@@ -66,6 +66,8 @@ def main(argv=None) -> int:
 
             for name, cls in M.discover(cfg["methods_dir"]).items():
                 print(f"{name:16s} {M.defaults(cls)}")
+                for ref in cls.references:
+                    print(f"{'':16s} {ref}")
             return 0
         from kdbench import stages
 
