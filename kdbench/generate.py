@@ -33,12 +33,16 @@ from kdbench.models import autocast, next_token_logits
 @torch.no_grad()
 def sample(model, tokenizer, records: list[dict], *, seed: int, temperature: float = 1.0,
            top_p: float = 1.0, top_k: int = 0, max_length: int = 512, max_new_tokens: int | None = None,
-           max_prompt_tokens: int | None = None, batch_size: int = 64, precision: str = "auto", desc: str = "generate") -> tuple[list[str], dict]:
-    """Answers (in record order) and {"gen_tokens", "gen_wall_s"}."""
+           max_prompt_tokens: int | None = None, batch_size: int = 64, precision: str = "auto",
+           desc: str = "generate") -> tuple[list[str], dict]:
+    """Answers (in record order) and {"gen_tokens", "gen_wall_s", "ended"}; ended[i] is True
+    when answer i stopped at EOS, False when it ran into the length cap (max_new_tokens or
+    max_length) without one."""
     dev = next(model.parameters()).device
     prompts = [encode_prompt(tokenizer, r)[:max_prompt_tokens] for r in records]
     order = np.argsort([len(p) for p in prompts], kind="stable")
     answers: list[str] = [""] * len(records)
+    ended = [False] * len(records)
     n_tokens, t0 = 0, time.perf_counter()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     cap = new_token_cap(prompts, max_length, max_new_tokens)
@@ -53,8 +57,9 @@ def sample(model, tokenizer, records: list[dict], *, seed: int, temperature: flo
                                temperature=temperature, top_p=top_p, top_k=top_k)
         for b, i in enumerate(idx):
             n_tokens += len(new[b]) + 1
+            ended[i] = len(new[b]) < limits[b]  # shorter than its cap: it stopped at EOS
             answers[i] = tokenizer.decode(new[b], skip_special_tokens=True).strip()
-    return answers, {"gen_tokens": n_tokens, "gen_wall_s": time.perf_counter() - t0}
+    return answers, {"gen_tokens": n_tokens, "gen_wall_s": time.perf_counter() - t0, "ended": ended}
 
 
 def new_token_cap(prompts: list[list[int]], max_length: int, max_new_tokens: int | None) -> int:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from kdbench.curriculum import epoch_progress
 from kdbench.errors import UserError
 from kdbench.paths import SAFE_NAME
 
@@ -64,8 +65,10 @@ class Progress:
 
     @property
     def epoch_fraction(self) -> float:
-        """e / (E - 1): 0 in the first epoch, 1 in the last (0 when there is one epoch)."""
-        return self.epoch / (self.n_epochs - 1) if self.n_epochs > 1 else 0.0
+        """π_e = e / (E - 1): 0 in the first epoch, 1 in the last. A single epoch is the last
+        one (π = 1), the same π the curricula use (`kdbench.curriculum.epoch_progress`), so
+        a one-epoch run trains on all data with the schedules' end values."""
+        return epoch_progress(self.epoch, self.n_epochs)
 
 
 @dataclasses.dataclass
