@@ -174,18 +174,27 @@ def variants(cfg: dict, name: str, source: str = "the config") -> dict[str, dict
     return out
 
 
-def ablation_variants(cfg: dict, source: str = "the config") -> dict[str, tuple[str, dict]]:
-    """{row name: (slug, overrides)} of the ablation grid, in config order."""
-    name = cfg["ablations"]["method"]
-    if not name:
+def ablation_variants(cfg: dict, source: str = "the config") -> dict[str, tuple[str, str, dict]]:
+    """{row name: (method, slug, overrides)} of the ablation grid, in config order.
+
+    A row varies `ablations.method` unless it names another method under the key `method`
+    (a control such as budget-matched kd: `{method: kd, data_fraction: 0.8}`); its other keys
+    override that method's `methods.params`.
+    """
+    default = cfg["ablations"]["method"]
+    if not default:
         return {}
-    cls = M.discover(cfg["methods_dir"])[name]
-    base = dict(cfg["methods"]["params"].get(name, {}))
+    available = M.discover(cfg["methods_dir"])
     out = {}
     for row, over in cfg["ablations"]["variants"].items():
-        params = {**base, **over}
-        _check_params(cls, name, params, f"{source} (ablation {row!r})")
-        out[row] = (M.slug(params, cls), params)
+        over = dict(over)
+        name = over.pop("method", default)
+        if name not in available:
+            raise UserError(f"{source}: ablation {row!r} names the unknown method {name!r}; "
+                            f"available: {', '.join(sorted(available))}.")
+        params = {**cfg["methods"]["params"].get(name, {}), **over}
+        _check_params(available[name], name, params, f"{source} (ablation {row!r})")
+        out[row] = (name, M.slug(params, available[name]), params)
     return out
 
 
@@ -204,9 +213,8 @@ def runs(cfg: dict, source: str = "the config") -> list[Run]:
     out: dict[tuple, Run] = {}
     seeds = range(cfg["training_seeds"])
     per_method: dict[str, dict[str, dict]] = {n: variants(cfg, n, source) for n in method_names(cfg, source)}
-    abl = cfg["ablations"]["method"]
-    if abl:
-        per_method.setdefault(abl, {}).update({s: p for s, p in ablation_variants(cfg, source).values()})
+    for name, slug_, params in ablation_variants(cfg, source).values():
+        per_method.setdefault(name, {})[slug_] = params
     for pair in cfg["pairs"]:
         for name, vs in per_method.items():
             for slug_, params in vs.items():

@@ -427,8 +427,8 @@ def collect(cfg: dict) -> None:
     for name, bucket in (("trace.csv.gz", traces), ("epochs.csv", epochs), ("bin_loss.csv", bins)):
         io.write_csv(Path(P.tables) / name, front(pd.concat(bucket, ignore_index=True)) if bucket
                      else pd.DataFrame(columns=key_cols))
-    abl = [{"ablation": row, "method": cfg["ablations"]["method"], "variant": slug}
-           for row, (slug, _) in C.ablation_variants(cfg).items()]
+    abl = [{"ablation": row, "method": method, "variant": slug}
+           for row, (method, slug, _) in C.ablation_variants(cfg).items()]
     io.write_csv(Path(P.tables) / "ablations.csv", pd.DataFrame(abl, columns=["ablation", "method", "variant"]))
     io.write_json(Path(P.tables) / "methods.json", {n: M.get(n, cfg["methods_dir"]).references
                                                     for n in C.method_names(cfg)})

@@ -71,8 +71,8 @@ def test_variants_dedupe_and_slug(smoke):
     skl = {r.variant for r in C.runs(cfg) if r.method == "skl"}
     assert skl == {"default", "alpha-0.3"}          # 0.1 is the default: same run, one slug
     abl = C.ablation_variants(cfg)
-    assert abl["full"][0] == "default"              # the full ablation row is the default cpd run
-    assert abl["no_curriculum"][0] == "curriculum-none"
+    assert abl["full"][:2] == ("cpd", "default")    # the full ablation row is the default cpd run
+    assert abl["no_curriculum"][:2] == ("cpd", "curriculum-none")
 
 
 def test_seeds_do_not_depend_on_method():
