@@ -269,3 +269,16 @@ def test_user_errors(tmp_path):
         T.main_table(runs.drop(columns="rouge_l"))
     with pytest.raises(UserError, match="missing"):
         T.build_all(tmp_path)
+
+
+def test_ablation_table_rows_of_other_methods_and_cost_ratios():
+    abl = pd.concat([_ablations(), pd.DataFrame({"ablation": ["kd_control"], "method": ["kd"],
+                                                 "variant": ["default"]})], ignore_index=True)
+    df = T.ablation_table(_ablation_runs(), abl, n_boot=N_BOOT)
+    assert df.loc["kd_control", "method"] == "kd" and df.loc["kd_control", "a_mean"] == 20
+    # cpd: 1950 of kd's 3000 examples; wall time 88 s over kd's 110 s
+    assert df.loc["full", "examples_ratio_mean"] == pytest.approx(0.65)
+    assert df.loc["full", "time_ratio_mean"] == pytest.approx(0.8)
+    assert df.loc["kd_control", "examples_ratio_mean"] == 1.0
+    f = T.format_table(df, "md").set_index("ablation")
+    assert f.loc["full", "examples / kd"] == "0.65" and f.loc["full", "time / kd"] == "0.80"
