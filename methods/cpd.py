@@ -8,8 +8,7 @@ import torch
 
 from kdbench import curriculum as C
 from kdbench import divergences as D
-from kdbench.errors import UserError
-from kdbench.method import EpochContext, Method as Base, Progress
+from kdbench.method import EpochContext, Method as Base, Progress, check, check_choice, check_temperature
 
 GRANULARITIES = ("epoch", "step")
 TARGETS = ("skew_fkl", "skew_rkl", "interpolated")
@@ -119,30 +118,22 @@ class Method(Base):
                  order: str = "easy_first", start_fraction: float = 0.6,
                  scale: str = "percentile", n_stages: int = 4, shuffle: bool = True,
                  target: str = "skew_fkl"):
-        if target not in TARGETS:
-            raise UserError(f"cpd: unknown target {target!r}; choose one of {', '.join(TARGETS)}.")
+        check_choice("target", target, TARGETS)
         # α is the teacher's weight; the value at which the target equals the first argument
         # of the KL gives a zero loss (skew_fkl: α = 1; skew_rkl and interpolated: α = 0).
         degenerate = 1.0 if target == "skew_fkl" else 0.0
         for name, a in (("alpha_start", alpha_start), ("alpha_end", alpha_end)):
-            if not (0.0 <= a <= 1.0) or a == degenerate:
-                raise UserError(f"cpd: {name} must be in [0, 1] and not {degenerate:g} for target "
-                                f"{target} (got {a!r}); α is the teacher's weight in the target and "
-                                f"α = {degenerate:g} makes the loss zero.")
-        for name, t in (("tau_start", tau_start), ("tau_end", tau_end)):
-            if not t > 0:
-                raise UserError(f"cpd: {name} must be positive (got {t!r}).")
-        if granularity not in GRANULARITIES:
-            raise UserError(f"cpd: unknown granularity {granularity!r}; choose one of "
-                            f"{', '.join(GRANULARITIES)}.")
-        if curriculum not in C.CURRICULA:
-            raise UserError(f"cpd: unknown curriculum {curriculum!r}; choose one of "
-                            f"{', '.join(C.CURRICULA)}.")
-        if order not in C.ORDERS:
-            raise UserError(f"cpd: unknown order {order!r}; choose one of {', '.join(C.ORDERS)}.")
-        C.check_scale(scale)
-        C.start_count(1, start_fraction)  # validates (0, 1]
-        C.stage_sizes(1, n_stages)        # validates a positive integer
+            check(0.0 <= a <= 1.0 and a != degenerate, name, a,
+                  f"in [0, 1] and not {degenerate:g} for target {target} (α is the teacher's "
+                  f"weight in the target; α = {degenerate:g} makes the loss zero)")
+        check_temperature(tau_start, "tau_start")
+        check_temperature(tau_end, "tau_end")
+        check_choice("granularity", granularity, GRANULARITIES)
+        check_choice("curriculum", curriculum, C.CURRICULA)
+        check_choice("order", order, C.ORDERS)
+        check_choice("scale", scale, C.SCALES)
+        check(0.0 < start_fraction <= 1.0, "start_fraction", start_fraction, "in (0, 1]")
+        check(int(n_stages) == n_stages and n_stages >= 1, "n_stages", n_stages, "a positive integer")
         self.alpha_start, self.alpha_end = float(alpha_start), float(alpha_end)
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
         self.granularity, self.curriculum, self.order = granularity, curriculum, order
@@ -184,9 +175,7 @@ class Method(Base):
     # -- loss --------------------------------------------------------------------------
 
     def loss(self, student_logits, teacher_logits, mask, progress: Progress):
-        v = progress.values
-        if not v or "alpha" not in v or "temperature" not in v:
-            v = self.schedule(progress)
+        v = progress.values  # this step's schedule (the engine runs it before every loss)
         alpha, tau = float(v["alpha"]), float(v["temperature"])
         if self.target == "skew_fkl":
             return D.skew_forward_kl(student_logits, teacher_logits, mask, alpha=alpha, temperature=tau)

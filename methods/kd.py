@@ -16,8 +16,7 @@ EMNLP 2016.
 """
 from kdbench import curriculum as C
 from kdbench import divergences as D
-from kdbench.errors import UserError
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check, check_temperature
 
 
 class Method(Base):
@@ -28,10 +27,8 @@ class Method(Base):
     ]
 
     def __init__(self, temperature: float = 1.0, data_fraction: float = 1.0):
-        self.temperature = D.check_temperature(temperature)
-        if not 0.0 < data_fraction <= 1.0:
-            raise UserError(f"kd: data_fraction must be in (0, 1] (got {data_fraction!r}); it is "
-                            "the fraction of the training set each epoch draws.")
+        self.temperature = check_temperature(temperature)
+        check(0.0 < data_fraction <= 1.0, "data_fraction", data_fraction, "in (0, 1]")
         self.data_fraction = float(data_fraction)
 
     def epoch_indices(self, epoch, ctx):
