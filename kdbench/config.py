@@ -115,10 +115,29 @@ def _check_semantics(cfg: dict, source: str) -> None:
         if spec["student"]["init"] == "layers_from_teacher" and not spec["student"]["layers"]:
             raise UserError(f"{source}: `pairs.{pair}.student.layers` is empty; list the teacher "
                             "layers to copy for init: layers_from_teacher.")
+    for name in cfg["training"]["methods"]:
+        student_budget(cfg, name, source)
     # every method name, parameter and grid must resolve (also of methods not included)
     runs(cfg, source)
     for name in set(cfg["methods"]["params"]) | set(cfg["methods"]["grids"]):
         variants(cfg, name, source)
+
+
+def student_budget(cfg: dict, method: str, source: str = "the config") -> dict:
+    """The training budget of `method`'s runs: `training.student` with the method's
+    `training.methods` overrides; UserError for an unknown method or a bad key or value."""
+    over = cfg["training"]["methods"].get(method, {})
+    if over and method not in M.discover(cfg["methods_dir"]):
+        raise UserError(f"{source}: `training.methods` names the unknown method {method!r}; "
+                        f"available: {', '.join(sorted(M.discover(cfg['methods_dir'])))}.")
+    budget = {**cfg["training"]["student"], **over}
+    sch = schema()
+    errors = list(jsonschema.Draft202012Validator({"$defs": sch["$defs"], "$ref": "#/$defs/budget"})
+                  .iter_errors(budget))
+    if errors:
+        raise UserError(f"{source}: `training.methods.{method}` is invalid: {errors[0].message}; "
+                        "use the keys of a budget (see workflows/schemas/config.schema.yaml).")
+    return budget
 
 
 def _missing_local(path: str, file: str | None = None) -> bool:

@@ -342,7 +342,7 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
             teacher = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
             vocab = _shared_vocab(cfg, pair, seed, student)
     difficulty = load_difficulty(cfg, pair) if cls.uses_difficulty else None
-    res = train(student, examples, cfg["training"]["student"],
+    res = train(student, examples, C.student_budget(cfg, method),
                 seed=C.derive_seed(cfg["seed"], pair, seed, "train"), pad_id=tok.pad_token_id,
                 method=meth, teacher=teacher, kd_ratio=cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0,
                 difficulty=difficulty, vocab_size=vocab, validate=_validator(cfg, tok, pair, seed),

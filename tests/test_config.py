@@ -90,3 +90,33 @@ def test_cli_reports_bad_config(tmp_path, smoke, capsys):
     assert main(["validate", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "evaluation.seeds" in err and err.count("\n") == 0
+
+
+def test_per_method_budget_overrides(smoke):
+    raw = copy.deepcopy(smoke)
+    raw.setdefault("training", {})["methods"] = {"pocl": {"epochs": 32, "lr": 1.0e-4}}
+    cfg = C.validate(raw)
+    pocl, kd = C.student_budget(cfg, "pocl"), C.student_budget(cfg, "kd")
+    assert (pocl["epochs"], pocl["lr"]) == (32, 1.0e-4)
+    assert kd == cfg["training"]["student"] and pocl["batch_size"] == kd["batch_size"]
+    for bad, words in (({"nosuch": {"epochs": 2}}, ["unknown method", "nosuch"]),
+                       ({"pocl": {"epoch": 2}}, ["training.methods.pocl", "epoch"]),
+                       ({"pocl": {"lr": -1}}, ["training.methods.pocl", "-1"])):
+        raw["training"]["methods"] = bad
+        with pytest.raises(UserError) as err:
+            C.validate(raw)
+        assert all(w in str(err.value) for w in words) and "\n" not in str(err.value)
+
+
+def test_ablation_row_may_name_another_method(smoke):
+    raw = copy.deepcopy(smoke)
+    raw["ablations"] = {"method": "cpd", "variants": {"full": {}, "kd_budget": {"method": "kd", "data_fraction": 0.5},
+                                                      "srkl_pocl": {"method": "pocl", "base": "srkl"}}}
+    cfg = C.validate(raw)
+    abl = C.ablation_variants(cfg)
+    assert abl["kd_budget"] == ("kd", "data_fraction-0.5", {"data_fraction": 0.5})
+    assert abl["srkl_pocl"][:2] == ("pocl", "base-srkl")
+    assert {(r.method, r.variant) for r in C.runs(cfg)} >= {("kd", "data_fraction-0.5"), ("pocl", "base-srkl")}
+    raw["ablations"]["variants"]["bad"] = {"method": "nosuch"}
+    with pytest.raises(UserError, match="unknown method 'nosuch'"):
+        C.validate(raw)

@@ -432,3 +432,63 @@ def test_default_ablation_grid_holds_the_controls():
     # every row is a distinct run, and the kd rows are runs of kd
     assert len({(m, slug_) for m, slug_, _ in rows.values()}) == len(rows)
     assert {(r.method, r.variant) for r in config.runs(cfg)} >= {("kd", "data_fraction-0.8")}
+
+
+# --- POCL as published: stages as separate runs, any base divergence -----------------------
+
+def test_pocl_restarts_at_every_stage_and_takes_any_base():
+    m = make("pocl")
+    assert m.restarts(32) == [8, 16, 24]                # 8 epochs per stage, as published
+    assert m.restarts(8) == [2, 4, 6]
+    assert m.restarts(3) == [1, 2]                      # compressed: stages 0, 1, 3
+    assert make("pocl", restart=False).restarts(32) == []
+    g = torch.Generator().manual_seed(8)
+    s, t = torch.randn(2, 3, 6, generator=g), torch.randn(2, 3, 6, generator=g)
+    mask = torch.tensor([[True, True, False], [False, True, True]])
+    p = Progress(epoch=3, n_epochs=8)                    # stage 1: τ = 4/3
+    srkl = make("pocl", base="srkl")
+    # SRKL + POCL: KL(q ‖ 0.1 q + 0.9 p), i.e. teacher weight 0.9 in the mixture
+    assert loss_at(srkl, p, s, t, mask).item() == pytest.approx(
+        manual_target(s, t, mask, 0.9, 4 / 3, "skew_rkl"), rel=1e-5)
+    assert loss_at(make("pocl"), p, s, t, mask).item() == pytest.approx(
+        manual_target(s, t, mask, 0.0, 4 / 3, "skew_fkl"), rel=1e-5)   # kd: α = 0 is forward KL
+    with pytest.raises(UserError, match="base"):
+        make("pocl", base="mse")
+
+
+ENGINE_BUDGET = {"epochs": 4, "batch_size": 8, "grad_accum": 1, "lr": 1e-3, "min_lr_ratio": 0.1,
+                 "warmup": 0.1, "weight_decay": 0.0, "grad_clip": 1.0, "loss_on": "response",
+                 "precision": "fp32", "bucket_window": 2, "selection": "best"}
+
+
+def test_engine_restarts_from_the_segment_best_with_a_fresh_schedule(tokenizer, records, make_model):
+    from kdbench.data import encode
+    from kdbench.method import Method as Base
+    from kdbench.train import train
+
+    class TwoStages(Base):  # all data every epoch, a restart before epoch 2
+        def loss(self, student_logits, teacher_logits, mask, progress):
+            return D.zero(student_logits)
+
+        def restarts(self, n_epochs):
+            return [2]
+
+    model = make_model(seed=3)
+    seen, loaded = [], []
+
+    def validate(m):
+        seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return {"val_loss": 1.0, "val_rouge_l": [10.0, 30.0, 20.0, 15.0][len(seen) - 1]}
+
+    load = model.load_state_dict
+    model.load_state_dict = lambda sd, *a, **kw: loaded.append(sd) or load(sd, *a, **kw)
+    res = train(model, encode(tokenizer, records[:24], max_length=512), ENGINE_BUDGET, seed=0,
+                pad_id=tokenizer.pad_token_id, method=TwoStages(), validate=validate)
+    # the second stage starts from the first stage's best epoch (1) ...
+    assert all(torch.equal(loaded[0][k], seen[1][k]) for k in seen[1])
+    # ... with a fresh warm-up + cosine: the same learning rates as the first stage
+    lr = res.trace.groupby("epoch")["lr"].apply(list)
+    assert lr[0] + lr[1] == lr[2] + lr[3]
+    # and the final weights are the best of the last stage (epoch 2), not the run's best (1)
+    assert res.stats["selected_epoch"] == 2
+    assert all(torch.equal(model.state_dict()[k], seen[2][k]) for k in seen[2])

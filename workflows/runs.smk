@@ -19,7 +19,7 @@ def distill_inputs(wc):
 
 def run_params(wc):
     r = RUN_INDEX[(wc.pair, wc.method, wc.variant, int(wc.seed))]
-    return fp(r.params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"], CFG["evaluation"])
+    return fp(r.params, C.student_budget(CFG, wc.method), CFG["distill"], CFG["data"]["max_length"], CFG["evaluation"])
 
 
 rule distill:
