@@ -74,7 +74,7 @@ class Method(Base):
     with them isolates the schedule and the curriculum rather than a change of divergence;
     (3) the readings whose loss fades (skew_rkl, interpolated with α → 0) end the run
     with a target that is nine tenths the student itself, a weak signal exactly when the
-    full data arrives. The published POCL table finds SRKL strongest among the base losses, which
+    full data arrives. The published POCL table finds SRKL the strongest base loss, which
     is why skew_rkl is an ablation row and `pocl` has a base-divergence option.
 
     π is the curriculum progress: ``granularity="epoch"``: π = e/(E−1) (constant within an

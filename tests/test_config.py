@@ -110,13 +110,15 @@ def test_per_method_budget_overrides(smoke):
 
 def test_ablation_row_may_name_another_method(smoke):
     raw = copy.deepcopy(smoke)
-    raw["ablations"] = {"method": "cpd", "variants": {"full": {}, "kd_budget": {"method": "kd", "data_fraction": 0.5},
-                                                      "srkl_pocl": {"method": "pocl", "base": "srkl"}}}
+    raw["ablations"] = {"method": "cpd", "variants": {
+        "full": {}, "kd_budget": {"method": "kd", "data_fraction": 0.5},
+        "srkl_pocl": {"method": "pocl", "base": "srkl"}}}
     cfg = C.validate(raw)
     abl = C.ablation_variants(cfg)
     assert abl["kd_budget"] == ("kd", "data_fraction-0.5", {"data_fraction": 0.5})
     assert abl["srkl_pocl"][:2] == ("pocl", "base-srkl")
-    assert {(r.method, r.variant) for r in C.runs(cfg)} >= {("kd", "data_fraction-0.5"), ("pocl", "base-srkl")}
+    runs = {(r.method, r.variant) for r in C.runs(cfg)}
+    assert runs >= {("kd", "data_fraction-0.5"), ("pocl", "base-srkl")}
     raw["ablations"]["variants"]["bad"] = {"method": "nosuch"}
     with pytest.raises(UserError, match="unknown method 'nosuch'"):
         C.validate(raw)
