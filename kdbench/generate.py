@@ -20,7 +20,6 @@ def sample(model, tokenizer, records: list[dict], *, seed: int, temperature: flo
            top_p: float = 1.0, top_k: int = 0, max_length: int = 512, max_new_tokens: int | None = None,
            batch_size: int = 64, precision: str = "auto", desc: str = "generate") -> tuple[list[str], dict]:
     """Answers (in record order) and {"gen_tokens", "gen_wall_s"}."""
-    dev = next(model.parameters()).device
     prompts = [encode_prompt(tokenizer, r) for r in records]
     order = np.argsort([len(p) for p in prompts], kind="stable")
     answers: list[str] = [""] * len(records)
@@ -29,25 +28,40 @@ def sample(model, tokenizer, records: list[dict], *, seed: int, temperature: flo
     torch.manual_seed(seed)
     for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", file=sys.stderr, mininterval=5.0):
         idx = order[s:s + batch_size]
-        T = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), T), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for b, i in enumerate(idx):  # left padding: every prompt ends at the last column
-            ids[b, T - len(prompts[i]):] = torch.tensor(prompts[i])
-            attn[b, T - len(prompts[i]):] = 1
-        budget = max_length - T
+        budget = max_length - max(len(prompts[i]) for i in idx)
         if max_new_tokens is not None:
             budget = min(budget, max_new_tokens)
         if budget <= 0:
             continue
-        with autocast(precision, dev):
-            out = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), do_sample=True,
-                                 temperature=temperature, top_p=top_p, top_k=top_k,
-                                 max_new_tokens=budget, eos_token_id=eos, pad_token_id=pad)
-        for b, i in enumerate(idx):
-            new = out[b, T:].tolist()
-            if eos in new:
-                new = new[:new.index(eos)]
-            n_tokens += len(new) + 1
-            answers[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+        news = sample_ids(model, [prompts[i] for i in idx], eos_id=eos, pad_id=pad, max_new_tokens=budget,
+                          temperature=temperature, top_p=top_p, top_k=top_k, precision=precision)
+        for i, new in zip(idx, news):
+            text = new[:-1] if new[-1:] == [eos] else new
+            n_tokens += len(text) + 1
+            answers[i] = tokenizer.decode(text, skip_special_tokens=True).strip()
     return answers, {"gen_tokens": n_tokens, "gen_wall_s": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def sample_ids(model, prompts: list[list[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
+               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+               precision: str = "auto") -> list[list[int]]:
+    """One batch of prompts (token ids) -> each prompt's sampled continuation, at most
+    `max_new_tokens` tokens, cut after its first EOS (the EOS is kept). Prompts are left padded
+    so that every one ends at the last column. Uses the global torch RNG."""
+    dev = next(model.parameters()).device
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p):] = torch.tensor(p)
+        attn[b, T - len(p):] = 1
+    with autocast(precision, dev):
+        out = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), do_sample=True,
+                             temperature=temperature, top_p=top_p, top_k=top_k,
+                             max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id)
+    news = []
+    for b in range(len(prompts)):
+        new = out[b, T:].tolist()
+        news.append(new[:new.index(eos_id) + 1] if eos_id in new else new)
+    return news

@@ -10,10 +10,23 @@ Hooks (all optional except `loss`):
         the training examples for this epoch (None: all, shuffled). Curricula live here.
     schedule(progress) -> dict[str, float]
         values scheduled for this step (alpha, temperature, kd_ratio, ...); logged every step.
+        Methods with train_on = "mixed" schedule "on_policy" and "replay" here, the shares of
+        steps trained on fresh / replayed student samples (see kdbench/onpolicy.py).
+    observe_validation_loss(loss)
+        called before training and after every epoch with the student's validation
+        cross-entropy, for methods with uses_validation_loss = True (DistiLLM's adaptive schedule).
 Class attributes the engine and the DAG read:
     needs_teacher     False for SFT-style methods: the teacher is never loaded.
     uses_difficulty   True if epoch_indices reads ctx.difficulty (the DAG then scores it).
-    train_on          "reference" (the dataset's outputs) or "teacher_samples" (SeqKD).
+    train_on          "reference" (the dataset's outputs), "teacher_samples" (SeqKD) or
+                      "mixed" (references, and the student's own samples where its schedule
+                      says so; the teacher then runs online on those).
+    uses_validation_loss   True if observe_validation_loss is used (the DAG then reads the
+                      validation split).
+Attributes that "mixed" methods may set (usually from __init__ parameters):
+    replay_capacity   student samples kept for replay (0: no replay buffer).
+    max_new_tokens    cap on a student sample's new tokens; None: the profile's
+                      evaluation.max_new_tokens.
 """
 from __future__ import annotations
 
@@ -77,6 +90,9 @@ class Method:
     needs_teacher: bool = True
     uses_difficulty: bool = False
     train_on: str = "reference"
+    uses_validation_loss: bool = False
+    replay_capacity: int = 0
+    max_new_tokens: int | None = None
     references: list[str] = []
 
     def loss(self, student_logits, teacher_logits, mask, progress: Progress):
@@ -87,6 +103,9 @@ class Method:
 
     def schedule(self, progress: Progress) -> dict[str, float]:
         return {}
+
+    def observe_validation_loss(self, loss: float) -> None:
+        return None
 
 
 # --- discovery -------------------------------------------------------------------------

@@ -305,23 +305,42 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     examples = encode(tok, records, cfg["data"]["max_length"], responses=responses)
     teacher, vocab = None, None
     if cls.needs_teacher:
-        if cfg["distill"]["cache_teacher"]:
-            teacher = CachedTeacher(P.teacher_cache(pair), examples)
-        else:
+        online = None
+        if cls.train_on == "mixed" or not cfg["distill"]["cache_teacher"]:
             t_model = models.load_model(P.teacher_model(pair)).to(dev)
-            teacher = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
+            online = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
             vocab = _shared_vocab(cfg, pair, seed, student)
+        teacher = CachedTeacher(P.teacher_cache(pair), examples) if cfg["distill"]["cache_teacher"] else online
     difficulty = load_difficulty(cfg, pair) if cls.uses_difficulty else None
-    res = train(student, examples, cfg["training"]["student"],
-                seed=C.derive_seed(cfg["seed"], pair, seed, "train"), pad_id=tok.pad_token_id,
+    train_seed = C.derive_seed(cfg["seed"], pair, seed, "train")
+    on_policy = _on_policy(cfg, meth, examples, tok, student, train_seed) if cls.train_on == "mixed" else None
+    if on_policy is not None and teacher is not online:
+        from kdbench.onpolicy import Teacher
+
+        teacher = Teacher(teacher, online)
+    res = train(student, examples, cfg["training"]["student"], seed=train_seed, pad_id=tok.pad_token_id,
                 method=meth, teacher=teacher, kd_ratio=cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0,
-                difficulty=difficulty, vocab_size=vocab, desc=f"{pair}/{method}/{variant}/seed{seed}")
+                difficulty=difficulty, vocab_size=vocab, on_policy=on_policy,
+                desc=f"{pair}/{method}/{variant}/seed{seed}")
     run_dir = Path(P.run_dir(pair, method, variant, seed))
     _write_run_tables(run_dir, res)
     models.save(student, tok, run_dir / "model")
     io.write_json(run_dir / "train.json", {**res.stats, "method": method, "variant": variant,
                                            "method_params": {**M.defaults(cls), **run.params},
                                            "params": models.n_params(student), **provenance(cfg)})
+
+
+def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
+    """The student sampler of a train_on = "mixed" method (kdbench/onpolicy.py)."""
+    from kdbench.onpolicy import OnPolicy
+
+    validation = None
+    if meth.uses_validation_loss:
+        validation = encode(tok, load_records(Paths(cfg).data("validation")), cfg["data"]["max_length"])
+    return OnPolicy(meth, examples, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
+                    max_length=cfg["data"]["max_length"], max_new_tokens=cfg["evaluation"]["max_new_tokens"],
+                    precision=cfg["training"]["student"]["precision"], seed=seed,
+                    validation=validation, model=student)
 
 
 def _write_run_tables(run_dir: Path, res) -> None:

@@ -22,7 +22,7 @@ METHODS_DIR = REPO / "methods"
 METHODS = discover(METHODS_DIR)
 NAMES = sorted(METHODS)
 BASELINES = ["akl", "jsd", "kd", "rkl", "seqkd", "sft", "skl", "srkl", "taid", "tvd"]
-UNIT_KEYS = {"alpha", "beta", "kd_ratio", "t"}
+UNIT_KEYS = {"alpha", "beta", "kd_ratio", "t", "on_policy", "replay", "sgo_threshold"}
 B, T, V = 2, 4, 13
 
 
@@ -76,7 +76,8 @@ def test_class_attributes_and_defaults(name):
     cls = METHODS[name]
     assert issubclass(cls, Method)
     assert isinstance(cls.needs_teacher, bool) and isinstance(cls.uses_difficulty, bool)
-    assert cls.train_on in ("reference", "teacher_samples")
+    assert cls.train_on in ("reference", "teacher_samples", "mixed")
+    assert isinstance(cls.uses_validation_loss, bool)
     assert cls.references and all(isinstance(r, str) and r for r in cls.references)
     params = defaults(cls)
     scalar = (bool, int, float, str, type(None))
@@ -152,6 +153,8 @@ def test_schedule_values(name):
                 assert 0.0 <= value <= 1.0, f"{name}: {key}={value} at {fraction}"
             if key == "temperature":
                 assert value > 0
+        if method.train_on == "mixed":  # the engine draws one u per step against these shares
+            assert values.get("on_policy", 0.0) + values.get("replay", 0.0) <= 1.0 + 1e-12
 
 
 @pytest.mark.parametrize("name", NAMES)

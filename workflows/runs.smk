@@ -10,6 +10,10 @@ def distill_inputs(wc):
            "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
         out["teacher"] = P.teacher_cache(wc.pair) if CFG["distill"]["cache_teacher"] else teacher_model(wc.pair)
+    if cls.train_on == "mixed":  # student samples are scored by the teacher model online
+        out["teacher_model"] = teacher_model(wc.pair)
+    if cls.uses_validation_loss:
+        out["validation"] = P.data("validation")
     if cls.uses_difficulty:
         out["difficulty"] = P.difficulty(wc.pair)
     if cls.train_on == "teacher_samples":
@@ -19,7 +23,10 @@ def distill_inputs(wc):
 
 def run_params(wc):
     r = RUN_INDEX[(wc.pair, wc.method, wc.variant, int(wc.seed))]
-    return fp(r.params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"])
+    sections = [r.params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"]]
+    if method_cls(wc).train_on == "mixed":  # the student's samples are capped at this length
+        sections.append(CFG["evaluation"]["max_new_tokens"])
+    return fp(*sections)
 
 
 rule distill:
