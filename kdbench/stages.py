@@ -434,7 +434,8 @@ def collect(cfg: dict) -> None:
         for bench, b in m["benchmarks"].items():
             runs.append({**keys, "benchmark": bench, **b, "train_wall_s": t.get("train_wall_s", np.nan),
                          "train_tokens": t.get("train_tokens", np.nan), "train_examples": t.get("train_examples", np.nan),
-                         "train_tokens_per_s": t.get("train_tokens_per_s", np.nan), "student_params": t.get("params")})
+                         "train_tokens_per_s": t.get("train_tokens_per_s", np.nan),
+                         "train_gen_s": t.get("train_gen_s", 0.0), "student_params": t.get("params")})
         examples.append(pd.read_csv(d / "scores.csv").assign(**keys))
         for name, bucket in (("trace.csv", traces), ("epochs.csv", epochs), ("bin_loss.csv", bins)):
             if (d / name).is_file() and (d / name).stat().st_size > 1:

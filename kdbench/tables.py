@@ -414,6 +414,8 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     benchmarks): train_wall_s (s), train_tokens_per_s, train_examples (examples seen, all
     epochs), gen_tokens_per_s; then mean ± sample std over seeds. `time_ratio` = mean wall
     time of the row / mean wall time of `baseline` (a ratio of means; no std).
+    With train_gen_s in runs.csv: `gen_share` = the share of the training wall time spent
+    sampling the student's own answers (on-policy methods; 0 for the others).
     With `epochs` (epochs.csv): `data_fraction` = examples seen / (epochs × training-set
     size), the size being the largest epoch of the pair — below 1 for curricula that train
     on subsets. With `ablations`: non-default variants are labelled by ablation name.
@@ -422,6 +424,9 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     values = ["train_wall_s", "train_tokens_per_s", "train_examples", "gen_tokens_per_s"]
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed"] + values, "runs.csv")
     per_run = runs.groupby(_KEY + ["seed"])[values].mean()
+    if "train_gen_s" in runs.columns:
+        gen = runs.groupby(_KEY + ["seed"])["train_gen_s"].mean().fillna(0.0)
+        per_run["gen_share"] = gen / per_run["train_wall_s"]
     if epochs is not None and not select_pair(epochs, pair).empty:
         ep = require_columns(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
                       "epochs.csv")
@@ -456,6 +461,9 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     if "data_fraction_mean" in df.columns:
         cols.insert(3, _col_spec("data_fraction", "data fraction", "{:.2f}", best=None,
                                  show_std=False))
+    if "gen_share_mean" in df.columns:
+        cols.insert(-1, _col_spec("gen_share", "on-policy gen share", "{:.2f}", best=None,
+                                  show_std=False))
     order = [f"{c['key']}_{s}" for c in cols for s in ("mean", "std")]
     df = df[["pair", "method", "variant", "n_seeds"] + order]
     notes = [
@@ -469,6 +477,9 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     ]
     if "data_fraction_mean" in df.columns:
         notes.insert(2, "Data fraction: examples seen / (epochs × training-set size).")
+    if "gen_share_mean" in df.columns:
+        notes.insert(-1, "On-policy gen share: share of the training time spent sampling the "
+                         "student's own answers (included in train time).")
     df.attrs.update(columns=cols, caption="Training and generation cost per method.",
                     footnote=notes, index_header="method")
     return df

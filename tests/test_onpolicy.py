@@ -168,3 +168,19 @@ def test_sample_ids_caps_new_tokens_and_cuts_after_eos(examples, tokenizer, make
         for new in sample_ids(make_model(seed=3), prompts, eos_id=eos, pad_id=tokenizer.pad_token_id,
                               max_new_tokens=cap):
             assert 1 <= len(new) <= cap and eos not in new[:-1]
+
+
+def test_runtime_table_shows_the_sampling_share():
+    from kdbench import tables as T
+    from test_tables import WALL, make_runs
+
+    runs = make_runs()
+    gen = {"cpd": [40, 22, 48]}  # seconds sampling, per seed; shares 0.5, 0.25, 0.5
+    runs["train_gen_s"] = [gen.get(m, [0, 0, 0])[s] if m in WALL else np.nan
+                           for m, s in zip(runs["method"], runs["seed"])]
+    df = T.runtime_table(runs)
+    assert df.loc["cpd", "gen_share_mean"] == pytest.approx(1.25 / 3)
+    assert df.loc["kd", "gen_share_mean"] == 0.0
+    f = T.format_table(df, "md").set_index("method")
+    assert f.loc["cpd", "on-policy gen share"] == "0.42"
+    assert "gen_share_mean" not in T.runtime_table(runs.drop(columns="train_gen_s")).columns
