@@ -8,9 +8,15 @@ batches, bf16 autocast where supported, a per-step trace. The total loss of a st
 
 with kd_ratio from the config, overridden per step by the method's schedule, and 0 for
 methods that need no teacher.
+
+Model selection (docs/protocol.md): with a `validate(model) -> {"val_loss", "val_rouge_l"}`
+callback, every epoch ends with a validation pass; `budget["selection"] == "best"` keeps the
+weights of the epoch with the highest validation Rouge-L (ties: the earlier epoch), as the
+instruction-KD papers do, and "last" keeps the final weights.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -60,9 +66,12 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
 def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: int,
           method: Method | None = None, teacher=None, kd_ratio: float = 0.0,
           difficulty: np.ndarray | None = None, vocab_size: int | None = None,
-          on_policy=None, desc: str = "train") -> Result:
+          on_policy=None, validate=None, desc: str = "train") -> Result:
     """Train `model` in place. `teacher(batch) -> (B, T, V) logits` is needed when kd_ratio > 0.
-    `on_policy` (a kdbench.onpolicy.OnPolicy) swaps in student samples for methods that ask."""
+
+    `on_policy` (a kdbench.onpolicy.OnPolicy) swaps in student samples for methods that ask.
+    `validate(model) -> dict` (optional) runs after every epoch; its values join the epoch's
+    row, and `budget["selection"]` decides which epoch's weights the model ends with."""
     dev = next(model.parameters()).device
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 2])
@@ -81,6 +90,8 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, budget["warmup"], budget["min_lr_ratio"]))
     bins = _quintiles(difficulty) if difficulty is not None else None
+    best = None  # (val_rouge_l, epoch, state_dict copy) of the best epoch so far
+    val_wall = 0.0  # seconds spent validating (kept out of the training time)
 
     model.train()
     trace, epochs, bin_rows = [], [], []
@@ -138,7 +149,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
             ep_tokens += n_window
             seen += n_examples
             row = {"step": step, "epoch": epoch, **sums, "lr": opt.param_groups[0]["lr"],
-                   "tokens": tokens, "examples": seen, "wall_s": time.perf_counter() - t0,
+                   "tokens": tokens, "examples": seen, "wall_s": time.perf_counter() - t0 - val_wall,
                    **{k_: float(v) for k_, v in progress.values.items()}, "kd_ratio": ratio, **gen_row}
             trace.append(row)
             ep_rows.append(row)
@@ -154,6 +165,13 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
         for key in (ep_rows[0] if ep_rows else {}):
             if key not in ("step", "epoch", "loss", "ce", "distill", "lr", "tokens", "examples", "wall_s"):
                 ep[key] = float(np.mean([r[key] for r in ep_rows]))
+        if validate is not None:
+            v_t0 = time.perf_counter()
+            ep.update(validate(model))
+            val_wall += time.perf_counter() - v_t0
+            model.train()
+            if best is None or ep["val_rouge_l"] > best[0]:
+                best = (ep["val_rouge_l"], epoch, copy.deepcopy(model.state_dict()))
         epochs.append(ep)
         if bins is not None:
             for q in range(1, 6):
@@ -162,13 +180,36 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
                     bin_rows.append({"epoch": epoch, "bin": q, "n_examples": int(sel.sum()),
                                      "ce": float(ce_sum[sel].sum() / ce_n[sel].sum())})
     bar.close()
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 - val_wall
+    selected = len(epoch_batches) - 1
+    if best is not None and budget.get("selection", "last") == "best":
+        model.load_state_dict(best[2])
+        selected = best[1]
     model.eval()
-    stats = {"train_wall_s": wall, "train_tokens": tokens, "train_examples": seen,
+    ep_df = pd.DataFrame(epochs)
+    stats = {"selection": budget.get("selection", "last") if validate is not None else "last",
+             "selected_epoch": selected, "n_epochs": len(epoch_batches),
+             "val_loss_change_last20": val_loss_change(ep_df, steps_per_epoch),
+             "val_rouge_l_selected": float(ep_df["val_rouge_l"].iloc[selected]) if "val_rouge_l" in ep_df else None,
+             "val_wall_s": val_wall, "train_wall_s": wall, "train_tokens": tokens, "train_examples": seen,
              "train_steps": step, "train_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
              "train_gen_s": sum(r.get("gen_s", 0.0) for r in trace),
              "examples_per_epoch": [len(p) for p in plan]}
-    return Result(pd.DataFrame(trace), pd.DataFrame(epochs), pd.DataFrame(bin_rows), stats)
+    return Result(pd.DataFrame(trace), ep_df, pd.DataFrame(bin_rows), stats)
+
+
+def val_loss_change(epochs: pd.DataFrame, steps_per_epoch: list[int]) -> float | None:
+    """Relative change of the validation loss over the last 20% of the optimizer steps:
+    (L_last - L_80) / L_80, where L_80 is the loss after the last epoch that ends at or before
+    80% of the steps (the first epoch if none does). Near 0: the run has flattened; None
+    without validation."""
+    if "val_loss" not in epochs or len(epochs) < 2:
+        return None
+    ends = np.cumsum(steps_per_epoch) / max(1, sum(steps_per_epoch))
+    at = [e for e, f in enumerate(ends) if f <= 0.8 + 1e-9]
+    e80 = at[-1] if at else 0
+    l80, last = float(epochs["val_loss"].iloc[e80]), float(epochs["val_loss"].iloc[-1])
+    return (last - l80) / l80 if l80 > 0 else None
 
 
 def _quintiles(difficulty: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ Reference: Ko et al., DistiLLM: Towards Streamlined Distillation for Large Langu
 ICML 2024 (jongwooko/distillm).
 """
 from kdbench import divergences as D
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check, check_choice, check_temperature, check_unit
 
 THRESHOLD_STEP = 0.1  # rise of θ per rise of the validation loss (finetune.py, hard-coded there)
 REPLAY_RATIOS = ("decreasing", "constant", "increasing")
@@ -34,17 +34,14 @@ class Method(Base):
     def __init__(self, alpha: float = 0.1, temperature: float = 1.0, init_threshold: float = 0.0,
                  loss_eps: float = 0.1, capacity: int = 1000, replay_ratio: str = "decreasing",
                  max_new_tokens: int | None = None):
-        self.alpha = D.check_unit("alpha", alpha)
-        self.temperature = D.check_temperature(temperature)
-        self.threshold = D.check_unit("init_threshold", init_threshold)
-        if not loss_eps >= 0:
-            raise ValueError(f"loss_eps must be >= 0, got {loss_eps!r}.")
-        if int(capacity) != capacity or capacity < 0:
-            raise ValueError(f"capacity must be an integer >= 0, got {capacity!r}.")
-        if replay_ratio not in REPLAY_RATIOS:
-            raise ValueError(f"replay_ratio must be one of {', '.join(REPLAY_RATIOS)}, got {replay_ratio!r}.")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer or null, got {max_new_tokens}.")
+        self.alpha = check_unit("alpha", alpha)
+        self.temperature = check_temperature(temperature)
+        self.threshold = check_unit("init_threshold", init_threshold)
+        check(isinstance(loss_eps, (int, float)) and loss_eps >= 0, "loss_eps", loss_eps, "a number >= 0")
+        check(isinstance(capacity, int) and capacity >= 0, "capacity", capacity, "an integer >= 0")
+        check_choice("replay_ratio", replay_ratio, REPLAY_RATIOS)
+        check(max_new_tokens is None or (isinstance(max_new_tokens, int) and max_new_tokens >= 1),
+              "max_new_tokens", max_new_tokens, "a positive integer or null")
         self.loss_eps, self.replay_capacity, self.replay_ratio = float(loss_eps), int(capacity), replay_ratio
         self.max_new_tokens = max_new_tokens
         self.mark: float | None = None  # validation loss the threshold last moved at

@@ -14,7 +14,7 @@ Reference: Agarwal et al., On-Policy Distillation of Language Models: Learning f
 Self-Generated Mistakes, ICLR 2024; TRL's GKDTrainer.
 """
 from kdbench import divergences as D
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check, check_temperature, check_unit
 
 
 class Method(Base):
@@ -24,11 +24,11 @@ class Method(Base):
 
     def __init__(self, lmbda: float = 0.5, beta: float = 0.5, temperature: float = 1.0,
                  max_new_tokens: int | None = None):
-        self.lmbda = D.check_unit("lmbda", lmbda)
-        self.beta = D.check_unit("beta", beta)
-        self.temperature = D.check_temperature(temperature)
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer or null, got {max_new_tokens}.")
+        self.lmbda = check_unit("lmbda", lmbda)
+        self.beta = check_unit("beta", beta)
+        self.temperature = check_temperature(temperature)
+        check(max_new_tokens is None or (isinstance(max_new_tokens, int) and max_new_tokens >= 1),
+              "max_new_tokens", max_new_tokens, "a positive integer or null")
         self.max_new_tokens = max_new_tokens
 
     def schedule(self, progress):

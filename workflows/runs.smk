@@ -6,14 +6,12 @@ RUN = P.run_dir()
 
 def distill_inputs(wc):
     cls = method_cls(wc)
-    out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"),
+    out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"), "validation": P.data("validation"),
            "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
         out["teacher"] = P.teacher_cache(wc.pair) if CFG["distill"]["cache_teacher"] else teacher_model(wc.pair)
     if cls.train_on == "mixed":  # student samples are scored by the teacher model online
         out["teacher_model"] = teacher_model(wc.pair)
-    if cls.uses_validation_loss:
-        out["validation"] = P.data("validation")
     if cls.uses_difficulty:
         out["difficulty"] = P.difficulty(wc.pair)
     if cls.train_on == "teacher_samples":
@@ -23,10 +21,7 @@ def distill_inputs(wc):
 
 def run_params(wc):
     r = RUN_INDEX[(wc.pair, wc.method, wc.variant, int(wc.seed))]
-    sections = [r.params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"]]
-    if method_cls(wc).train_on == "mixed":  # the student's samples are capped at this length
-        sections.append(CFG["evaluation"]["max_new_tokens"])
-    return fp(*sections)
+    return fp(r.params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"], CFG["evaluation"])
 
 
 rule distill:
