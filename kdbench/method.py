@@ -22,7 +22,8 @@ below, which raise UserError naming the parameter, its valid values and the valu
 (`instantiate` adds the method's name and the config keys to fix).
 Class attributes the engine and the DAG read:
     needs_teacher     False for SFT-style methods: the teacher is never loaded.
-    uses_difficulty   True if epoch_indices reads ctx.difficulty (the DAG then scores it).
+    uses_difficulty   True if epoch_indices reads ctx.difficulty (the DAG then scores it); an
+                      instance may override it from its parameters (cpd without a curriculum).
     train_on          "reference" (the dataset's outputs), "teacher_samples" (SeqKD) or
                       "mixed" (references, and the student's own samples where its schedule
                       says so; the teacher then runs online on those).
@@ -40,6 +41,7 @@ import functools
 import importlib.util
 import inspect
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from kdbench.errors import UserError
+from kdbench.paths import SAFE_NAME
 
 
 @dataclasses.dataclass
@@ -169,6 +172,10 @@ def discover(methods_dir: str | Path | None = None) -> dict[str, type[Method]]:
                         "or set `methods_dir` in the config.")
     files = tuple((str(p), p.stat().st_mtime_ns) for p in sorted(d.glob("*.py"))
                   if not p.stem.startswith(("_", "template")))
+    for f, _ in files:
+        if not re.match(SAFE_NAME, Path(f).stem):
+            raise UserError(f"method file {f}: its name becomes folder names and command-line words; "
+                            "rename it to letters, digits, _, . and - only, starting with a letter or digit.")
     return dict(_discover(files))
 
 
