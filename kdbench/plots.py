@@ -778,7 +778,7 @@ def curriculum_subsets(epochs: pd.DataFrame, out: str | Path,
     epochs = _one_pair(epochs)
     if epochs is None or epochs.empty or "mean_difficulty" not in epochs.columns:
         return []
-    T.require_columns(epochs, ["method", "variant", "seed", "epoch", "n_examples"], "epochs.csv")
+    T.require_columns(epochs, ["method", "variant", "seed", "epoch", "n_examples"], LONG_TABLES["epochs"])
     names = _ablation_names(ablations)
     curves: dict[tuple, list[str]] = {}  # rounded (sizes, means) -> labels
     per_key = {}

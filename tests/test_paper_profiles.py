@@ -3,6 +3,7 @@ and `snakemake -n` of each paper profile builds its DAG offline, without loading
 a model or a dataset (empty HF cache, HF_HUB_OFFLINE=1), with the expected jobs."""
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -114,7 +115,9 @@ def test_paper_profile_dry_run_offline(name, tmp_path):
     # the default, times the training seeds; the teacher is one more run to generate and score
     n_methods = len([p for p in (REPO / "methods").glob("*.py") if not p.name.startswith(("_", "template"))])
     abl = cfg["ablations"]["variants"]
-    n_runs = cfg["training_seeds"] * (n_methods + len([v for v in abl.values() if v]))
+    # a method's grid adds its combinations beyond the default one (the default value is in each grid)
+    n_grid = sum(math.prod(len(v) for v in grid.values()) - 1 for grid in cfg["methods"]["grids"].values())
+    n_runs = cfg["training_seeds"] * (n_methods + n_grid + len([v for v in abl.values() if v]))
     seeds = cfg["training_seeds"]
     assert jobs == {"prepare_data": 1, "train_teacher": 1, "init_student": seeds, "score_difficulty": 1,
                     "teacher_samples": 1, "distill": n_runs, "generate": n_runs + 1, "score": n_runs + 1,
