@@ -100,6 +100,7 @@ def _check_semantics(cfg: dict, source: str) -> None:
                                 f"synthetic suite does not have; use one of {list(TEST_BENCHMARKS)}.")
     if cfg["data"]["source"] == "hub":
         for key, where in [("data.train", cfg["data"]["train"]),
+                           *([("data.validation", cfg["data"]["validation"])] if cfg["data"]["validation"] else []),
                            *((f"data.benchmarks.{k}", v) for k, v in cfg["data"]["benchmarks"].items())]:
             if _missing_local(where):
                 raise UserError(f"{source}: `{key}` names the local path {where}, which does not exist; "

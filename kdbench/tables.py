@@ -6,7 +6,9 @@ epochs.csv, ablations.csv; see `read_tables`). Outputs:
 * `main_table`     teacher first, then every student (method, variant) of the main grid;
                    one column per benchmark plus "avg"; Rouge-L mean ± std over training seeds.
 * `ablation_table` one row per ablation name (config order), tested against "full".
-* `runtime_table`  training wall time, throughput, examples seen, time relative to kd.
+* `runtime_table`  training wall time, throughput, examples seen, time relative to kd, and
+                   the shape of the answers (length against the reference, share capped
+                   without EOS, repetition), which exposes degenerate answers.
 * `write_table`    writes `{stem}.md`, `{stem}.csv` (numeric) and `{stem}.tex` (booktabs).
 * `build_all`      everything above from a tables directory (what the DAG rule calls).
 
@@ -514,6 +516,10 @@ def _magnitude_fmt(values) -> str:
     return "{:,.0f}" if top >= 1000 else "{:.1f}" if top >= 10 else "{:.2f}"
 
 
+#: Answer-shape columns of runs.csv (`kdbench.stages.score`) shown in the runtime table.
+ANSWER_SHAPE = {"length_ratio": "answer/ref", "capped": "capped", "repetition": "repeat"}
+
+
 def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
                   baseline: str = "kd", ablations: pd.DataFrame | None = None,
                   pair: str | None = None) -> pd.DataFrame:
@@ -530,6 +536,7 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     """
     values = ["train_wall_s", "train_tokens_per_s", "train_examples", "gen_tokens_per_s"]
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed"] + values, LONG_TABLES["runs"])
+    values += [c for c in ANSWER_SHAPE if c in runs.columns]  # runs scored before they existed lack them
     per_run = runs.groupby(_KEY + ["seed"])[values].mean()
     if epochs is not None and not select_pair(epochs, pair).empty:
         ep = require_columns(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
@@ -565,6 +572,8 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     if "data_fraction_mean" in df.columns:
         cols.insert(3, _col_spec("data_fraction", "data fraction", "{:.2f}", best=None,
                                  show_std=False))
+    cols += [_col_spec(key, header, "{:.2f}", best=None) for key, header in ANSWER_SHAPE.items()
+             if f"{key}_mean" in df.columns]
     order = [f"{c['key']}_{s}" for c in cols for s in ("mean", "std")]
     df = df[["pair", "method", "variant", "n_seeds"] + order]
     notes = [
@@ -577,6 +586,11 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     ]
     if "data_fraction_mean" in df.columns:
         notes.insert(2, "Data fraction: examples seen / (epochs × training-set size).")
+    if "length_ratio_mean" in df.columns:
+        notes.append("Answer shape, mean over benchmarks (kdbench/metrics.py): answer/ref = mean answer "
+                     "length / mean reference length, in words; capped = share of answers that hit the "
+                     "generation cap without EOS; repeat = share of an answer's word trigrams that repeat "
+                     "an earlier one. High values flag babbling that Rouge-L can reward.")
     df.attrs.update(columns=cols, caption="Training and generation cost per method.",
                     footnote=notes, index_header="method")
     return df

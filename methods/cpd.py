@@ -39,7 +39,8 @@ class Method(Base):
 
     α near 1 makes the target almost the teacher alone (KL(p‖m) → 0 with a small, safe
     gradient); α near 0 is plain forward KL. π is the curriculum progress:
-    ``granularity="epoch"``: π = e/(E−1) (constant within an epoch; 0 when E = 1);
+    ``granularity="epoch"``: π = e/(E−1) (constant within an epoch; 1 when E = 1: a single
+    epoch is the last, as for the curriculum, which then trains on all data);
     ``granularity="step"``: π = (e + epoch_step/epoch_steps)/max(1, E−1), clipped to [0, 1],
     so it reaches each epoch's value at that epoch's first step and stays at 1 during the
     last epoch. With ``curriculum="none"`` there is no data progression to follow, and π is
