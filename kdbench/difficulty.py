@@ -3,10 +3,13 @@
 Scorers (config `difficulty.scorer`):
   pocl                — POCL's recipe: two rankings of the training set, the student's per-token
                         NLL on the reference (lower is easier) and the Rouge-L of its own
-                        near-greedy answer (higher is easier), fused by reciprocal rank:
+                        near-greedy answer (higher is easier; sampled at `difficulty.temperature`,
+                        POCL's 0.01), fused by reciprocal rank:
                         score = 1/(rank_rouge + k) + 1/(rank_nll + k), k = 60; higher is easier.
   student_nll         — the NLL alone.
   teacher_student_kl  — per-token KL(p_teacher || q_student) on the reference.
+The NLL is the mean over the reference's tokens without its EOS, as POCL scores it
+(`difficulty.nll_eos: true` counts the EOS too); docs/protocol.md lists both settings.
 `difficulty` (higher is harder) is the fused score mapped to [0, 1] (max - score) / (max - min),
 or the raw NLL / KL: the uniform-difficulty curriculum only needs an order and an affine scale.
 
@@ -39,15 +42,21 @@ def rrf(rank_a: np.ndarray, rank_b: np.ndarray, k: int = 60) -> np.ndarray:
 
 @torch.no_grad()
 def per_example_nll(model, examples, pad_id: int, batch_size: int, precision: str, teacher=None,
-                    desc: str = "difficulty: NLL") -> np.ndarray:
+                    eos_id: int | None = None, desc: str = "difficulty: NLL") -> np.ndarray:
     """Mean token NLL of the reference response (or mean token KL(teacher || model) if a teacher
-    is given), per example, (N,)."""
+    is given), per example, (N,). With `eos_id`, a final EOS is left out of the mean (a response
+    that is only EOS then scores 0)."""
     dev = next(model.parameters()).device
     out = np.zeros(len(examples))
     order = np.argsort([len(e.ids) for e in examples], kind="stable")
     for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", file=sys.stderr, mininterval=5.0):
         chunk = [examples[i] for i in order[s:s + batch_size]]
-        batch = {k: v.to(dev) for k, v in collate(chunk, pad_id).items()}
+        batch = collate(chunk, pad_id)
+        if eos_id is not None:
+            for b, e in enumerate(chunk):
+                if e.ids[-1] == eos_id:  # position n-2 predicts the EOS
+                    batch["mask"][b, len(e.ids) - 2] = False
+        batch = {k: v.to(dev) for k, v in batch.items()}
         with autocast(precision, dev):
             logits = model(input_ids=batch["input_ids"]).logits
         logq = torch.log_softmax(logits.float(), -1)
@@ -83,7 +92,8 @@ def score(student, tokenizer, records: list[dict], cfg: dict, teacher=None, seed
     d = cfg["difficulty"]
     precision = cfg["evaluation"]["precision"]
     examples = encode(tokenizer, records, cfg["data"]["max_length"])
-    nll = per_example_nll(student, examples, tokenizer.pad_token_id, d["batch_size"], precision)
+    nll = per_example_nll(student, examples, tokenizer.pad_token_id, d["batch_size"], precision,
+                          eos_id=None if d["nll_eos"] else tokenizer.eos_token_id)
     table = pd.DataFrame({"example_index": np.arange(len(records)), "example_id": [r["id"] for r in records],
                           "task": [r.get("task") for r in records], "level": [r.get("difficulty") for r in records],
                           "nll": nll})

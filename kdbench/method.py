@@ -5,6 +5,7 @@ The file stem is the method's name. Files starting with `_` or `template` are sk
 
 Hooks (all optional except `loss`):
     loss(student_logits, teacher_logits, mask, progress) -> scalar tensor
+        logits (N, V) at the N tokens that carry the loss, mask (N,) all true;
         the distillation term only; the engine adds CE and weights by kd_ratio. The engine
         always calls `schedule` first in the same step, so progress.values holds its result.
     epoch_indices(epoch, ctx) -> np.ndarray | None

@@ -1,4 +1,4 @@
-"""Rouge-L as the instruction-KD protocol computes it (REFERENCES.md): rouge_score's
+"""Rouge-L as the instruction-KD protocol computes it (docs/protocol.md): rouge_score's
 RougeScorer(["rougeL"], use_stemmer=True), F-measure, maximum over an example's references,
 mean over examples, x100; and the shape of each answer (`answer_shape`), which exposes the
 degenerate answers Rouge-L can reward.

@@ -52,11 +52,14 @@ def prepare_data(cfg: dict) -> None:
 
 def _prepare_hub_data(cfg: dict) -> None:
     """Hub or local instruction data: the training split, its validation split and every
-    benchmark, normalised to the record schema (fields as `data.fields` says), with prompts
-    over `data.max_prompt_tokens` dropped (counted with the first pair's teacher tokenizer,
-    as the engine encodes them; not with a tokenizer trained later on this very data).
+    benchmark, normalised to the record schema (fields as `data.fields` says). Prompts over
+    `data.max_prompt_tokens` (counted with the first pair's teacher tokenizer, as the engine
+    encodes them) are dropped from the training and validation splits and kept in the test
+    sets, where generation cuts them to their first `max_prompt_tokens` tokens (the protocol's
+    rule, docs/protocol.md).
 
-    The reading of `data.train` is printed (see `kdbench.loaders.read_training`). Dropped prompts are
+    The reading of `data.train` is printed (see `kdbench.loaders.read_training`). Dropped and
+    truncated prompts are
     counted per split in data/report.json and logged to stderr.
     """
     import sys
@@ -68,11 +71,16 @@ def _prepare_hub_data(cfg: dict) -> None:
     report = {}
     say = lambda msg: print(f"prepare_data: {msg}", file=sys.stderr)  # noqa: E731
 
-    def keep(name, rows, source, split):
-        kept, dropped = loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"]) if tok else (rows, 0)
-        report[name] = {"source": source, "split": split, "n": len(kept), "dropped_long_prompts": dropped}
-        say(f"{name} ({source}, {split}): kept {len(kept)}, dropped {dropped} prompt(s) longer than "
-            f"{d['max_prompt_tokens']} tokens" + ("" if tok else " (not counted: the tokenizer is trained later)"))
+    def keep(name, rows, source, split, test=False):
+        kept, n_long = loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"]) if tok else (rows, 0)
+        if test:
+            kept = rows
+        report[name] = {"source": source, "split": split, "n": len(kept),
+                        "dropped_long_prompts": 0 if test else n_long,
+                        "truncated_long_prompts": n_long if test else 0}
+        say(f"{name} ({source}, {split}): kept {len(kept)}, {'truncated' if test else 'dropped'} {n_long} "
+            f"prompt(s) longer than {d['max_prompt_tokens']} tokens"
+            + ("" if tok else " (not counted: the tokenizer is trained later)"))
         return kept
 
     plan, train, validation = loaders.read_training(d, cfg["seed"])
@@ -83,7 +91,7 @@ def _prepare_hub_data(cfg: dict) -> None:
     io.write_jsonl(P.data("validation"), validation)
     for name, source in d["benchmarks"].items():
         rows = loaders.load_instruction_split(source, None, limit=d["benchmark_limit"], fields=d["fields"])
-        io.write_jsonl(P.data(name), keep(name, rows, source, "test"))
+        io.write_jsonl(P.data(name), keep(name, rows, source, "test", test=True))
     report["train"]["reading"] = plan
     io.write_json(P.data_report, report)
 
@@ -342,14 +350,14 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     examples = encode(tok, records, cfg["data"]["max_length"], responses=responses)
     teacher, vocab = None, None
     if cls.needs_teacher:
-        if cfg["distill"]["cache_teacher"]:
+        if C.uses_teacher_cache(cfg, cls):
             teacher = CachedTeacher(P.teacher_cache(pair, tseed), examples)
         else:
             t_model = models.load_model(P.teacher_model(pair, tseed)).to(dev)
             teacher = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
             vocab = _shared_vocab(cfg, pair, seed, student)
     difficulty = load_difficulty(cfg, pair) if meth.uses_difficulty else None
-    res = train(student, examples, cfg["training"]["student"],
+    res = train(student, examples, C.student_budget(cfg, method),
                 seed=C.derive_seed(cfg["seed"], pair, seed, "train"), pad_id=tok.pad_token_id,
                 method=meth, teacher=teacher, kd_ratio=cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0,
                 difficulty=difficulty, vocab_size=vocab, validate=_validator(cfg, tok, pair, seed),
@@ -382,6 +390,7 @@ def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None
         for es in ev["seeds"]:
             answers, st = sample(model, tok, records, seed=es, temperature=ev["temperature"], top_p=ev["top_p"],
                                  top_k=ev["top_k"], max_length=cfg["data"]["max_length"],
+                                 max_prompt_tokens=cfg["data"]["max_prompt_tokens"],
                                  max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
                                  precision=ev["precision"], desc=f"{method}/{variant}/seed{seed} {bench} s{es}")
             rows += [{"id": r["id"], "eval_seed": es, "answer": a, "ended": e}

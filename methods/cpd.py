@@ -19,7 +19,8 @@ class Method(Base):
     uniformly from epoch to epoch; the target's mixing coefficient and the temperature move
     in step with that progression, from teacher-dominated to student-informed supervision;
     gradients are bounded; early epochs on subsets save runtime. Everything below the
-    abstract is *our* choice (REFERENCES.md), each one a parameter exercised by an ablation.
+    abstract is *our* choice (the rest of the protocol is in docs/protocol.md), each one a parameter
+    exercised by an ablation.
 
     Curriculum (``curriculum="uniform"``, `kdbench.curriculum.uniform_difficulty_subsets`):
     with π_e = e/(E−1), epoch e trains on the shortest easiest-first prefix whose mean

@@ -32,15 +32,13 @@ def test_answer_shape_closed_form():
 
 
 def _plant(model, eos: int, ends: bool):
-    """Make `model` always (ends) or never (not ends) choose EOS, whatever the sampler."""
-    forward = model.forward
+    """Make `model` always (ends) or never (not ends) choose EOS, whatever the sampler: a hook
+    on the output layer, which every path to the logits goes through."""
+    def planted(module, inputs, logits):
+        logits[..., eos] = 1e4 if ends else -1e4
+        return logits
 
-    def planted(*args, **kwargs):
-        out = forward(*args, **kwargs)
-        out.logits[..., eos] = 1e4 if ends else -1e4
-        return out
-
-    model.forward = planted
+    model.get_output_embeddings().register_forward_hook(planted)
     return model
 
 

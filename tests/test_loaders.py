@@ -276,10 +276,12 @@ def test_prepare_data_holds_out_the_first_lines_of_raw_jsonl(snapshot, tmp_path,
         assert [r["id"] for r in val] == [f"dolly-raw-{i}" for i in range(0, n_val, 2)]
         assert [r["id"] for r in train] == [f"dolly-raw-{i}" for i in range(n_val, 1003, 2)]
         report = io.read_json(P.data_report)
-        assert {k: (v["n"], v["dropped_long_prompts"]) for k, v in report.items()} == {
-            "train": (len(train), 1003 - n_val - len(train)), "validation": (n_val // 2, n_val // 2),
-            "dolly": (1, 1), "sinst": (1, 1)}
+        # test-set prompts over 27 tokens are kept (generation cuts them) and counted
+        assert {k: (v["n"], v["dropped_long_prompts"], v["truncated_long_prompts"]) for k, v in report.items()} == {
+            "train": (len(train), 1003 - n_val - len(train), 0), "validation": (n_val // 2, n_val // 2, 0),
+            "dolly": (2, 0, 1), "sinst": (2, 0, 1)}
         err = capfd.readouterr().err
+        assert "truncated 1 prompt(s) longer than 27 tokens" in err
         assert f"validation: the first {n_val} examples" in err and "MiniLLM's layout" in err
         assert f"validation: the first {n_val} examples" in report["train"]["reading"]
 
