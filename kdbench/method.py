@@ -12,6 +12,10 @@ Hooks (all optional except `loss`):
         the training examples for this epoch (None: all, shuffled). Curricula live here.
     schedule(progress) -> dict[str, float]
         values scheduled for this step (alpha, temperature, kd_ratio, ...); logged every step.
+    restarts(n_epochs) -> list[int]
+        epochs (> 0) at which training restarts: a fresh optimizer and learning-rate schedule
+        (warm-up and cosine over the segment's steps), from the weights of the previous
+        segment's best epoch by validation (POCL's stages). Default: none.
 Parameters are the keyword arguments of `__init__` (their defaults are the method's); a bad
 value is rejected there with `check`, `check_temperature`, `check_unit` or `check_choice`
 below, which raise UserError naming the parameter, its valid values and the value given
@@ -100,6 +104,9 @@ class Method:
 
     def schedule(self, progress: Progress) -> dict[str, float]:
         return {}
+
+    def restarts(self, n_epochs: int) -> list[int]:
+        return []
 
 
 # --- parameter checks (the one convention for a bad method parameter) -----------------------

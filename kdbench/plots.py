@@ -710,12 +710,121 @@ def bin_loss(bin_loss: pd.DataFrame, out: str | Path, method: str,
         return save(fig, out)
 
 
+def _ablation_names(ablations: pd.DataFrame | None) -> dict[tuple[str, str], list[str]]:
+    names: dict[tuple[str, str], list[str]] = {}
+    if ablations is not None and not ablations.empty:
+        for a, m, v in ablations[["ablation", "method", "variant"]].itertuples(index=False):
+            names.setdefault((m, v), []).append(a)
+    return names
+
+
+def data_fraction_pareto(runs: pd.DataFrame, out: str | Path,
+                         ablations: pd.DataFrame | None = None,
+                         baseline: str = "kd") -> list[Path]:
+    """What a curriculum buys per example seen: average Rouge-L (mean ± std over seeds)
+    against the data fraction, examples seen / `baseline`'s (default variant), for every
+    row that trains on less than all of it (curricula, budget-matched kd), every ablation
+    row and every `baseline` variant (joined by a line: kd at reduced budgets); the Pareto
+    front (no other row sees fewer examples and scores higher) as a step line."""
+    runs = _one_pair(runs)
+    if runs is None or runs.empty or "train_examples" not in runs.columns:
+        return []
+    score = T.run_scores(runs, T.benchmarks_of(runs))["avg"]
+    seen = runs.groupby(["method", "variant", "seed"])["train_examples"].mean()
+    both = pd.concat([score.rename("avg"), seen.rename("seen")], axis=1).dropna()
+    g = both.groupby(level=["method", "variant"])
+    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+    if (baseline, "default") not in mean.index:
+        return []
+    frac = mean["seen"] / mean.loc[(baseline, "default"), "seen"]
+    names = _ablation_names(ablations)
+    rows = [k for k in sorted(mean.index, key=lambda mv: T.order_key(*mv))
+            if k[0] != T.TEACHER and (frac[k] < 1 - 1e-9 or k in names or k[0] == baseline)]
+    x = frac.reindex(rows).to_numpy()
+    y = mean.loc[rows, "avg"].to_numpy()
+    ye = std.loc[rows, "avg"].to_numpy()
+    labels = [T.row_label(m, v, names.get((m, v), ())) for m, v in rows]
+    front = pareto_front(x, y)
+    with style():
+        fig = new_figure(6.8, 4.8)
+        ax = fig.subplots()
+        ax.step(x[front], y[front], where="post", color="0.35", lw=1.2, zorder=1,
+                label="Pareto front")
+        kd = [i for i, k in enumerate(rows) if k[0] == baseline]
+        kd.sort(key=lambda i: x[i])
+        ax.plot(x[kd], y[kd], color=method_color(baseline), lw=1.2, ls=":", zorder=2,
+                label=f"{baseline} at reduced budgets")
+        for i, (m, _) in enumerate(rows):
+            ax.errorbar(x[i], y[i], yerr=ye[i], fmt=method_marker(m), ms=7,
+                        color=method_color(m), mec="black", mew=1.4 if i in front else 0.6,
+                        elinewidth=0.9, zorder=3)
+        ax.set_xlabel(f"data fraction (examples seen / {baseline}'s)")
+        ax.set_ylabel("average Rouge-L, higher is better")
+        ax.margins(x=0.12, y=0.12)
+        ax.legend(loc="lower right")
+        ax.set_title("Rouge-L per example seen (mean ± std over seeds)")
+        _place_labels(fig, ax, x, y, labels,
+                      [_text_color(method_color(m)) for m, _ in rows], yerr=ye)
+        return save(fig, out)
+
+
+def curriculum_subsets(epochs: pd.DataFrame, out: str | Path,
+                       ablations: pd.DataFrame | None = None) -> list[Path]:
+    """The subsets the curriculum runs train on, per epoch (mean over seeds): their size as a
+    fraction of the training set, and their mean difficulty on the profile's own (raw) scale
+    with the full set's mean dashed. One line per distinct sequence of subsets (runs whose
+    epochs differ in size: cpd's scales and orders, curriculum_kd, pocl), labelled by every
+    row that trains on it (ablation rows by their names)."""
+    epochs = _one_pair(epochs)
+    if epochs is None or epochs.empty or "mean_difficulty" not in epochs.columns:
+        return []
+    T.require_columns(epochs, ["method", "variant", "seed", "epoch", "n_examples"], "epochs.csv")
+    names = _ablation_names(ablations)
+    curves: dict[tuple, list[str]] = {}  # rounded (sizes, means) -> labels
+    per_key = {}
+    for k, run in epochs.groupby(["method", "variant"], sort=False):
+        per = run.groupby("epoch")[["n_examples", "mean_difficulty"]].mean()
+        if per["n_examples"].nunique() < 2:
+            continue  # all data every epoch: no curriculum
+        sig = tuple(np.round(per.to_numpy(dtype=float), 6).ravel())
+        per_key.setdefault(sig, per)
+        curves.setdefault(sig, []).append(T.row_label(*k, names.get(k, ())))
+    if not curves:
+        return []
+    full = epochs["n_examples"].max()
+    first = int(epochs["epoch"].min())
+    whole = epochs.loc[epochs["n_examples"] == full, "mean_difficulty"].mean()
+    palette = [METHOD_COLORS["cpd"], METHOD_COLORS["pocl"], *EXTRA_COLORS]
+    with style():
+        fig = new_figure(7.6, 4.2)
+        ax_n, ax_d = fig.subplots(1, 2, sharex=True)
+        for i, (sig, labels) in enumerate(curves.items()):
+            per = per_key[sig]
+            e = _epoch_axis(per.index.to_series(), first)
+            kw = dict(color=palette[i % len(palette)], marker=EXTRA_MARKERS[i % len(EXTRA_MARKERS)],
+                      ms=4.5, label=", ".join(labels))
+            ax_n.plot(e, per["n_examples"] / full, **kw)
+            ax_d.plot(e, per["mean_difficulty"], **kw)
+        ax_d.axhline(whole, color="0.3", ls="--", lw=1.0, label="all data")
+        ax_n.set_ylim(0, 1.05)
+        ax_n.set_ylabel("subset size / training set")
+        ax_d.set_ylabel("mean difficulty (raw scale)")
+        for ax in (ax_n, ax_d):
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        h, lab = ax_d.get_legend_handles_labels()
+        _legend_below(fig, h, lab, ncol=1 if max(map(len, lab)) > 40 else 2)
+        fig.suptitle("Curriculum subsets per epoch (mean over seeds)")
+        return save(fig, out)
+
+
 # --------------------------------------------------------------------------- all
 def build_all(tables_dir: str | Path, figures_dir: str | Path, method: str | None = None) -> list[Path]:
     """Make every figure whose input tables exist in `tables_dir`, into `figures_dir`;
     return the written paths. Names: rouge_by_method, train_time, quality_vs_cost,
-    rouge_vs_length, training_curves, rouge_by_difficulty and, for `method` (the profile's
-    `ablations.method`), <method>_schedule and bin_loss; per pair as `kdbench.paths.per_pair`."""
+    rouge_vs_length, training_curves, rouge_by_difficulty, data_fraction_pareto,
+    curriculum_subsets and, for `method` (the profile's `ablations.method`), <method>_schedule
+    and bin_loss; per pair as `kdbench.paths.per_pair`."""
     t = T.read_tables(tables_dir)
     figures_dir = Path(figures_dir)
     abl = t["ablations"]
@@ -738,10 +847,13 @@ def build_all(tables_dir: str | Path, figures_dir: str | Path, method: str | Non
                 written += train_time(runs, dest("train_time"), abl)
                 written += quality_vs_cost(runs, dest("quality_vs_cost"), abl)
             written += rouge_vs_length(runs, dest("rouge_vs_length"), abl)
+            written += data_fraction_pareto(runs, dest("data_fraction_pareto"), abl)
         if trace is not None:
             written += training_curves(trace, dest("training_curves"), abl)
         if ex is not None:
             written += rouge_by_difficulty(ex, dest("rouge_by_difficulty"), abl)
+        if epochs is not None:
+            written += curriculum_subsets(epochs, dest("curriculum_subsets"), abl)
         if method and epochs is not None:
             written += method_schedule(epochs, dest(f"{method}_schedule"), method)
         if method and bins is not None:
@@ -752,4 +864,4 @@ def build_all(tables_dir: str | Path, figures_dir: str | Path, method: str | Non
 __all__ = ["RC", "style", "method_color", "method_marker", "new_figure", "save",
            "pareto_front", "rouge_by_method", "train_time", "quality_vs_cost", "rouge_vs_length",
            "training_curves", "rouge_by_difficulty", "method_schedule", "bin_loss",
-           "build_all"]
+           "data_fraction_pareto", "curriculum_subsets", "build_all"]

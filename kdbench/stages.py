@@ -242,9 +242,8 @@ def _broad_corpus(cfg, tok):
     (the teacher's broader pre-training), else the training split in the prompt format."""
     from kdbench.data import encode_corpus
 
-    broad = Path(Paths(cfg).data("broad"))
-    if broad.is_file():
-        return encode_corpus(tok, load_records(broad), cfg["data"]["max_length"])
+    if cfg["data"]["source"] == "synthetic" and cfg["data"]["synthetic_sizes"].get("broad"):
+        return encode_corpus(tok, load_records(Paths(cfg).data("broad")), cfg["data"]["max_length"])
     return _train_examples(cfg, tok)
 
 
@@ -483,8 +482,8 @@ def collect(cfg: dict) -> None:
     for name, bucket in (("trace", traces), ("epochs", epochs), ("bin_loss", bins)):
         io.write_csv(P.long_table(name), front(pd.concat(bucket, ignore_index=True)) if bucket
                      else pd.DataFrame(columns=key_cols))
-    abl = [{"ablation": row, "method": cfg["ablations"]["method"], "variant": slug}
-           for row, (slug, _) in C.ablation_variants(cfg).items()]
+    abl = [{"ablation": row, "method": method, "variant": slug}
+           for row, (method, slug, _) in C.ablation_variants(cfg).items()]
     io.write_csv(P.long_table("ablations"), pd.DataFrame(abl, columns=["ablation", "method", "variant"]))
 
 

@@ -504,9 +504,33 @@ def ablation_table(runs: pd.DataFrame, ablations: pd.DataFrame,
     rows: dict[str, tuple[str, str]] = {}
     for a, m, v in ablations[["ablation", "method", "variant"]].itertuples(index=False):
         rows.setdefault(a, (m, v))
-    return _score_table(runs, rows, "ablation", examples, reference,
-                        caption="Ablations: Rouge-L of each variant.",
-                        baseline_role="reference")
+    df = _score_table(runs, rows, "ablation", examples, reference,
+                      caption="Ablations: Rouge-L of each variant.",
+                      baseline_role="reference")
+    return _with_cost_ratios(df, runs)
+
+
+def _with_cost_ratios(df: pd.DataFrame, runs: pd.DataFrame, baseline: str = "kd") -> pd.DataFrame:
+    """Add `examples_ratio` and `time_ratio` (ratios of seed means to `baseline`'s default
+    run) after the Rouge-L columns of an ablation table, when runs.csv has the cost columns:
+    what each row pays for its score."""
+    cost = {"train_examples": "examples_ratio", "train_wall_s": "time_ratio"}
+    if not set(cost) <= set(runs.columns):
+        return df
+    per = runs.groupby(_KEY)[list(cost)].mean()  # values repeat per benchmark and seed
+    base = per.loc[(baseline, "default")] if (baseline, "default") in per.index else None
+    keys = list(zip(df["method"], df["variant"]))
+    for src, key in cost.items():
+        vals = per[src].reindex(pd.MultiIndex.from_tuples(keys, names=_KEY)).to_numpy(dtype=float)
+        df[f"{key}_mean"] = vals / base[src] if base is not None else np.nan
+    df.attrs["columns"] = df.attrs["columns"] + [
+        _col_spec("examples_ratio", f"examples / {baseline}", best=None, show_std=False),
+        _col_spec("time_ratio", f"time / {baseline}", best=None, show_std=False)]
+    df.attrs["footnote"] = df.attrs["footnote"] + [
+        f"examples / {baseline}, time / {baseline}: examples seen and training wall time over "
+        f"those of {baseline} (default variant), ratios of means over seeds"
+        + ("." if base is not None else f" (not available: no {baseline} run).")]
+    return df
 
 
 def _magnitude_fmt(values) -> str:

@@ -13,6 +13,11 @@ Model selection (docs/protocol.md): with a `validate(model) -> {"val_loss", "val
 callback, every epoch ends with a validation pass; `budget["selection"] == "best"` keeps the
 weights of the epoch with the highest validation Rouge-L (ties: the earlier epoch), as the
 instruction-KD papers do, and "last" keeps the final weights.
+
+Restarts (`Method.restarts`, POCL's stages): the run is cut into segments at the given epochs;
+each segment gets a fresh optimizer and its own warm-up + cosine schedule over its steps, and
+starts from the previous segment's best epoch by validation Rouge-L (its last epoch without a
+`validate` callback). Selection then looks at the last segment's epochs only.
 """
 from __future__ import annotations
 
@@ -83,12 +88,12 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     total = max(1, sum(steps_per_epoch))
     uses_teacher = method is not None and method.needs_teacher and teacher is not None
 
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": budget["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=budget["lr"])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, budget["warmup"], budget["min_lr_ratio"]))
+    restarts = sorted({e for e in (method.restarts(len(plan)) if method is not None else [])
+                       if 0 < e < len(plan)})
+    bounds = [0, *restarts, len(plan)]
+    segment_steps = {bounds[i]: sum(steps_per_epoch[bounds[i]:bounds[i + 1]])
+                     for i in range(len(bounds) - 1)}  # first epoch -> optimizer steps
+    opt, sched = _optimizer(model, budget, segment_steps[0])
     bins = _quintiles(difficulty) if difficulty is not None else None
     best = None  # (val_rouge_l, epoch, state_dict copy) of the best epoch so far
     val_wall = 0.0  # seconds spent validating (kept out of the training time)
@@ -98,6 +103,11 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     step, tokens, seen, t0 = 0, 0, 0, time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
     for epoch, batches in enumerate(epoch_batches):
+        if epoch in restarts:
+            if best is not None:
+                model.load_state_dict(best[2])
+            best = None
+            opt, sched = _optimizer(model, budget, segment_steps[epoch])
         ep_t0, ep_tokens, ep_rows = time.perf_counter(), 0, []
         # per-example response-token CE sums and counts, for the difficulty bins (kept on the device)
         ce_sum = torch.zeros(len(examples), dtype=torch.float64, device=dev)
@@ -187,6 +197,17 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
              "train_steps": step, "train_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
              "examples_per_epoch": [len(p) for p in plan]}
     return Result(pd.DataFrame(trace), ep_df, pd.DataFrame(bin_rows), stats)
+
+
+def _optimizer(model, budget: dict, total: int):
+    """AdamW (no decay on biases and norms) and its warm-up + cosine schedule over `total` steps."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": budget["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=budget["lr"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, max(1, total), budget["warmup"], budget["min_lr_ratio"]))
+    return opt, sched
 
 
 def val_loss_change(epochs: pd.DataFrame, steps_per_epoch: list[int]) -> float | None:

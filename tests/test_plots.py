@@ -148,7 +148,8 @@ def _assert_files(paths, out):
     ("rouge_by_method", "runs"), ("train_time", "runs"), ("quality_vs_cost", "runs"),
     ("rouge_vs_length", "runs"),
     ("training_curves", "trace"), ("rouge_by_difficulty", "examples"),
-    ("method_schedule", "epochs"), ("bin_loss", "bin_loss")])
+    ("method_schedule", "epochs"), ("bin_loss", "bin_loss"), ("data_fraction_pareto", "runs"),
+    ("curriculum_subsets", "epochs")])
 def test_figure_writes_png_and_pdf(small, tmp_path, name, table):
     out = tmp_path / "figs" / name
     kwargs = {"method": "cpd"} if name in ("method_schedule", "bin_loss") else {}
@@ -181,8 +182,9 @@ def test_one_epoch_schedule_has_a_whole_epoch_axis_and_visible_comparisons(monke
     size_ax = fig.axes[2]
     assert size_ax.get_xlim() == (0.5, 1.5) and list(size_ax.get_xticks()) == [1]
     lines = {line.get_label(): line for line in size_ax.get_lines()}
-    assert {"cpd", "kd (all data)"} <= set(lines)
-    for label in set(lines) - {"cpd"}:
+    # one epoch shows no curriculum to discover (subset sizes cannot vary), so pocl is not drawn
+    assert set(lines) == {"cpd", "kd (all data)"}
+    for label in ("kd (all data)",):
         assert lines[label].get_markerfacecolor() == "none"
         assert lines[label].get_zorder() > lines["cpd"].get_zorder()
     assert "one epoch" in fig._suptitle.get_text()
@@ -207,6 +209,32 @@ def test_several_pairs_need_a_choice(small, tmp_path):
     two = pd.concat([small["runs"], small["runs"].assign(pair="q")])
     with pytest.raises(UserError, match="several pairs"):
         P.train_time(two, tmp_path / "t")
+
+
+def test_data_fraction_pareto_shows_curricula_ablations_and_kd(small, tmp_path, monkeypatch):
+    figs = []
+    monkeypatch.setattr(P, "save", lambda fig, out: figs.append(fig) or [Path(out)])
+    P.data_fraction_pareto(small["runs"], tmp_path / "p", small["ablations"])
+    ax = figs[0].axes[0]
+    labels = {t.get_text() for t in ax.texts}
+    # curricula (fewer examples than kd), every ablation row, kd itself; not full-data others
+    assert labels == {"kd", "cpd", "pocl", "cpd (no_curriculum)", "cpd (fixed_alpha)"}
+    # x is examples seen / kd's: kd at 1, cpd's subsets (0.3..1 linearly over 3 epochs) 0.65
+    xs = {t.get_text(): t.xy[0] for t in ax.texts}
+    assert xs["kd"] == 1.0 and xs["cpd"] == pytest.approx(0.65, abs=0.01)
+
+
+def test_curriculum_subsets_merges_runs_on_the_same_subsets(small, tmp_path, monkeypatch):
+    figs = []
+    monkeypatch.setattr(P, "save", lambda fig, out: figs.append(fig) or [Path(out)])
+    ep = small["epochs"]
+    cpd = ep[(ep["method"] == "cpd") & (ep["variant"] == "default")]
+    twin = cpd.assign(variant="alpha_start-0.1")
+    P.curriculum_subsets(pd.concat([ep[ep["variant"] != "alpha_start-0.1"], twin]),
+                         tmp_path / "s", small["ablations"])
+    labels = [t.get_text() for t in figs[0].legends[0].get_texts()]
+    assert "cpd, cpd (fixed_alpha)" in labels and "all data" in labels
+    assert not any("kd" == lab or "no_curriculum" in lab for lab in labels)  # full data
 
 
 def test_pareto_front():
@@ -236,7 +264,8 @@ def test_build_all_makes_every_figure(small, tmp_path, monkeypatch):
     assert paths == saved
     assert sorted(p.name for p in paths) == sorted(
         ["rouge_by_method", "train_time", "quality_vs_cost", "rouge_vs_length", "training_curves",
-         "rouge_by_difficulty", "cpd_schedule", "bin_loss"])
+         "rouge_by_difficulty", "cpd_schedule", "bin_loss", "data_fraction_pareto",
+         "curriculum_subsets"])
     assert all(p.parent == tmp_path / "figures" for p in paths)
     # Only runs.csv: the figures that need other tables are skipped, not failed.
     (tables / "trace.csv.gz").unlink()
@@ -244,8 +273,8 @@ def test_build_all_makes_every_figure(small, tmp_path, monkeypatch):
     (tables / "bin_loss.csv").unlink()
     (tables / "examples.csv.gz").unlink()
     paths = P.build_all(tables, tmp_path / "figures2", method="cpd")
-    assert sorted(p.name for p in paths) == ["quality_vs_cost", "rouge_by_method",
-                                             "rouge_vs_length", "train_time"]
+    assert sorted(p.name for p in paths) == ["data_fraction_pareto", "quality_vs_cost",
+                                             "rouge_by_method", "rouge_vs_length", "train_time"]
 
 
 if __name__ == "__main__":  # full-size figures for eyeballing

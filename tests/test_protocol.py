@@ -34,7 +34,8 @@ def test_a_long_benchmark_prompt_is_cut_to_its_first_tokens_and_answered(tokeniz
     assert len(prompt) > 300
     model = make_model()
     seen = []
-    hook = model.register_forward_pre_hook(
+    body = getattr(model, model.base_model_prefix)  # the sampler calls the decoder body itself
+    hook = body.register_forward_pre_hook(
         lambda mod, args, kwargs: seen.append((kwargs.get("input_ids", args[0] if args else None),
                                                kwargs.get("attention_mask"))), with_kwargs=True)
     try:

@@ -349,16 +349,29 @@ def test_user_errors(tmp_path):
         T.build_all(tmp_path)
 
 
+def test_ablation_table_rows_of_other_methods_and_cost_ratios():
+    abl = pd.concat([_ablations(), pd.DataFrame({"ablation": ["kd_control"], "method": ["kd"],
+                                                 "variant": ["default"]})], ignore_index=True)
+    df = T.ablation_table(_ablation_runs(), abl)
+    assert df.loc["kd_control", "method"] == "kd" and df.loc["kd_control", "a_mean"] == 20
+    # cpd: 1950 of kd's 3000 examples; wall time 88 s over kd's 110 s
+    assert df.loc["full", "examples_ratio_mean"] == pytest.approx(0.65)
+    assert df.loc["full", "time_ratio_mean"] == pytest.approx(0.8)
+    assert df.loc["kd_control", "examples_ratio_mean"] == 1.0
+    f = T.format_table(df, "md").set_index("ablation")
+    assert f.loc["full", "examples / kd"] == "0.65" and f.loc["full", "time / kd"] == "0.80"
+
+
 def test_seed_counts_in_the_caption():
     """One training seed: "no std", not "std over 1 seeds"; two teacher seeds: the teacher row
     is their mean ± std (40/44 on a, 30/30 on b -> a 42 ± 2.83, avg 36 ± 1.41)."""
     one = {m: {b: v[:1] for b, v in per.items()} for m, per in SCORES.items()}
-    df = T.main_table(make_runs(one), n_boot=N_BOOT)
+    df = T.main_table(make_runs(one))
     notes = " ".join(df.attrs["footnote"])
     assert "1 training seed, no std" in notes and "1 training seeds" not in notes
     assert "teacher: 1 teacher seed, no std" in notes
     two = {**SCORES, "teacher": {"a": [40, 44], "b": [30, 30]}}
-    df = T.main_table(make_runs(two), n_boot=N_BOOT).set_index("method")
+    df = T.main_table(make_runs(two)).set_index("method")
     assert df.loc["teacher", "n_seeds"] == 2
     assert df.loc["teacher", "a_mean"] == pytest.approx(42) and df.loc["teacher", "a_std"] == pytest.approx(math.sqrt(8))
     assert df.loc["teacher", "avg_std"] == pytest.approx(math.sqrt(2))
