@@ -265,9 +265,10 @@ def find_run(cfg: dict, pair: str, method: str, variant: str, seed: int) -> Run:
 
 def uses_teacher_cache(cfg: dict, cls: type[M.Method]) -> bool:
     """Whether a run of method class `cls` reads the cached teacher logits: the cache is on and
-    holds the sequences the method trains on (the references; a method trained on teacher
-    samples, such as SeqKD, runs the teacher online)."""
-    return bool(cfg["distill"]["cache_teacher"]) and cls.needs_teacher and cls.train_on == "reference"
+    holds the sequences the method trains on (the references, also those of on-policy methods'
+    reference batches; a method trained on teacher samples, such as SeqKD, runs the teacher
+    online)."""
+    return bool(cfg["distill"]["cache_teacher"]) and cls.needs_teacher and cls.train_on in ("reference", "mixed")
 
 
 # --- seeds -----------------------------------------------------------------------------------

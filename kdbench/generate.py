@@ -124,3 +124,18 @@ def _draw(logits: torch.Tensor, temperature: float, top_p: float, top_k: int) ->
     cdf = logits.softmax(-1).cumsum(-1)
     u = torch.rand((cdf.shape[0], 1), device=cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
+
+
+@torch.no_grad()
+def sample_ids(model, prompts: list[list[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
+               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+               precision: str = "auto") -> list[list[int]]:
+    """One batch of prompts (token ids) -> each prompt's sampled continuation, at most
+    `max_new_tokens` tokens, ending with its EOS where one was drawn (on-policy training learns
+    to stop). The same loop as `sample`; uses the global torch RNG."""
+    dev = next(model.parameters()).device
+    limits = [max_new_tokens] * len(prompts)
+    with autocast(precision, dev):
+        news = sample_batch(model, prompts, limits, eos=eos_id, pad=pad_id,
+                            temperature=temperature, top_p=top_p, top_k=top_k)
+    return [new + [eos_id] if len(new) < limit else new for new, limit in zip(news, limits)]

@@ -12,10 +12,15 @@ Hooks (all optional except `loss`):
         the training examples for this epoch (None: all, shuffled). Curricula live here.
     schedule(progress) -> dict[str, float]
         values scheduled for this step (alpha, temperature, kd_ratio, ...); logged every step.
+        Methods with train_on = "mixed" schedule "on_policy" and "replay" here, the shares of
+        steps trained on fresh / replayed student samples (see kdbench/onpolicy.py).
     restarts(n_epochs) -> list[int]
         epochs (> 0) at which training restarts: a fresh optimizer and learning-rate schedule
         (warm-up and cosine over the segment's steps), from the weights of the previous
         segment's best epoch by validation (POCL's stages). Default: none.
+    observe_validation_loss(loss)
+        called before training and after every epoch with the student's validation
+        cross-entropy, for methods with uses_validation_loss = True (DistiLLM's adaptive schedule).
 Parameters are the keyword arguments of `__init__` (their defaults are the method's); a bad
 value is rejected there with `check`, `check_temperature`, `check_unit` or `check_choice`
 below, which raise UserError naming the parameter, its valid values and the value given
@@ -24,7 +29,15 @@ Class attributes the engine and the DAG read:
     needs_teacher     False for SFT-style methods: the teacher is never loaded.
     uses_difficulty   True if epoch_indices reads ctx.difficulty (the DAG then scores it); an
                       instance may override it from its parameters (cpd without a curriculum).
-    train_on          "reference" (the dataset's outputs) or "teacher_samples" (SeqKD).
+    train_on          "reference" (the dataset's outputs), "teacher_samples" (SeqKD) or
+                      "mixed" (references, and the student's own samples where its schedule
+                      says so; the teacher then runs online on those).
+    uses_validation_loss   True if the engine must measure the validation loss for
+                      observe_validation_loss.
+Attributes that "mixed" methods may set (usually from __init__ parameters):
+    replay_capacity   student samples kept for replay (0: no replay buffer).
+    max_new_tokens    cap on a student sample's new tokens; None: the profile's
+                      evaluation.max_new_tokens.
 """
 from __future__ import annotations
 
@@ -94,6 +107,9 @@ class Method:
     needs_teacher: bool = True
     uses_difficulty: bool = False
     train_on: str = "reference"
+    uses_validation_loss: bool = False
+    replay_capacity: int = 0
+    max_new_tokens: int | None = None
     references: list[str] = []
 
     def loss(self, student_logits, teacher_logits, mask, progress: Progress):
@@ -107,6 +123,9 @@ class Method:
 
     def restarts(self, n_epochs: int) -> list[int]:
         return []
+
+    def observe_validation_loss(self, loss: float) -> None:
+        return None
 
 
 # --- parameter checks (the one convention for a bad method parameter) -----------------------

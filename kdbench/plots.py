@@ -422,7 +422,7 @@ def quality_vs_cost(runs: pd.DataFrame, out: str | Path,
         if t in score.index.droplevel("seed"):
             ax.axhline(score.loc[t].mean(), color="black", ls="--", lw=1.0,
                        label="teacher")
-        ax.set_xlabel(f"training wall time ({unit}), lower is better")
+        ax.set_xlabel(f"training wall time ({unit}, on-policy sampling included), lower is better")
         ax.set_ylabel("average Rouge-L, higher is better")
         ax.margins(x=0.12, y=0.12)
         ax.legend(loc="lower right")

@@ -347,19 +347,24 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
         answers = {r["id"]: r["answer"] for r in io.read_jsonl(P.teacher_samples(pair, tseed))}
         responses = [answers[r["id"]] for r in records]
     examples = encode(tok, records, cfg["data"]["max_length"], responses=responses)
-    teacher, vocab = None, None
+    teacher, vocab, online = None, None, None
     if cls.needs_teacher:
-        if C.uses_teacher_cache(cfg, cls):
-            teacher = CachedTeacher(P.teacher_cache(pair, tseed), examples)
-        else:
+        if cls.train_on == "mixed" or not C.uses_teacher_cache(cfg, cls):
             t_model = models.load_model(P.teacher_model(pair, tseed)).to(dev)
-            teacher = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
+            online = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
             vocab = _shared_vocab(cfg, pair, seed, student)
+        teacher = CachedTeacher(P.teacher_cache(pair, tseed), examples) if C.uses_teacher_cache(cfg, cls) else online
     difficulty = load_difficulty(cfg, pair) if meth.uses_difficulty else None
-    res = train(student, examples, C.student_budget(cfg, method),
-                seed=C.derive_seed(cfg["seed"], pair, seed, "train"), pad_id=tok.pad_token_id,
+    train_seed = C.derive_seed(cfg["seed"], pair, seed, "train")
+    on_policy = _on_policy(cfg, meth, examples, tok, student, train_seed) if cls.train_on == "mixed" else None
+    if on_policy is not None and teacher is not online:
+        from kdbench.onpolicy import Teacher
+
+        teacher = Teacher(teacher, online)
+    res = train(student, examples, C.student_budget(cfg, method), seed=train_seed, pad_id=tok.pad_token_id,
                 method=meth, teacher=teacher, kd_ratio=cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0,
-                difficulty=difficulty, vocab_size=vocab, validate=_validator(cfg, tok, pair, seed),
+                difficulty=difficulty, vocab_size=vocab, on_policy=on_policy,
+                validate=_validator(cfg, tok, pair, seed),
                 desc=f"{pair}/{method}/{variant}/seed{seed}")
     key = dict(pair=pair, method=method, variant=variant, seed=seed)
     _write_run_tables(P, RunKey(**key), res)
@@ -368,6 +373,19 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
                                                 "method_params": {**M.defaults(cls), **run.params},
                                                 "teacher_seed": tseed if cls.needs_teacher else None,
                                                 "params": models.n_params(student), **provenance(cfg)})
+
+
+def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
+    """The student sampler of a train_on = "mixed" method (kdbench/onpolicy.py)."""
+    from kdbench.onpolicy import OnPolicy
+
+    validation = None
+    if meth.uses_validation_loss:
+        validation = encode(tok, load_records(Paths(cfg).data("validation")), cfg["data"]["max_length"])
+    return OnPolicy(meth, examples, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
+                    max_length=cfg["data"]["max_length"], max_new_tokens=cfg["evaluation"]["max_new_tokens"],
+                    precision=cfg["training"]["student"]["precision"], seed=seed,
+                    validation=validation, model=student)
 
 
 def _write_run_tables(P: Paths, run: RunKey, res) -> None:
@@ -469,7 +487,8 @@ def collect(cfg: dict) -> None:
         for bench, b in m["benchmarks"].items():
             runs.append({**keys, "benchmark": bench, **b, "train_wall_s": t.get("train_wall_s", np.nan),
                          "train_tokens": t.get("train_tokens", np.nan), "train_examples": t.get("train_examples", np.nan),
-                         "train_tokens_per_s": t.get("train_tokens_per_s", np.nan), "student_params": t.get("params")})
+                         "train_tokens_per_s": t.get("train_tokens_per_s", np.nan),
+                         "train_gen_s": t.get("train_gen_s", 0.0), "student_params": t.get("params")})
         examples.append(pd.read_csv(P.run_file("scores", **keys)).assign(**keys))
         for name, bucket in (("trace", traces), ("epochs", epochs), ("bin_loss", bins)):
             path = Path(P.run_file(name, **keys))

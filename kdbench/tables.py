@@ -553,6 +553,8 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     benchmarks): train_wall_s (s), train_tokens_per_s, train_examples (examples seen, all
     epochs), gen_tokens_per_s; then mean ± sample std over seeds. `time_ratio` = mean wall
     time of the row / mean wall time of `baseline` (a ratio of means; no std).
+    With train_gen_s in runs.csv: `gen_share` = the share of the training wall time spent
+    sampling the student's own answers (on-policy methods; 0 for the others).
     With `epochs` (epochs.csv): `data_fraction` = examples seen / (epochs × training-set
     size), the size being the largest epoch of the pair — below 1 for curricula that train
     on subsets. With `ablations`: non-default variants are labelled by ablation name.
@@ -562,6 +564,9 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed"] + values, LONG_TABLES["runs"])
     values += [c for c in ANSWER_SHAPE if c in runs.columns]  # runs scored before they existed lack them
     per_run = runs.groupby(_KEY + ["seed"])[values].mean()
+    if "train_gen_s" in runs.columns:
+        gen = runs.groupby(_KEY + ["seed"])["train_gen_s"].mean().fillna(0.0)
+        per_run["gen_share"] = gen / per_run["train_wall_s"]
     if epochs is not None and not select_pair(epochs, pair).empty:
         ep = require_columns(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
                       LONG_TABLES["epochs"])
@@ -596,6 +601,9 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     if "data_fraction_mean" in df.columns:
         cols.insert(3, _col_spec("data_fraction", "data fraction", "{:.2f}", best=None,
                                  show_std=False))
+    if "gen_share_mean" in df.columns:
+        cols.insert(-1, _col_spec("gen_share", "on-policy gen share", "{:.2f}", best=None,
+                                  show_std=False))
     cols += [_col_spec(key, header, "{:.2f}", best=None) for key, header in ANSWER_SHAPE.items()
              if f"{key}_mean" in df.columns]
     order = [f"{c['key']}_{s}" for c in cols for s in ("mean", "std")]
@@ -610,6 +618,9 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     ]
     if "data_fraction_mean" in df.columns:
         notes.insert(2, "Data fraction: examples seen / (epochs × training-set size).")
+    if "gen_share_mean" in df.columns:
+        notes.insert(-1, "On-policy gen share: share of the training time spent sampling the "
+                         "student's own answers (included in train time).")
     if "length_ratio_mean" in df.columns:
         notes.append("Answer shape, mean over benchmarks (kdbench/metrics.py): answer/ref = mean answer "
                      "length / mean reference length, in words; capped = share of answers that hit the "

@@ -71,10 +71,11 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
 def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: int,
           method: Method | None = None, teacher=None, kd_ratio: float = 0.0,
           difficulty: np.ndarray | None = None, vocab_size: int | None = None,
-          validate=None, desc: str = "train") -> Result:
+          on_policy=None, validate=None, desc: str = "train") -> Result:
     """Train `model` in place. `teacher(batch) -> (N, V)` logits at the N true entries of
     batch["mask"] (row-major) are needed when kd_ratio > 0.
 
+    `on_policy` (a kdbench.onpolicy.OnPolicy) swaps in student samples for methods that ask.
     `validate(model) -> dict` (optional) runs after every epoch; its values join the epoch's
     row, and `budget["selection"]` decides which epoch's weights the model ends with."""
     dev = next(model.parameters()).device
@@ -115,10 +116,11 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
         for k in range(steps_per_epoch[epoch]):
             window = [collate([examples[i] for i in b], pad_id, budget["loss_on"])
                       for b in batches[k * accum:(k + 1) * accum]]
-            n_window = sum(int(b["mask"].sum()) for b in window)
             progress = Progress(epoch=epoch, n_epochs=len(epoch_batches), step=step, total_steps=total,
                                 epoch_step=k, epoch_steps=steps_per_epoch[epoch])
             progress.values = dict(method.schedule(progress)) if method is not None else {}
+            window, gen_row = on_policy.window(window, progress, model) if on_policy is not None else (window, {})
+            n_window = sum(int(b["mask"].sum()) for b in window)
             ratio = float(progress.values.get("kd_ratio", kd_ratio)) if uses_teacher else 0.0
             sums = {"loss": 0.0, "ce": 0.0, "distill": 0.0}
             for batch in window:
@@ -138,7 +140,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
                 sums["loss"] += loss_v * w
                 sums["ce"] += ce_v * w
                 sums["distill"] += distill_v * w
-                if bins is not None:
+                if bins is not None and "on_policy" not in batch:  # per-example CE: references only
                     rows = batch["index"].repeat_interleave(batch["mask"].sum(1))
                     ce_sum.index_add_(0, rows, tok_ce.detach().double())
                     ce_n.index_add_(0, rows, torch.ones_like(ce_n[rows]))
@@ -153,12 +155,14 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
             seen += n_examples
             row = {"step": step, "epoch": epoch, **sums, "lr": opt.param_groups[0]["lr"],
                    "tokens": tokens, "examples": seen, "wall_s": time.perf_counter() - t0 - val_wall,
-                   **{k_: float(v) for k_, v in progress.values.items()}, "kd_ratio": ratio}
+                   **{k_: float(v) for k_, v in progress.values.items()}, "kd_ratio": ratio, **gen_row}
             trace.append(row)
             ep_rows.append(row)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss']:.3f}", epoch=epoch, refresh=False)
+        if on_policy is not None:
+            on_policy.epoch_end(model)
         idx = plan[epoch]
         ep = {"epoch": epoch, "n_examples": len(idx), "n_tokens": ep_tokens,
               "wall_s": time.perf_counter() - ep_t0,
@@ -195,6 +199,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
              "val_rouge_l_selected": float(ep_df["val_rouge_l"].iloc[selected]) if "val_rouge_l" in ep_df else None,
              "val_wall_s": val_wall, "train_wall_s": wall, "train_tokens": tokens, "train_examples": seen,
              "train_steps": step, "train_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
+             "train_gen_s": sum(r.get("gen_s", 0.0) for r in trace),
              "examples_per_epoch": [len(p) for p in plan]}
     return Result(pd.DataFrame(trace), ep_df, pd.DataFrame(bin_rows), stats)
 

@@ -28,8 +28,9 @@ class Method(Base):  # the class must be called `Method` and subclass kdbench.me
     needs_teacher = True
     # True if `epoch_indices` reads ctx.difficulty: the DAG then scores the training set first.
     uses_difficulty = False
-    # "reference" (the dataset's answers) or "teacher_samples" (the teacher's sampled answers,
-    # as in SeqKD).
+    # "reference" (the dataset's answers), "teacher_samples" (the teacher's sampled answers,
+    # as in SeqKD) or "mixed" (also the student's own samples, on the steps the schedule's
+    # "on_policy" / "replay" shares pick; see kdbench/onpolicy.py and methods/gkd.py).
     train_on = "reference"
     # Listed by `python -m kdbench methods`.
     references = ["Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015"]

@@ -22,7 +22,7 @@ METHODS_DIR = REPO / "methods"
 METHODS = discover(METHODS_DIR)
 NAMES = sorted(METHODS)
 BASELINES = ["akl", "jsd", "kd", "rkl", "seqkd", "sft", "skl", "srkl", "taid", "tvd"]
-UNIT_KEYS = {"alpha", "beta", "kd_ratio", "t"}
+UNIT_KEYS = {"alpha", "beta", "kd_ratio", "t", "on_policy", "replay", "sgo_threshold"}
 B, T, V = 2, 4, 13
 
 
@@ -76,7 +76,8 @@ def test_class_attributes_and_defaults(name):
     cls = METHODS[name]
     assert issubclass(cls, Method)
     assert isinstance(cls.needs_teacher, bool) and isinstance(cls.uses_difficulty, bool)
-    assert cls.train_on in ("reference", "teacher_samples")
+    assert cls.train_on in ("reference", "teacher_samples", "mixed")
+    assert isinstance(cls.uses_validation_loss, bool)
     assert cls.references and all(isinstance(r, str) and r for r in cls.references)
     params = defaults(cls)
     scalar = (bool, int, float, str, type(None))
@@ -152,6 +153,8 @@ def test_schedule_values(name):
                 assert 0.0 <= value <= 1.0, f"{name}: {key}={value} at {fraction}"
             if key == "temperature":
                 assert value > 0
+        if method.train_on == "mixed":  # the engine draws one u per step against these shares
+            assert values.get("on_policy", 0.0) + values.get("replay", 0.0) <= 1.0 + 1e-12
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -352,6 +355,9 @@ def test_seqkd_is_kd_on_teacher_samples_with_the_teacher_loaded():
     ("taid", {"step_size": -1.0}), ("cpd", {"granularity": "batch"}), ("cpd", {"tau_end": 0}),
     ("pocl", {"kd_ratio_end": 2.0}), ("pocl", {"n_stages": 0}), ("curriculum_kd", {"temperature": 0}),
     ("curriculum_kd", {"start_fraction": 0}), ("seqkd", {"kd_ratio": 1.5}),
+    ("gkd", {"lmbda": 1.5}), ("gkd", {"max_new_tokens": 0}),
+    ("distillm", {"init_threshold": -0.1}), ("distillm", {"capacity": 2.5}),
+    ("distillm", {"replay_ratio": "random"}), ("distillm", {"loss_eps": -1}),
 ])
 def test_parameters_are_validated_in_one_sentence(name, params):
     """One convention: a UserError naming the method, the parameter and the value given."""

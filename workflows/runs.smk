@@ -9,6 +9,8 @@ def distill_inputs(wc):
     if cls.needs_teacher:
         out["teacher"] = (P.teacher_cache(wc.pair, tseed) if C.uses_teacher_cache(CFG, cls)
                           else P.teacher_model(wc.pair, tseed))
+    if cls.train_on == "mixed":  # student samples are scored by the teacher model online
+        out["teacher_model"] = P.teacher_model(wc.pair, tseed)
     if meth.uses_difficulty:
         out["difficulty"] = P.difficulty(wc.pair)
     if cls.train_on == "teacher_samples":
