@@ -57,6 +57,12 @@ def main(argv=None) -> int:
         if args.threads:
             cfg["threads"] = args.threads
         if args.stage == "validate":
+            from kdbench import preflight
+
+            for line in preflight.data_report(cfg):
+                print(line)
+            for warning in preflight.schedule_warnings(cfg):
+                print(f"kdbench validate: warning: {warning}", file=sys.stderr)
             n = len(C.runs(cfg))
             print(f"{args.config}: valid; profile {cfg['profile']!r}, {len(cfg['pairs'])} pair(s), {n} student runs.")
             return 0

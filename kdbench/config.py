@@ -100,6 +100,7 @@ def _check_semantics(cfg: dict, source: str) -> None:
                                 f"synthetic suite does not have; use one of {list(TEST_BENCHMARKS)}.")
     if cfg["data"]["source"] == "hub":
         for key, where in [("data.train", cfg["data"]["train"]),
+                           *([("data.validation", cfg["data"]["validation"])] if cfg["data"]["validation"] else []),
                            *((f"data.benchmarks.{k}", v) for k, v in cfg["data"]["benchmarks"].items())]:
             if _missing_local(where):
                 raise UserError(f"{source}: `{key}` names the local path {where}, which does not exist; "
@@ -125,29 +126,18 @@ def _check_semantics(cfg: dict, source: str) -> None:
         if spec["student"]["init"] == "layers_from_teacher" and not spec["student"]["layers"]:
             raise UserError(f"{source}: `pairs.{pair}.student.layers` is empty; list the teacher "
                             "layers to copy for init: layers_from_teacher.")
-    for name in cfg["training"]["methods"]:
-        student_budget(cfg, name, source)
+    for name, over in cfg["training"]["per_method"].items():
+        if name not in M.discover(cfg["methods_dir"]):
+            raise UserError(f"{source}: `training.per_method` names the unknown method {name!r}; "
+                            f"available: {', '.join(sorted(M.discover(cfg['methods_dir'])))}.")
+        errors = list(_Validator(schema()["$defs"]["budget"]).iter_errors(student_budget(cfg, name)))
+        if errors:
+            raise UserError(f"{source}: `training.per_method.{name}` is invalid ({errors[0].message}); "
+                            "use the keys and values of `training.student`.")
     # every method name, parameter and grid must resolve (also of methods not included)
     runs(cfg, source)
     for name in set(cfg["methods"]["params"]) | set(cfg["methods"]["grids"]):
         variants(cfg, name, source)
-
-
-def student_budget(cfg: dict, method: str, source: str = "the config") -> dict:
-    """The training budget of `method`'s runs: `training.student` with the method's
-    `training.methods` overrides; UserError for an unknown method or a bad key or value."""
-    over = cfg["training"]["methods"].get(method, {})
-    if over and method not in M.discover(cfg["methods_dir"]):
-        raise UserError(f"{source}: `training.methods` names the unknown method {method!r}; "
-                        f"available: {', '.join(sorted(M.discover(cfg['methods_dir'])))}.")
-    budget = {**cfg["training"]["student"], **over}
-    sch = schema()
-    errors = list(jsonschema.Draft202012Validator({"$defs": sch["$defs"], "$ref": "#/$defs/budget"})
-                  .iter_errors(budget))
-    if errors:
-        raise UserError(f"{source}: `training.methods.{method}` is invalid: {errors[0].message}; "
-                        "use the keys of a budget (see workflows/schemas/config.schema.yaml).")
-    return budget
 
 
 def _missing_local(path: str, file: str | None = None) -> bool:
@@ -256,6 +246,19 @@ def find_run(cfg: dict, pair: str, method: str, variant: str, seed: int) -> Run:
             return r
     raise UserError(f"the profile has no run {pair}/{method}/{variant}/seed{seed}; "
                     "check the pair, method, variant and seed against the config.")
+
+
+def student_budget(cfg: dict, method: str) -> dict:
+    """The training budget of a student run of `method`: `training.student` with the method's
+    `training.per_method` overrides."""
+    return {**cfg["training"]["student"], **cfg["training"]["per_method"].get(method, {})}
+
+
+def uses_teacher_cache(cfg: dict, cls: type[M.Method]) -> bool:
+    """Whether a run of method class `cls` reads the cached teacher logits: the cache is on and
+    holds the sequences the method trains on (the references; a method trained on teacher
+    samples, such as SeqKD, runs the teacher online)."""
+    return bool(cfg["distill"]["cache_teacher"]) and cls.needs_teacher and cls.train_on == "reference"
 
 
 # --- seeds -----------------------------------------------------------------------------------

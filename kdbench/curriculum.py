@@ -7,7 +7,7 @@ sort), so the same input always gives the same output.
 
 Two curricula, both cumulative (an epoch's subset contains every easier example):
 
-* `uniform_difficulty_subsets` — CPD's reading (REFERENCES.md): over E epochs with progress
+* `uniform_difficulty_subsets` — CPD's reading (methods/cpd.py): over E epochs with progress
   π_e = e/(E−1), the epoch's subset is the shortest easiest-first prefix whose mean
   difficulty reaches μ_e = μ_start + π_e·(μ_all − μ_start); μ_start is the mean of the
   easiest `start_fraction`, μ_all the mean of all. Equal steps in mean difficulty, not in

@@ -5,6 +5,7 @@ The file stem is the method's name. Files starting with `_` or `template` are sk
 
 Hooks (all optional except `loss`):
     loss(student_logits, teacher_logits, mask, progress) -> scalar tensor
+        logits (N, V) at the N tokens that carry the loss, mask (N,) all true;
         the distillation term only; the engine adds CE and weights by kd_ratio. The engine
         always calls `schedule` first in the same step, so progress.values holds its result.
     epoch_indices(epoch, ctx) -> np.ndarray | None
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from kdbench.curriculum import epoch_progress
 from kdbench.errors import UserError
 from kdbench.paths import SAFE_NAME
 
@@ -67,8 +69,10 @@ class Progress:
 
     @property
     def epoch_fraction(self) -> float:
-        """e / (E - 1): 0 in the first epoch, 1 in the last (0 when there is one epoch)."""
-        return self.epoch / (self.n_epochs - 1) if self.n_epochs > 1 else 0.0
+        """π_e = e / (E - 1): 0 in the first epoch, 1 in the last. A single epoch is the last
+        one (π = 1), the same π the curricula use (`kdbench.curriculum.epoch_progress`), so
+        a one-epoch run trains on all data with the schedules' end values."""
+        return epoch_progress(self.epoch, self.n_epochs)
 
 
 @dataclasses.dataclass

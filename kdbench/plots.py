@@ -177,6 +177,17 @@ def _epoch_axis(e: pd.Series, first: int) -> pd.Series:
     return e - first + 1
 
 
+def _integer_epoch_axis(ax, shown: pd.Series) -> None:
+    """Whole-number epoch ticks; a lone epoch sits in the middle of a unit-wide axis instead
+    of matplotlib's ±5% range with fractional ticks."""
+    lo, hi = int(shown.min()), int(shown.max())
+    if hi - lo < 12:
+        ax.set_xticks(range(lo, hi + 1))
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlim(lo - 0.5, hi + 0.5)
+
+
 def _place_labels(fig: Figure, ax, xs, ys, texts, colors, xerr=None, yerr=None,
                   fontsize=9) -> None:
     """Label points without overlaps where possible.
@@ -421,6 +432,54 @@ def quality_vs_cost(runs: pd.DataFrame, out: str | Path,
         return save(fig, out)
 
 
+def rouge_vs_length(runs: pd.DataFrame, out: str | Path,
+                    ablations: pd.DataFrame | None = None) -> list[Path]:
+    """Average Rouge-L against answer length / reference length (log scale), one point per
+    row including the teacher (mean over seeds and benchmarks); rows where at least half of
+    the answers hit the generation cap without EOS are ringed in red. Word salad sits far to
+    the right: long, capped, whatever its Rouge-L. Returns [] for runs scored before the
+    answer-shape columns existed (kdbench.stages.score)."""
+    runs = _one_pair(runs)
+    if runs is None or runs.empty or not {"length_ratio", "capped"} <= set(runs.columns):
+        return []
+    score = T.run_scores(runs, T.benchmarks_of(runs))["avg"]
+    shape = runs.groupby(["method", "variant", "seed"])[["length_ratio", "capped"]].mean()
+    both = pd.concat([score.rename("avg"), shape], axis=1).dropna(subset=["avg", "length_ratio"])
+    rows = [k for k in _rows(runs, ablations, teacher=True) if k in both.index.droplevel("seed")]
+    if not rows:
+        return []
+    looks = _style_of(rows)
+    mean = both.groupby(level=["method", "variant"]).mean()
+    x = np.array([max(mean.loc[k, "length_ratio"], 1e-2) for k in rows])
+    y = np.array([mean.loc[k, "avg"] for k in rows])
+    capped = np.array([mean.loc[k, "capped"] for k in rows])
+    with style():
+        fig = new_figure(6.6, 4.6)
+        ax = fig.subplots()
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="0.35", ls=":", lw=1.0, label="as long as the reference")
+        ringed = False
+        for i, k in enumerate(rows):
+            lk = looks[k]
+            ax.plot(x[i], y[i], lk["marker"], ms=9 if k[0] == T.TEACHER else 7, color=lk["color"],
+                    mec="black", mew=0.6, zorder=3)
+            if np.isfinite(capped[i]) and capped[i] >= 0.5:
+                ax.plot(x[i], y[i], "o", ms=16, mfc="none", mec="#CC3311", mew=1.6, zorder=4,
+                        label=None if ringed else "≥ half the answers hit the cap without EOS")
+                ringed = True
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(2.0 ** np.arange(-7, 8)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("mean answer length / mean reference length (words, log scale)")
+        ax.set_ylabel("average Rouge-L")
+        ax.margins(x=0.15, y=0.15)
+        ax.legend(loc="best")
+        ax.set_title("Rouge-L against answer length (mean over seeds)")
+        _place_labels(fig, ax, x, y, [looks[k]["label"] for k in rows],
+                      [_text_color(looks[k]["color"]) for k in rows])
+        return save(fig, out)
+
+
 def pareto_front(cost: Sequence[float], quality: Sequence[float]) -> np.ndarray:
     """Indices of the Pareto-optimal points (lower cost, higher quality), by rising cost: a
     point is kept if every cheaper-or-equal point has strictly lower quality."""
@@ -563,6 +622,7 @@ def method_schedule(epochs: pd.DataFrame, out: str | Path, method: str, variant:
     with style():
         fig = new_figure(7.4, 5.6)
         axes = fig.subplots(2, 2, sharex=True).ravel()
+        drawn_epochs: set[int] = set()
         for ax, (col, title) in zip(axes, _SCHEDULE_PANELS):
             ax.set_title(title)
             shown = [(method, variant)]
@@ -574,11 +634,15 @@ def method_schedule(epochs: pd.DataFrame, out: str | Path, method: str, variant:
                 if run.empty or col not in numeric or run[col].isna().all():
                     continue
                 s = run.groupby("epoch")[col].mean()
+                drawn_epochs.update(int(e) for e in s.index)
                 main = (m, v) == (method, variant)
+                # comparisons: hollow and on top, so one that coincides with the main run
+                # (e.g. all data in a one-epoch run) rings its marker instead of hiding under it
                 ax.plot(_epoch_axis(s.index.to_series(), first), s.to_numpy(),
                         color=method_color(m), marker=method_marker(m),
-                        lw=2.0 if main else 1.2, ms=6 if main else 4,
-                        ls="-" if main else "--", zorder=3 if main else 2,
+                        mfc=method_color(m) if main else "none", mew=1.0 if main else 1.4,
+                        lw=2.0 if main else 1.2, ms=6 if main else 9,
+                        ls="-" if main else "--", zorder=2 if main else 3,
                         label=T.row_label(m, v) + (" (all data)" if m == reference else ""))
                 drew = True
             if not drew:
@@ -586,7 +650,8 @@ def method_schedule(epochs: pd.DataFrame, out: str | Path, method: str, variant:
                         va="center", color="0.4")
             elif col == "n_examples":
                 ax.set_ylim(bottom=0)
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        shown_epochs = _epoch_axis(pd.Series(sorted(drawn_epochs or {first})), first)
+        _integer_epoch_axis(axes[0], shown_epochs)  # axes share x
         for ax in axes[2:]:
             ax.set_xlabel("epoch")
         handles = {}
@@ -594,7 +659,8 @@ def method_schedule(epochs: pd.DataFrame, out: str | Path, method: str, variant:
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(lab, h)
         _legend_below(fig, list(handles.values()), list(handles))
-        fig.suptitle(f"Schedule of {T.row_label(method, variant)} per epoch (mean over seeds)")
+        one = "\none epoch: π = 1, all data at the schedule's end values" if len(shown_epochs) == 1 else ""
+        fig.suptitle(f"Schedule of {T.row_label(method, variant)} per epoch (mean over seeds){one}")
         return save(fig, out)
 
 
@@ -756,9 +822,9 @@ def curriculum_subsets(epochs: pd.DataFrame, out: str | Path,
 def build_all(tables_dir: str | Path, figures_dir: str | Path, method: str | None = None) -> list[Path]:
     """Make every figure whose input tables exist in `tables_dir`, into `figures_dir`;
     return the written paths. Names: rouge_by_method, train_time, quality_vs_cost,
-    training_curves, rouge_by_difficulty, data_fraction_pareto, curriculum_subsets and, for
-    `method` (the profile's `ablations.method`), <method>_schedule and bin_loss; per pair as
-    `kdbench.paths.per_pair`."""
+    rouge_vs_length, training_curves, rouge_by_difficulty, data_fraction_pareto,
+    curriculum_subsets and, for `method` (the profile's `ablations.method`), <method>_schedule
+    and bin_loss; per pair as `kdbench.paths.per_pair`."""
     t = T.read_tables(tables_dir)
     figures_dir = Path(figures_dir)
     abl = t["ablations"]
@@ -780,6 +846,7 @@ def build_all(tables_dir: str | Path, figures_dir: str | Path, method: str | Non
             if "train_wall_s" in runs.columns:
                 written += train_time(runs, dest("train_time"), abl)
                 written += quality_vs_cost(runs, dest("quality_vs_cost"), abl)
+            written += rouge_vs_length(runs, dest("rouge_vs_length"), abl)
             written += data_fraction_pareto(runs, dest("data_fraction_pareto"), abl)
         if trace is not None:
             written += training_curves(trace, dest("training_curves"), abl)
@@ -795,6 +862,6 @@ def build_all(tables_dir: str | Path, figures_dir: str | Path, method: str | Non
 
 
 __all__ = ["RC", "style", "method_color", "method_marker", "new_figure", "save",
-           "pareto_front", "rouge_by_method", "train_time", "quality_vs_cost",
+           "pareto_front", "rouge_by_method", "train_time", "quality_vs_cost", "rouge_vs_length",
            "training_curves", "rouge_by_difficulty", "method_schedule", "bin_loss",
            "data_fraction_pareto", "curriculum_subsets", "build_all"]

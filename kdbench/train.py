@@ -36,7 +36,7 @@ from tqdm import tqdm
 from kdbench.data import Encoded, collate, make_batches
 from kdbench.errors import UserError
 from kdbench.method import EpochContext, Method, Progress
-from kdbench.models import autocast
+from kdbench.models import autocast, rows_logits
 
 
 @dataclasses.dataclass
@@ -72,7 +72,8 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
           method: Method | None = None, teacher=None, kd_ratio: float = 0.0,
           difficulty: np.ndarray | None = None, vocab_size: int | None = None,
           validate=None, desc: str = "train") -> Result:
-    """Train `model` in place. `teacher(batch) -> (B, T, V) logits` is needed when kd_ratio > 0.
+    """Train `model` in place. `teacher(batch) -> (N, V)` logits at the N true entries of
+    batch["mask"] (row-major) are needed when kd_ratio > 0.
 
     `validate(model) -> dict` (optional) runs after every epoch; its values join the epoch's
     row, and `budget["selection"]` decides which epoch's weights the model ends with."""
@@ -108,8 +109,9 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
             best = None
             opt, sched = _optimizer(model, budget, segment_steps[epoch])
         ep_t0, ep_tokens, ep_rows = time.perf_counter(), 0, []
-        ce_sum = np.zeros(len(examples))
-        ce_n = np.zeros(len(examples))
+        # per-example response-token CE sums and counts, for the difficulty bins (kept on the device)
+        ce_sum = torch.zeros(len(examples), dtype=torch.float64, device=dev)
+        ce_n = torch.zeros(len(examples), dtype=torch.float64, device=dev)
         for k in range(steps_per_epoch[epoch]):
             window = [collate([examples[i] for i in b], pad_id, budget["loss_on"])
                       for b in batches[k * accum:(k + 1) * accum]]
@@ -120,32 +122,26 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
             ratio = float(progress.values.get("kd_ratio", kd_ratio)) if uses_teacher else 0.0
             sums = {"loss": 0.0, "ce": 0.0, "distill": 0.0}
             for batch in window:
-                batch = {k_: v.to(dev) for k_, v in batch.items()}
-                mask, n_micro = batch["mask"], int(batch["mask"].sum())
+                n_micro = int(batch["mask"].sum())
                 if n_micro == 0:
                     continue
-                with autocast(budget["precision"], dev):
-                    logits = model(input_ids=batch["input_ids"]).logits
-                tok_ce = F.cross_entropy(logits[mask].float(), batch["targets"][mask], reduction="none")
-                ce = tok_ce.mean()
-                loss = (1 - ratio) * ce if ratio < 1 else ce * 0
-                distill = torch.zeros(())
-                if ratio > 0:
-                    t_logits = teacher(batch)
-                    V = vocab_size or t_logits.shape[-1]
-                    distill = method.loss(logits[..., :V], t_logits[..., :V], mask, progress)
-                    loss = loss + ratio * distill
+                batch = {k_: v.to(dev) for k_, v in batch.items()}
+                loss, ce, distill, tok_ce = _micro_step(model, batch, budget["precision"], ratio,
+                                                        method, teacher, vocab_size, progress)
                 w = n_micro / n_window
                 (loss * w).backward()
-                if not torch.isfinite(loss):
-                    raise UserError(f"{desc}: the loss became {loss.item()} at step {step} (epoch {epoch}); "
+                # one host read per micro-batch for the trace and the finiteness check
+                loss_v, ce_v, distill_v = torch.stack([loss.detach(), ce.detach(), distill.detach()]).tolist()
+                if not math.isfinite(loss_v):
+                    raise UserError(f"{desc}: the loss became {loss_v} at step {step} (epoch {epoch}); "
                                     "lower the learning rate or set the budget's precision to fp32.")
-                sums["loss"] += loss.item() * w
-                sums["ce"] += ce.item() * w
-                sums["distill"] += float(distill.detach()) * w
-                rows = batch["index"].unsqueeze(1).expand_as(mask)[mask].cpu().numpy()
-                np.add.at(ce_sum, rows, tok_ce.detach().cpu().numpy())
-                np.add.at(ce_n, rows, 1)
+                sums["loss"] += loss_v * w
+                sums["ce"] += ce_v * w
+                sums["distill"] += distill_v * w
+                if bins is not None:
+                    rows = batch["index"].repeat_interleave(batch["mask"].sum(1))
+                    ce_sum.index_add_(0, rows, tok_ce.detach().double())
+                    ce_n.index_add_(0, rows, torch.ones_like(ce_n[rows]))
             if budget["grad_clip"] > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), budget["grad_clip"])
             opt.step()
@@ -162,7 +158,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
             ep_rows.append(row)
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss']:.3f}", epoch=epoch)
+            bar.set_postfix(loss=f"{sums['loss']:.3f}", epoch=epoch, refresh=False)
         idx = plan[epoch]
         ep = {"epoch": epoch, "n_examples": len(idx), "n_tokens": ep_tokens,
               "wall_s": time.perf_counter() - ep_t0,
@@ -179,6 +175,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
                 best = (ep["val_rouge_l"], epoch, copy.deepcopy(model.state_dict()))
         epochs.append(ep)
         if bins is not None:
+            ce_sum, ce_n = ce_sum.cpu().numpy(), ce_n.cpu().numpy()
             for q in range(1, 6):
                 sel = (bins == q) & (ce_n > 0)
                 if sel.any():
@@ -225,6 +222,30 @@ def val_loss_change(epochs: pd.DataFrame, steps_per_epoch: list[int]) -> float |
     e80 = at[-1] if at else 0
     l80, last = float(epochs["val_loss"].iloc[e80]), float(epochs["val_loss"].iloc[-1])
     return (last - l80) / l80 if l80 > 0 else None
+
+
+def _micro_step(model, batch: dict, precision: str, ratio: float, method, teacher,
+                vocab_size: int | None, progress: Progress):
+    """The losses of one micro-batch, computed at its N loss positions only.
+
+    Returns (loss, ce, distill) as 0-d float32 tensors (loss carries the graph) and the
+    per-token CE (N,). The student's logits and the teacher's are (N, V) rows at the true
+    entries of batch["mask"] in row-major order, so the method sees an all-true (N,) mask.
+    """
+    mask = batch["mask"]
+    with autocast(precision, mask.device):
+        logits = rows_logits(model, batch["input_ids"], mask)
+    tok_ce = F.cross_entropy(logits.float(), batch["targets"][mask], reduction="none")
+    ce = tok_ce.mean()
+    loss = (1 - ratio) * ce if ratio < 1 else ce * 0
+    distill = torch.zeros((), device=mask.device)
+    if ratio > 0:
+        t_logits = teacher(batch)
+        V = vocab_size or t_logits.shape[-1]
+        distill = method.loss(logits[:, :V], t_logits[:, :V],
+                              torch.ones(len(logits), dtype=torch.bool, device=mask.device), progress)
+        loss = loss + ratio * distill
+    return loss, ce, distill.float(), tok_ce
 
 
 def _quintiles(difficulty: np.ndarray) -> np.ndarray:

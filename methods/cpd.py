@@ -23,8 +23,8 @@ class Method(Base):
     uniformly from epoch to epoch; the target's mixing coefficient and the temperature move
     in step with that progression, from teacher-dominated to student-informed supervision;
     gradients are bounded; early epochs on subsets save runtime (over 10 % less training
-    time). Everything below the abstract is *our* choice, each one a parameter exercised by
-    an ablation row of the default profile.
+    time). Everything below the abstract is *our* choice (the rest of the protocol is in
+    docs/protocol.md), each one a parameter exercised by an ablation row of the default profile.
 
     Curriculum (``curriculum="uniform"``, `kdbench.curriculum.uniform_difficulty_subsets`):
     with π_e = e/(E−1), epoch e trains on the shortest easiest-first prefix whose mean
@@ -78,7 +78,7 @@ class Method(Base):
     is why skew_rkl is an ablation row and `pocl` has a base-divergence option.
 
     π is the curriculum progress: ``granularity="epoch"``: π = e/(E−1) (constant within an
-    epoch; 0 when E = 1); ``granularity="step"``: π = (e + epoch_step/epoch_steps)/max(1,
+    epoch; 1 when E = 1: a single epoch is the last, as for the curriculum); ``granularity="step"``: π = (e + epoch_step/epoch_steps)/max(1,
     E−1), clipped to [0, 1], so it reaches each epoch's value at that epoch's first step and
     stays at 1 during the last epoch. With ``curriculum="none"`` there is no data
     progression: "epoch" keeps π = e/(E−1) (CPD without its data selection), "step" makes π

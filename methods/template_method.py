@@ -54,9 +54,10 @@ class Method(Base):  # the class must be called `Method` and subclass kdbench.me
 
     # Required. The distillation term only: the engine adds the cross-entropy and weights the
     # two, (1 − kd_ratio)·CE + kd_ratio·loss.
-    #   student_logits, teacher_logits: (B, T, V), possibly bf16; teacher_logits is None when
-    #       needs_teacher is False.
-    #   mask: bool (B, T), True on the response tokens that count.
+    #   student_logits, teacher_logits: (N, V) at the N tokens that carry the loss (the engine
+    #       never forms the other positions' logits), possibly bf16; teacher_logits is None
+    #       when needs_teacher is False.
+    #   mask: bool (N,), all True (kept so the divergences' signature stays the same).
     # Return a 0-d float32 tensor. Use kdbench.divergences: it fixes the direction of every
     # divergence, computes in float32, chunks large vocabularies, and keeps the teacher
     # constant. For a new per-token quantity write a row kernel and call D.token_mean(kernel, ...).

@@ -7,7 +7,7 @@ def distill_inputs(wc):
     out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"), "validation": P.data("validation"),
            "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
-        out["teacher"] = (P.teacher_cache(wc.pair, tseed) if CFG["distill"]["cache_teacher"]
+        out["teacher"] = (P.teacher_cache(wc.pair, tseed) if C.uses_teacher_cache(CFG, cls)
                           else P.teacher_model(wc.pair, tseed))
     if meth.uses_difficulty:
         out["difficulty"] = P.difficulty(wc.pair)
