@@ -92,22 +92,6 @@ def test_cli_reports_bad_config(tmp_path, smoke, capsys):
     assert "evaluation.seeds" in err and err.count("\n") == 0
 
 
-def test_per_method_budget_overrides(smoke):
-    raw = copy.deepcopy(smoke)
-    raw.setdefault("training", {})["methods"] = {"pocl": {"epochs": 32, "lr": 1.0e-4}}
-    cfg = C.validate(raw)
-    pocl, kd = C.student_budget(cfg, "pocl"), C.student_budget(cfg, "kd")
-    assert (pocl["epochs"], pocl["lr"]) == (32, 1.0e-4)
-    assert kd == cfg["training"]["student"] and pocl["batch_size"] == kd["batch_size"]
-    for bad, words in (({"nosuch": {"epochs": 2}}, ["unknown method", "nosuch"]),
-                       ({"pocl": {"epoch": 2}}, ["training.methods.pocl", "epoch"]),
-                       ({"pocl": {"lr": -1}}, ["training.methods.pocl", "-1"])):
-        raw["training"]["methods"] = bad
-        with pytest.raises(UserError) as err:
-            C.validate(raw)
-        assert all(w in str(err.value) for w in words) and "\n" not in str(err.value)
-
-
 def test_ablation_row_may_name_another_method(smoke):
     raw = copy.deepcopy(smoke)
     raw["ablations"] = {"method": "cpd", "variants": {
