@@ -30,7 +30,8 @@ def test_a_long_benchmark_prompt_is_cut_to_its_first_tokens_and_answered(tokeniz
     from kdbench.generate import sample
 
     long = {**records[0], "id": "long", "instruction": " ".join(["word"] * 300)}
-    assert len(encode_prompt(tokenizer, long)) > 300
+    prompt = encode_prompt(tokenizer, long)
+    assert len(prompt) > 300
     model = make_model()
     seen = []
     body = getattr(model, model.base_model_prefix)  # the sampler calls the decoder body itself
