@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from kdbench import config as C
+from kdbench import offline
 from kdbench.errors import UserError
 
 # stage -> the wildcards it takes
@@ -40,6 +41,7 @@ def main(argv=None) -> int:
         cfg = C.load(args.config)
         if args.threads:
             cfg["threads"] = args.threads
+        offline.apply(cfg)  # before any stage imports the Hugging Face libraries
         if args.stage == "validate":
             n = len(C.runs(cfg))
             print(f"{args.config}: valid; profile {cfg['profile']!r}, {len(cfg['pairs'])} pair(s), {n} student runs.")
