@@ -6,6 +6,7 @@ Every DAG rule is one such line, so any stage can be rerun by hand. Extra comman
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from kdbench import config as C
@@ -43,6 +44,12 @@ def main(argv=None) -> int:
             cfg["threads"] = args.threads
         offline.apply(cfg)  # before any stage imports the Hugging Face libraries
         if args.stage == "validate":
+            from kdbench.models import check_scratch_config
+
+            for pair, spec in cfg["pairs"].items():
+                for role in ("teacher", "student"):
+                    if spec[role]["init"] == "scratch":
+                        check_scratch_config(spec[role], f"{pair}.{role}")
             n = len(C.runs(cfg))
             print(f"{args.config}: valid; profile {cfg['profile']!r}, {len(cfg['pairs'])} pair(s), {n} student runs.")
             return 0
@@ -59,7 +66,33 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"kdbench {args.stage}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        reason = storage_error(exc)
+        if reason is None:
+            raise
+        print(f"kdbench {args.stage}: error: the results could not be written ({reason}); free disk space "
+              "or make the results folder writable, then rerun (nothing was half-written).", file=sys.stderr)
+        return 2
     return 0
+
+
+# errno values and library messages (torch, safetensors) of a write the file system refused
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+_STORAGE_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large", "Read-only file system",
+                  "StorageFull", "Permission denied", "file write failed", "Operation not permitted")
+
+
+def storage_error(exc: BaseException) -> str | None:
+    """A short reason when `exc` (or an exception it was raised from) is a refused write."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        text = str(exc)
+        for t in _STORAGE_TEXTS:
+            if t in text:
+                return t
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

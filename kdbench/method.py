@@ -10,6 +10,9 @@ Hooks (all optional except `loss`):
         the training examples for this epoch (None: all, shuffled). Curricula live here.
     schedule(progress) -> dict[str, float]
         values scheduled for this step (alpha, temperature, kd_ratio, ...); logged every step.
+    state_dict() -> dict / load_state_dict(state)
+        state the method changes while training (TAID's t and momentum), saved in the run's
+        checkpoint so that a resumed run continues exactly; the default is no state.
 Class attributes the engine and the DAG read:
     needs_teacher     False for SFT-style methods: the teacher is never loaded.
     uses_difficulty   True if epoch_indices reads ctx.difficulty (the DAG then scores it).
@@ -88,6 +91,12 @@ class Method:
     def schedule(self, progress: Progress) -> dict[str, float]:
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
 
 # --- discovery -------------------------------------------------------------------------
 
@@ -132,6 +141,9 @@ def _load_file(path: Path) -> type[Method]:
     if not (inspect.isclass(cls) and issubclass(cls, Method)):
         raise UserError(f"method file {path} does not define `class Method(kdbench.method.Method)`; "
                         "start from methods/template_method.py.")
+    if cls.needs_teacher and cls.loss is Method.loss:
+        raise UserError(f"method file {path}: its Method needs a teacher but defines no `loss`; define "
+                        "loss(student_logits, teacher_logits, mask, progress) or set `needs_teacher = False`.")
     return cls
 
 

@@ -39,6 +39,9 @@ class Paths:
 
     def run_file(self, name, **kw): return str(Path(self.run_dir(**kw)) / name)
 
+    # resume state of an unfinished training job (kdbench/checkpoint.py), removed when it ends
+    def checkpoint(self, *parts): return self._p("checkpoints", *map(str, parts)) + ".pt"
+
     # outputs of the whole profile
     @property
     def tables(self): return self._p("tables")

@@ -153,20 +153,22 @@ def train_teacher(cfg: dict, pair: str) -> None:
     model = models.build(spec, tok, C.derive_seed(cfg["seed"], pair, "teacher"), f"{pair}.teacher").to(dev)
     run_dir = Path(P.run_dir(pair, *TEACHER))
     budget = cfg["training"]["teacher"]
-    stats = {}
+    res, ckpt = None, None
     if not spec["finetuned"] and budget["epochs"] > 0:
         from kdbench.train import train
 
         examples = _train_examples(cfg, tok)
-        res = train(model, examples, budget, seed=C.derive_seed(cfg["seed"], pair, "teacher", "train"),
-                    pad_id=tok.pad_token_id, desc=f"{pair} teacher SFT")
-        _write_run_tables(run_dir, res)
-        stats = res.stats
-    else:  # a fine-tuned (or GGUF) teacher is only loaded and saved: empty training tables
-        for name in ("trace.csv", "epochs.csv", "bin_loss.csv"):
-            io.write_csv(run_dir / name, pd.DataFrame())
-    models.save(model, tok, run_dir / "model")
-    io.write_json(run_dir / "train.json", {**stats, **provenance(cfg), "params": models.n_params(model)})
+        seed = C.derive_seed(cfg["seed"], pair, "teacher", "train")
+        ckpt = _checkpoint(cfg, (pair, "teacher"), (budget, seed), model, examples)
+        res = train(model, examples, budget, seed=seed, pad_id=tok.pad_token_id, desc=f"{pair} teacher SFT",
+                    checkpoint=ckpt)
+    with io.staged(run_dir, marker="train.json") as tmp:  # a fine-tuned (or GGUF) teacher: empty tables
+        _write_run_tables(tmp, res)
+        models.save(model, tok, tmp / "model")
+        io.write_json(tmp / "train.json", {**(res.stats if res else {}), **provenance(cfg),
+                                           "params": models.n_params(model)})
+    if ckpt is not None:
+        ckpt.remove()
 
 
 def init_student(cfg: dict, pair: str, seed: int) -> None:
@@ -204,11 +206,17 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
         from kdbench.train import train
 
         examples = _train_examples(cfg, tok)
-        train(model, examples, {**budget, "loss_on": "all"}, seed=s, pad_id=tok.pad_token_id,
-              desc=f"{pair} student pre-training seed{seed}")
+        budget = {**budget, "loss_on": "all"}
+        ckpt = _checkpoint(cfg, (pair, "student_init", f"seed{seed}"), (budget, s), model, examples)
+        train(model, examples, budget, seed=s, pad_id=tok.pad_token_id,
+              desc=f"{pair} student pre-training seed{seed}", checkpoint=ckpt)
+    else:
+        ckpt = None
     with io.atomic_path(P.student_init(pair, seed)) as tmp:
         models.save(model, tok, tmp)
         io.write_json(tmp / VOCAB_FILE, {"shared_vocab_size": shared, "teacher": names[0], "student": names[1]})
+    if ckpt is not None:
+        ckpt.remove()
 
 
 def _teacher_vocab_size(cfg: dict, pair: str, tok) -> int:
@@ -312,22 +320,39 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
             teacher = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
             vocab = _shared_vocab(cfg, pair, seed, student)
     difficulty = load_difficulty(cfg, pair) if cls.uses_difficulty else None
-    res = train(student, examples, cfg["training"]["student"],
-                seed=C.derive_seed(cfg["seed"], pair, seed, "train"), pad_id=tok.pad_token_id,
-                method=meth, teacher=teacher, kd_ratio=cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0,
-                difficulty=difficulty, vocab_size=vocab, desc=f"{pair}/{method}/{variant}/seed{seed}")
-    run_dir = Path(P.run_dir(pair, method, variant, seed))
-    _write_run_tables(run_dir, res)
-    models.save(student, tok, run_dir / "model")
-    io.write_json(run_dir / "train.json", {**res.stats, "method": method, "variant": variant,
+    budget, train_seed = cfg["training"]["student"], C.derive_seed(cfg["seed"], pair, seed, "train")
+    kd_ratio = cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0
+    ckpt = _checkpoint(cfg, (pair, method, variant, f"seed{seed}"),
+                       (budget, train_seed, method, run.params, kd_ratio, vocab), student, examples)
+    res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
+                kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, desc=f"{pair}/{method}/{variant}/seed{seed}",
+                checkpoint=ckpt)
+    with io.staged(P.run_dir(pair, method, variant, seed), marker="train.json") as tmp:
+        _write_run_tables(tmp, res)
+        models.save(student, tok, tmp / "model")
+        io.write_json(tmp / "train.json", {**res.stats, "method": method, "variant": variant,
                                            "method_params": {**M.defaults(cls), **run.params},
                                            "params": models.n_params(student), **provenance(cfg)})
+    if ckpt is not None:
+        ckpt.remove()
+
+
+def _checkpoint(cfg: dict, parts: tuple, settings: tuple, model, examples):
+    """The checkpoint of one training job, keyed by what its result depends on: the given
+    settings, the initial weights and the tokenised data (None when checkpoints are off)."""
+    from kdbench.checkpoint import Checkpoint, signature
+
+    ck = cfg["checkpoint"]
+    if not ck["enabled"]:
+        return None
+    key = C.fingerprint([settings, signature(model, examples)])
+    return Checkpoint(Paths(cfg).checkpoint(*parts), ck["every_minutes"], key)
 
 
 def _write_run_tables(run_dir: Path, res) -> None:
-    io.write_csv(run_dir / "trace.csv", res.trace)
-    io.write_csv(run_dir / "epochs.csv", res.epochs)
-    io.write_csv(run_dir / "bin_loss.csv", res.bin_loss)
+    """trace.csv, epochs.csv, bin_loss.csv of a training result (empty tables for None)."""
+    for name, table in (("trace.csv", "trace"), ("epochs.csv", "epochs"), ("bin_loss.csv", "bin_loss")):
+        io.write_csv(run_dir / name, getattr(res, table) if res is not None else pd.DataFrame())
 
 
 def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
@@ -338,6 +363,7 @@ def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None
     run_dir = Path(P.run_dir(pair, method, variant, seed))
     model = models.load_model(run_dir / "model").to(dev)
     tok = models.load_tokenizer(run_dir / "model")
+    outputs = {}
     for bench in cfg["data"]["benchmarks"]:
         records = load_records(P.data(bench))
         rows, stats = [], {"gen_tokens": 0, "gen_wall_s": 0.0}
@@ -348,8 +374,12 @@ def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None
                                  precision=ev["precision"], desc=f"{method}/{variant}/seed{seed} {bench} s{es}")
             rows += [{"id": r["id"], "eval_seed": es, "answer": a} for r, a in zip(records, answers)]
             stats = {k: stats[k] + st[k] for k in stats}
-        io.write_jsonl(run_dir / "answers" / f"{bench}.jsonl", rows)
-        io.write_json(run_dir / "answers" / f"{bench}.json", stats)
+        outputs[bench] = rows, stats
+    with io.atomic_path(run_dir / "answers") as out:  # every benchmark's answers, or none
+        out.mkdir()
+        for bench, (rows, stats) in outputs.items():
+            io.write_jsonl(out / f"{bench}.jsonl", rows)
+            io.write_json(out / f"{bench}.json", stats)
 
 
 def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
@@ -373,9 +403,10 @@ def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
         summary[bench] = {"rouge_l": float(per_seed.mean()), "rouge_l_eval_std": float(per_seed.std(ddof=0)),
                           "n_eval_seeds": int(len(per_seed)), "n_examples": len(records),
                           "gen_tokens_per_s": gen["gen_tokens"] / max(gen["gen_wall_s"], 1e-9)}
-    io.write_csv(run_dir / "scores.csv", pd.concat(frames, ignore_index=True))
     train_info = io.read_json(run_dir / "train.json")
-    io.write_json(run_dir / "metrics.json", {"pair": pair, "method": method, "variant": variant, "seed": seed,
+    with io.staged(run_dir, marker="metrics.json") as tmp:
+        io.write_csv(tmp / "scores.csv", pd.concat(frames, ignore_index=True))
+        io.write_json(tmp / "metrics.json", {"pair": pair, "method": method, "variant": variant, "seed": seed,
                                              "benchmarks": summary, "train": train_info})
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from kdbench.checkpoint import Checkpoint
 from kdbench.data import Encoded, collate, make_batches
 from kdbench.errors import UserError
 from kdbench.method import EpochContext, Method, Progress
@@ -60,8 +61,15 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
 def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: int,
           method: Method | None = None, teacher=None, kd_ratio: float = 0.0,
           difficulty: np.ndarray | None = None, vocab_size: int | None = None,
-          desc: str = "train") -> Result:
-    """Train `model` in place. `teacher(batch) -> (B, T, V) logits` is needed when kd_ratio > 0."""
+          desc: str = "train", checkpoint: Checkpoint | None = None) -> Result:
+    """Train `model` in place. `teacher(batch) -> (B, T, V) logits` is needed when kd_ratio > 0.
+
+    With a `checkpoint`, the run resumes from it when there is one of the same run and saves
+    one at every epoch end and every `checkpoint.every_minutes` (kdbench/checkpoint.py); the
+    caller removes it once the run's outputs are written.
+    """
+    if not examples:
+        raise UserError(f"{desc}: the training split has no examples; check the data files (prepare_data).")
     dev = next(model.parameters()).device
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 2])
@@ -80,16 +88,24 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, budget["warmup"], budget["min_lr_ratio"]))
     bins = _quintiles(difficulty) if difficulty is not None else None
+    suspect = _Suspect(desc, type(method).__module__.rpartition(".")[2] if method is not None else None, budget)
+
+    # Everything the rest of the run depends on besides model, optimizer, schedule, RNG and
+    # method: the position (epoch, step k inside it, global step) and what was accumulated.
+    loop = {"epoch": 0, "k": 0, "step": 0, "tokens": 0, "seen": 0, "elapsed_s": 0.0,
+            "trace": [], "epochs": [], "bin_rows": [], "ep_start_s": 0.0, "ep_tokens": 0,
+            "ce_sum": np.zeros(len(examples)), "ce_n": np.zeros(len(examples))}
+    if checkpoint is not None:
+        loop = checkpoint.restore(model, opt, sched, method) or loop
 
     model.train()
-    trace, epochs, bin_rows = [], [], []
-    step, tokens, seen, t0 = 0, 0, 0, time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
-    for epoch, batches in enumerate(epoch_batches):
-        ep_t0, ep_tokens, ep_rows = time.perf_counter(), 0, []
-        ce_sum = np.zeros(len(examples))
-        ce_n = np.zeros(len(examples))
-        for k in range(steps_per_epoch[epoch]):
+    t0 = time.perf_counter() - loop["elapsed_s"]
+    bar = tqdm(total=total, initial=loop["step"], desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
+    while loop["epoch"] < len(epoch_batches):
+        epoch, batches = loop["epoch"], epoch_batches[loop["epoch"]]
+        ce_sum, ce_n = loop["ce_sum"], loop["ce_n"]
+        while loop["k"] < steps_per_epoch[epoch]:
+            k, step = loop["k"], loop["step"]
             window = [collate([examples[i] for i in b], pad_id, budget["loss_on"])
                       for b in batches[k * accum:(k + 1) * accum]]
             n_window = sum(int(b["mask"].sum()) for b in window)
@@ -115,54 +131,116 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
                     distill = method.loss(logits[..., :V], t_logits[..., :V], mask, progress)
                     loss = loss + ratio * distill
                 w = n_micro / n_window
-                (loss * w).backward()
                 if not torch.isfinite(loss):
-                    raise UserError(f"{desc}: the loss became {loss.item()} at step {step} (epoch {epoch}); "
-                                    "lower the learning rate or set the budget's precision to fp32.")
+                    raise suspect.loss(step, epoch, float(ce), float(distill.detach()))
+                (loss * w).backward()
                 sums["loss"] += loss.item() * w
                 sums["ce"] += ce.item() * w
                 sums["distill"] += float(distill.detach()) * w
                 rows = batch["index"].unsqueeze(1).expand_as(mask)[mask].cpu().numpy()
                 np.add.at(ce_sum, rows, tok_ce.detach().cpu().numpy())
                 np.add.at(ce_n, rows, 1)
-            if budget["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), budget["grad_clip"])
+            # the global gradient norm (clipped when grad_clip > 0): finite, or stop before the step
+            params = [p for p in model.parameters() if p.grad is not None]
+            norm = (torch.nn.utils.clip_grad_norm_(params, budget["grad_clip"]) if budget["grad_clip"] > 0
+                    else torch.nn.utils.get_total_norm([p.grad for p in params]))
+            if not torch.isfinite(norm):
+                raise suspect.gradient(step, epoch, ratio)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             n_examples = sum(len(b) for b in batches[k * accum:(k + 1) * accum])
-            tokens += n_window
-            ep_tokens += n_window
-            seen += n_examples
+            loop["tokens"] += n_window
+            loop["ep_tokens"] += n_window
+            loop["seen"] += n_examples
             row = {"step": step, "epoch": epoch, **sums, "lr": opt.param_groups[0]["lr"],
-                   "tokens": tokens, "examples": seen, "wall_s": time.perf_counter() - t0,
+                   "tokens": loop["tokens"], "examples": loop["seen"], "wall_s": time.perf_counter() - t0,
                    **{k_: float(v) for k_, v in progress.values.items()}, "kd_ratio": ratio}
-            trace.append(row)
-            ep_rows.append(row)
-            step += 1
+            loop["trace"].append(row)
+            loop["step"], loop["k"] = step + 1, k + 1
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss']:.3f}", epoch=epoch)
-        idx = plan[epoch]
-        ep = {"epoch": epoch, "n_examples": len(idx), "n_tokens": ep_tokens,
-              "wall_s": time.perf_counter() - ep_t0,
-              "mean_difficulty": float(np.mean(difficulty[idx])) if difficulty is not None and len(idx) else np.nan}
-        for key in (ep_rows[0] if ep_rows else {}):
-            if key not in ("step", "epoch", "loss", "ce", "distill", "lr", "tokens", "examples", "wall_s"):
-                ep[key] = float(np.mean([r[key] for r in ep_rows]))
-        epochs.append(ep)
-        if bins is not None:
-            for q in range(1, 6):
-                sel = (bins == q) & (ce_n > 0)
-                if sel.any():
-                    bin_rows.append({"epoch": epoch, "bin": q, "n_examples": int(sel.sum()),
-                                     "ce": float(ce_sum[sel].sum() / ce_n[sel].sum())})
+            if checkpoint is not None and checkpoint.due() and loop["k"] < steps_per_epoch[epoch]:
+                loop["elapsed_s"] = time.perf_counter() - t0
+                checkpoint.save(model, opt, sched, method, loop)
+        _end_epoch(loop, plan[epoch], difficulty, bins, time.perf_counter() - t0)
+        if checkpoint is not None:
+            checkpoint.save(model, opt, sched, method, loop)
     bar.close()
     wall = time.perf_counter() - t0
     model.eval()
-    stats = {"train_wall_s": wall, "train_tokens": tokens, "train_examples": seen,
-             "train_steps": step, "train_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
+    suspect.weights(model)
+    stats = {"train_wall_s": wall, "train_tokens": loop["tokens"], "train_examples": loop["seen"],
+             "train_steps": loop["step"], "train_tokens_per_s": loop["tokens"] / wall if wall > 0 else float("nan"),
              "examples_per_epoch": [len(p) for p in plan]}
-    return Result(pd.DataFrame(trace), pd.DataFrame(epochs), pd.DataFrame(bin_rows), stats)
+    return Result(pd.DataFrame(loop["trace"]), pd.DataFrame(loop["epochs"]), pd.DataFrame(loop["bin_rows"]), stats)
+
+
+def _end_epoch(loop: dict, idx: np.ndarray, difficulty, bins, now_s: float) -> None:
+    """Close the epoch in `loop`: its row, its per-difficulty-bin losses, and the position of
+    the next epoch."""
+    epoch = loop["epoch"]
+    ep_rows = [r for r in loop["trace"] if r["epoch"] == epoch]
+    ep = {"epoch": epoch, "n_examples": len(idx), "n_tokens": loop["ep_tokens"],
+          "wall_s": now_s - loop["ep_start_s"],
+          "mean_difficulty": float(np.mean(difficulty[idx])) if difficulty is not None and len(idx) else np.nan}
+    for key in (ep_rows[0] if ep_rows else {}):
+        if key not in ("step", "epoch", "loss", "ce", "distill", "lr", "tokens", "examples", "wall_s"):
+            ep[key] = float(np.mean([r[key] for r in ep_rows]))
+    loop["epochs"].append(ep)
+    ce_sum, ce_n = loop["ce_sum"], loop["ce_n"]
+    if bins is not None:
+        for q in range(1, 6):
+            sel = (bins == q) & (ce_n > 0)
+            if sel.any():
+                loop["bin_rows"].append({"epoch": epoch, "bin": q, "n_examples": int(sel.sum()),
+                                         "ce": float(ce_sum[sel].sum() / ce_n[sel].sum())})
+    loop.update(epoch=epoch + 1, k=0, ep_tokens=0, ep_start_s=now_s, elapsed_s=now_s,
+                ce_sum=np.zeros_like(ce_sum), ce_n=np.zeros_like(ce_n))
+
+
+class _Suspect:
+    """Non-finite values stop training with one sentence that names the likely culprit.
+
+    The method is suspected when its own term is non-finite, or when the gradients are
+    non-finite although the loss is finite (a function whose value is fine but whose
+    derivative is not, e.g. sqrt or log at 0); the learning rate and precision when the
+    student's own cross-entropy diverges after some steps; the initial weights or the data
+    when the cross-entropy is non-finite before any update.
+    """
+
+    def __init__(self, desc: str, method_name: str | None, budget: dict):
+        self.desc, self.method, self.budget = desc, method_name, budget
+
+    def _where(self, step, epoch):
+        return f"{self.desc}: at step {step} (epoch {epoch})"
+
+    def loss(self, step, epoch, ce: float, distill: float) -> UserError:
+        where = self._where(step, epoch)
+        if not math.isfinite(distill) and self.method:
+            return UserError(f"{where} method {self.method!r} returned a distillation loss of {distill} while the "
+                             f"student's cross-entropy is {ce}; the method is the suspect: fix its `loss` in "
+                             f"the methods folder ({self.method}.py) or its parameters.")
+        if step == 0:
+            return UserError(f"{where} the student's cross-entropy is {ce} before any update; the initial "
+                             "weights or the data are the suspect: rebuild the model (init_student/train_teacher).")
+        return UserError(f"{where} the loss diverged to {ce} after {step} finite steps at lr "
+                         f"{self.budget['lr']}; lower the learning rate or set the budget's precision to fp32.")
+
+    def gradient(self, step, epoch, ratio: float) -> UserError:
+        where = self._where(step, epoch)
+        if self.method and ratio > 0:
+            return UserError(f"{where} the loss is finite but its gradients are not; method {self.method!r} is "
+                             f"the suspect (a term with an infinite derivative, e.g. sqrt or log at 0): fix its "
+                             f"`loss` ({self.method}.py) or its parameters.")
+        return UserError(f"{where} the loss is finite but its gradients are not at lr {self.budget['lr']}; "
+                         "lower the learning rate or set the budget's precision to fp32.")
+
+    def weights(self, model) -> None:
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise UserError(f"{self.desc}: training ended with non-finite weights ({bad[0]}, {len(bad)} tensor(s)); "
+                            f"nothing was saved: lower the learning rate or set the budget's precision to fp32.")
 
 
 def _quintiles(difficulty: np.ndarray) -> np.ndarray:
