@@ -120,9 +120,13 @@ def load_model(path: str | Path, spec: dict | None = None):
 def _from_pretrained(cls, path: str, **kwargs):
     try:
         return cls.from_pretrained(path, **kwargs)
-    except OSError as exc:
+    except Exception as exc:  # a local folder: any failure to read it (truncated or corrupted files)
         if Path(path).exists():
-            raise UserError(f"{path} is not a readable model/tokenizer folder ({exc}); rebuild it.") from exc
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise UserError(f"{path} is not a readable model/tokenizer folder ({type(exc).__name__}: {first}); "
+                            "delete it and rerun the stage that wrote it.") from exc
+        if not isinstance(exc, OSError):
+            raise
         raise UserError(f"{path!r} is neither a local folder nor a reachable hub id (no network or "
                         f"cache); download it where there is network (`huggingface-cli download {path} "
                         "--local-dir DIR`) and set the config's path to DIR.") from exc

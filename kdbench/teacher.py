@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from kdbench import io
 from kdbench.data import Encoded, collate
+from kdbench.errors import UserError
 from kdbench.models import autocast
 
 
@@ -36,8 +37,15 @@ class CachedTeacher:
 
     def __init__(self, cache_dir: str | Path, examples: list[Encoded]):
         cache_dir = Path(cache_dir)
-        self.logits = np.load(cache_dir / "logits.npy", mmap_mode="r")
-        self.offsets = np.load(cache_dir / "offsets.npy")
+        try:
+            self.logits = np.load(cache_dir / "logits.npy", mmap_mode="r")
+            self.offsets = np.load(cache_dir / "offsets.npy")
+        except (OSError, ValueError) as exc:
+            raise UserError(f"teacher cache {cache_dir} is unreadable ({type(exc).__name__}: {exc}); delete it "
+                            "and rerun the cache_teacher stage.") from exc
+        if len(self.offsets) != len(examples) + 1 or self.offsets[-1] != len(self.logits):
+            raise UserError(f"teacher cache {cache_dir} does not match the training split ({len(self.offsets) - 1} "
+                            f"examples cached, {len(examples)} in the split); delete it and rerun cache_teacher.")
         self.examples = {e.index: e for e in examples}
 
     def __call__(self, batch: dict) -> torch.Tensor:

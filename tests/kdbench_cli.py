@@ -55,3 +55,25 @@ def kdbench(cwd: Path, *args, check=True, netguard_log=None, **popen) -> subproc
     if check and out.returncode != 0:
         raise AssertionError(f"kdbench {' '.join(map(str, args))} failed:\n{out.stderr[-3000:]}")
     return out
+
+
+def prepare_tree(tmp: Path, cfg: dict, stages=("prepare_data", "train_tokenizer", "train_teacher", "init_student")) -> dict:
+    """Run the first stages of `cfg` in this process (results under tmp/results); the validated config."""
+    from kdbench import config as C
+    from kdbench import stages as S
+
+    cfg = C.validate({**cfg, "results_dir": str(tmp / "results")})
+    for stage in stages:
+        if stage in ("train_teacher", "cache_teacher"):
+            getattr(S, stage)(cfg, "tiny")
+        elif stage == "init_student":
+            S.init_student(cfg, "tiny", 0)
+        else:
+            getattr(S, stage)(cfg)
+    return cfg
+
+
+def files_under(root: Path) -> dict:
+    """{relative path: (size, mtime_ns)} of every file below root (hidden temporaries included)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}

@@ -106,3 +106,49 @@ def test_diverging_cross_entropy_blames_the_learning_rate(make_model, tokenizer,
         train(make_model(seed=1), examples, {**BUDGET, "lr": 1e30, "grad_clip": 0.0}, seed=0,
               pad_id=tokenizer.pad_token_id)
     assert "step 0" not in str(e.value)
+
+
+def test_distill_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from kdbench_cli import env, prepare_tree, tiny_profile, write_profile
+
+    cfg = tiny_profile(tmp_path, methods={"include": ["taid"]}, checkpoint={"every_minutes": 0})
+    cfg["training"]["student"].update(epochs=2, batch_size=2)  # 12 steps per epoch
+    cfg = prepare_tree(tmp_path, cfg)
+    config = write_profile(tmp_path, cfg)
+    run_dir = tmp_path / "results/tiny/runs/tiny/taid/default/seed0"
+    ckpt = tmp_path / "results/tiny/checkpoints/tiny/taid/default/seed0.pt"
+    cmd = [sys.executable, "-m", "kdbench", "distill", "--config", str(config),
+           "--pair", "tiny", "--method", "taid", "--variant", "default", "--seed", "0"]
+
+    subprocess.run(cmd, cwd=tmp_path, env=env(), check=True, capture_output=True)
+    reference = load_file(run_dir / "model" / "model.safetensors")
+    ref_trace = (run_dir / "trace.csv").read_text()
+    assert not ckpt.exists()  # removed once the run is written
+    shutil.rmtree(run_dir)
+
+    job = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = None
+    while job.poll() is None:
+        try:
+            seen = torch.load(ckpt, weights_only=False)["loop"]
+        except (OSError, RuntimeError, EOFError, KeyError):
+            seen = None
+        if seen is not None and seen["step"] >= 3:
+            os.kill(job.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    job.wait()
+    assert job.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+    assert seen["epoch"] == 0 and 0 < seen["k"] < 12  # killed mid-epoch
+    assert not (run_dir / "train.json").exists()  # nothing of the run was committed
+
+    out = subprocess.run(cmd, cwd=tmp_path, env=env(), check=True, capture_output=True, text=True)
+    assert "resuming from checkpoint" in out.stderr
+    resumed = load_file(run_dir / "model" / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    cols = lambda text: [line.split(",")[:5] for line in text.splitlines()]  # noqa: E731 (step..distill)
+    assert cols((run_dir / "trace.csv").read_text()) == cols(ref_trace)
+    assert not ckpt.exists()
