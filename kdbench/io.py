@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ def atomic_path(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp
@@ -42,6 +44,7 @@ def staged(folder: str | Path, marker: str):
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         yield tmp
@@ -56,6 +59,14 @@ def staged(folder: str | Path, marker: str):
             os.replace(item, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete the temporaries a killed writer of `path` left beside it (one writer per path:
+    Snakemake runs one job per output at a time)."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.????????"):  # mkdtemp's 8 random characters
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text(path, text: str) -> None:

@@ -192,3 +192,34 @@ def test_lr_written_the_usual_way_is_a_number(tmp_path):
     from kdbench import config as C
 
     assert C.load(tmp_path / "p.yaml")["training"]["student"]["lr"] == 0.003
+
+
+def _snakemake_dry_run(work, profile):
+    import sys
+
+    from kdbench_cli import env
+
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+           "--configfile", str(profile), "-n", "--cores", "1"]
+    return subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=env())
+
+
+def test_snakemake_reads_lr_3e_3_as_a_number_and_stops_on_a_method_without_loss(tmp_path):
+    cfg = tiny_profile(tmp_path)
+    text = yaml.safe_dump(cfg).replace("lr: 0.003", "lr: 3e-3")
+    (tmp_path / "ok.yaml").write_text(text)
+    out = _snakemake_dry_run(tmp_path, tmp_path / "ok.yaml")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "distill" in out.stdout
+
+    methods = tmp_path / "methods"
+    shutil.copytree(REPO / "methods", methods)
+    (methods / "bad.py").write_text("from kdbench.method import Method as B\n\n\nclass Method(B):\n    pass\n")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "bad.yaml").write_text(text.replace(str(REPO / "methods"), str(methods)))
+    out = _snakemake_dry_run(bad, bad / "bad.yaml")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("kdbench: error: method file")
+    assert "defines no `loss`" in out.stderr
+    assert not (bad / "results").exists()
