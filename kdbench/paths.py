@@ -39,7 +39,7 @@ class Paths:
 
     def run_file(self, name, **kw): return str(Path(self.run_dir(**kw)) / name)
 
-    # resume state of an unfinished training job (kdbench/checkpoint.py), removed when it ends
+    # resume state of an unfinished training job (kdbench/resume.py), removed when it ends
     def checkpoint(self, *parts): return self._p("checkpoints", *map(str, parts)) + ".pt"
 
     # outputs of the whole profile

@@ -340,7 +340,7 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
 def _checkpoint(cfg: dict, parts: tuple, settings: tuple, model, examples):
     """The checkpoint of one training job, keyed by what its result depends on: the given
     settings, the initial weights and the tokenised data (None when checkpoints are off)."""
-    from kdbench.checkpoint import Checkpoint, signature
+    from kdbench.resume import Checkpoint, signature
 
     ck = cfg["checkpoint"]
     if not ck["enabled"]:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from kdbench.checkpoint import Checkpoint
+from kdbench.resume import Checkpoint
 from kdbench.data import Encoded, collate, make_batches
 from kdbench.errors import UserError
 from kdbench.method import EpochContext, Method, Progress
@@ -65,7 +65,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     """Train `model` in place. `teacher(batch) -> (B, T, V) logits` is needed when kd_ratio > 0.
 
     With a `checkpoint`, the run resumes from it when there is one of the same run and saves
-    one at every epoch end and every `checkpoint.every_minutes` (kdbench/checkpoint.py); the
+    one at every epoch end and every `checkpoint.every_minutes` (kdbench/resume.py); the
     caller removes it once the run's outputs are written.
     """
     if not examples:

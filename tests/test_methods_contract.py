@@ -157,7 +157,7 @@ def test_schedule_values(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_state_changed_by_training_survives_a_checkpoint(name):
     """Whatever `loss`/`schedule` change on the method must come back through state_dict and
-    load_state_dict (kdbench/checkpoint.py), or a resumed run would differ."""
+    load_state_dict (kdbench/resume.py), or a resumed run would differ."""
     trained = fresh(name)
     for k in range(4):
         s, t, mask = inputs(seed=k)

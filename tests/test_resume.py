@@ -1,4 +1,4 @@
-"""Resumable training (kdbench/checkpoint.py) and non-finite values (kdbench/train.py).
+"""Resumable training (kdbench/resume.py) and non-finite values (kdbench/train.py).
 
 In-process: a run interrupted after any step and resumed from its checkpoint ends with the
 same weights, trace and method state as an uninterrupted run; a checkpoint of other inputs is
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from kdbench import method as M
-from kdbench.checkpoint import Checkpoint
+from kdbench.resume import Checkpoint
 from kdbench.data import encode
 from kdbench.errors import UserError
 from kdbench.teacher import OnlineTeacher
