@@ -1,7 +1,9 @@
 """Command line: `python -m kdbench <stage> --config FILE [--pair P --method M --variant V --seed K]`.
 
 Every DAG rule is one such line, so any stage can be rerun by hand. Extra commands:
-`validate` checks a config, `methods` lists the discovered methods and their defaults.
+`validate` checks a config, `methods` lists the discovered methods, their defaults and references,
+`convert_gguf --path DIR_OR_REPO --gguf-file FILE --out DIR` writes a GGUF checkpoint as a
+plain safetensors folder (the DAG does not need it: train_teacher saves a GGUF teacher itself).
 """
 from __future__ import annotations
 
@@ -33,12 +35,21 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--threads", type=int, help="CPU threads for this job (overrides the config's `threads`)")
         for w in wildcards:
             s.add_argument(f"--{w}", required=True, type=int if w == "seed" else str)
+    g = sub.add_parser("convert_gguf", help="dequantize a GGUF checkpoint into a safetensors folder")
+    g.add_argument("--path", required=True, help="local folder holding the .gguf file, or a hub model repo")
+    g.add_argument("--gguf-file", required=True, help="file name of the checkpoint inside --path")
+    g.add_argument("--out", required=True, help="folder to write (replaced atomically when complete)")
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.stage == "convert_gguf":
+            from kdbench.checkpoints import convert_gguf
+
+            convert_gguf(args.path, args.gguf_file, args.out, progress=print)
+            return 0
         cfg = C.load(args.config)
         if args.threads:
             cfg["threads"] = args.threads
@@ -58,6 +69,8 @@ def main(argv=None) -> int:
 
             for name, cls in M.discover(cfg["methods_dir"]).items():
                 print(f"{name:16s} {M.defaults(cls)}")
+                for ref in cls.references:
+                    print(f"{'':16s} {ref}")
             return 0
         from kdbench import stages
 

@@ -211,9 +211,6 @@ def _check_params(cls, name, params, source):
         M.instantiate(cls, params, name)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from exc
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{source}: method {name!r} rejects parameters {params} ({exc}); "
-                        "fix `methods.params`, `methods.grids` or `ablations`.") from exc
 
 
 def runs(cfg: dict, source: str = "the config") -> list[Run]:

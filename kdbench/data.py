@@ -85,6 +85,18 @@ def encode(tokenizer, records: list[dict], max_length: int, responses: list[str]
     return out
 
 
+def encode_corpus(tokenizer, records: list[dict], max_length: int) -> list[Encoded]:
+    """Records as plain language-model text, "instruction\ninput\nanswer" + EOS, without the
+    instruction template: the general corpus of pre-training (every token carries the loss)."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for i, rec in enumerate(records):
+        text = "\n".join(t for t in (rec["instruction"], rec.get("input", ""), rec["output"][0]) if t)
+        ids = (tokenizer(text, add_special_tokens=False)["input_ids"] + [eos])[:max_length]
+        out.append(Encoded(ids, 1, i))
+    return out
+
+
 # --- batches ------------------------------------------------------------------------------
 
 def make_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, window: int,

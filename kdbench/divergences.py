@@ -47,6 +47,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from kdbench.errors import UserError
+from kdbench.method import check_temperature, check_unit
 
 Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,28 +63,9 @@ CHUNK_ELEMENTS: int | None = None
 __all__ = [
     "forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "jensen_shannon",
     "total_variation", "per_token", "token_mean", "kl_rows", "log_mixture", "zero",
-    "check_temperature", "check_unit", "CHUNK_ELEMENTS", "CPU_CHUNK_ELEMENTS",
+    "CHUNK_ELEMENTS", "CPU_CHUNK_ELEMENTS",
     "ACCELERATOR_CHUNK_ELEMENTS",
 ]
-
-
-# --- parameter checks ------------------------------------------------------------------
-
-def check_temperature(temperature: float) -> float:
-    t = float(temperature)
-    if not (t > 0 and math.isfinite(t)):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
-    return t
-
-
-def check_unit(name: str, value: float, *, open_ends: bool = False) -> float:
-    """`value` as float inside [0, 1] (or (0, 1) with open_ends); ValueError naming `name`."""
-    v = float(value)
-    ok = (0.0 < v < 1.0) if open_ends else (0.0 <= v <= 1.0)
-    if not ok:
-        interval = "(0, 1) (open: the endpoints make the value 0)" if open_ends else "[0, 1]"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}.")
-    return v
 
 
 # --- row building blocks (inputs: (rows, V) log-probabilities) ---------------------------

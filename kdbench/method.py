@@ -5,7 +5,8 @@ The file stem is the method's name. Files starting with `_` or `template` are sk
 
 Hooks (all optional except `loss`):
     loss(student_logits, teacher_logits, mask, progress) -> scalar tensor
-        the distillation term only; the engine adds CE and weights by kd_ratio.
+        the distillation term only; the engine adds CE and weights by kd_ratio. The engine
+        always calls `schedule` first in the same step, so progress.values holds its result.
     epoch_indices(epoch, ctx) -> np.ndarray | None
         the training examples for this epoch (None: all, shuffled). Curricula live here.
     schedule(progress) -> dict[str, float]
@@ -13,6 +14,10 @@ Hooks (all optional except `loss`):
     state_dict() -> dict / load_state_dict(state)
         state the method changes while training (TAID's t and momentum), saved in the run's
         checkpoint so that a resumed run continues exactly; the default is no state.
+Parameters are the keyword arguments of `__init__` (their defaults are the method's); a bad
+value is rejected there with `check`, `check_temperature`, `check_unit` or `check_choice`
+below, which raise UserError naming the parameter, its valid values and the value given
+(`instantiate` adds the method's name and the config keys to fix).
 Class attributes the engine and the DAG read:
     needs_teacher     False for SFT-style methods: the teacher is never loaded.
     uses_difficulty   True if epoch_indices reads ctx.difficulty (the DAG then scores it).
@@ -24,6 +29,7 @@ import dataclasses
 import functools
 import importlib.util
 import inspect
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,6 +104,41 @@ class Method:
         pass
 
 
+# --- parameter checks (the one convention for a bad method parameter) -----------------------
+
+def check(ok: bool, name: str, value: Any, must: str) -> None:
+    """Reject a parameter value: UserError "<name> must be <must> (got <value>)" unless `ok`."""
+    if not ok:
+        raise UserError(f"{name} must be {must} (got {value!r})")
+
+
+def check_temperature(value: float, name: str = "temperature") -> float:
+    """`value` as a float, finite and > 0."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = math.nan
+    check(t > 0 and math.isfinite(t), name, value, "a finite number > 0")
+    return t
+
+
+def check_unit(name: str, value: float, *, open_ends: bool = False) -> float:
+    """`value` as a float in [0, 1] (or (0, 1) with open_ends, where an endpoint makes the loss 0)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    ok = (0.0 < v < 1.0) if open_ends else (0.0 <= v <= 1.0)
+    check(ok, name, value, "in (0, 1) (an endpoint makes the loss 0)" if open_ends else "in [0, 1]")
+    return v
+
+
+def check_choice(name: str, value: Any, choices) -> Any:
+    """`value` if it is one of `choices`."""
+    check(value in choices, name, value, f"one of {', '.join(map(str, choices))}")
+    return value
+
+
 # --- discovery -------------------------------------------------------------------------
 
 def default_methods_dir() -> Path:
@@ -162,12 +203,20 @@ def defaults(cls: type[Method]) -> dict[str, Any]:
 
 
 def instantiate(cls: type[Method], params: dict[str, Any], name: str = "") -> Method:
+    """`cls(**params)`; an unknown or rejected parameter raises one UserError naming the method.
+
+    A method file written by a user may still raise ValueError or TypeError for a bad value;
+    it gets the same sentence."""
+    name = name or cls.__name__
     known = defaults(cls)
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise UserError(f"method {name or cls.__name__!r} has no parameter(s) {unknown}; "
-                        f"its parameters are {sorted(known)}.")
-    return cls(**params)
+        raise UserError(f"method {name!r} has no parameter(s) {unknown}; its parameters are {sorted(known)}.")
+    try:
+        return cls(**params)
+    except (UserError, ValueError, TypeError) as exc:
+        raise UserError(f"method {name!r} rejects {params}: {str(exc).rstrip('.')}; fix the value in "
+                        "`methods.params`, `methods.grids` or `ablations`.") from exc
 
 
 def slug(overrides: dict[str, Any], cls: type[Method] | None = None) -> str:

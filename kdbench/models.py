@@ -40,7 +40,7 @@ def load_tokenizer(path: str | Path, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
     if gguf_file:
-        from kdbench.hub import load_gguf_tokenizer
+        from kdbench.checkpoints import load_gguf_tokenizer
 
         tok = load_gguf_tokenizer(path, gguf_file)
     else:
@@ -109,7 +109,7 @@ def load_model(path: str | Path, spec: dict | None = None):
     if dtype != "auto":
         kwargs["dtype"] = getattr(torch, dtype)
     if spec.get("gguf_file"):  # dequantized in memory, saved later as plain safetensors
-        from kdbench.hub import load_gguf
+        from kdbench.checkpoints import load_gguf
 
         model, _ = load_gguf(path, spec["gguf_file"], **kwargs)
     else:

@@ -37,9 +37,13 @@ def prepare_data(cfg: dict) -> None:
 
         from kdbench.synthetic import build_suite
 
-        files = build_suite(P.data_dir, seed=C.derive_seed(cfg["seed"], "data"), sizes=d["synthetic_sizes"])
+        files = build_suite(P.data_dir, seed=C.derive_seed(cfg["seed"], "data"), sizes=d["synthetic_sizes"],
+                            noise=d["synthetic_noise"])
         report = {}
-        for name, split in {"train": "train", "validation": "validation", **d["benchmarks"]}.items():
+        splits = {"train": "train", "validation": "validation", **d["benchmarks"]}
+        if d["synthetic_sizes"].get("pretrain"):
+            splits["pretrain"] = "pretrain"
+        for name, split in splits.items():
             if name != split:
                 shutil.copyfile(files[split], P.data(name))
             report[name] = {"split": split, "n": sum(1 for _ in open(files[split]))}
@@ -60,22 +64,22 @@ def _prepare_hub_data(cfg: dict) -> None:
     """
     import sys
 
-    from kdbench import hub
+    from kdbench import loaders
 
     P, d = Paths(cfg), cfg["data"]
     tok = teacher_tokenizer(cfg, next(iter(cfg["pairs"])))
     report = {}
 
     def load(name, source, split, limit):
-        rows = hub.load_instruction_split(source, split, limit=limit)
-        kept, dropped = hub.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"])
+        rows = loaders.load_instruction_split(source, split, limit=limit)
+        kept, dropped = loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"])
         report[name] = {"source": source, "split": split, "n": len(kept), "dropped_long_prompts": dropped}
         print(f"prepare_data: {name} ({source}, split {split or 'default'}): kept {len(kept)}, dropped "
               f"{dropped} prompt(s) longer than {d['max_prompt_tokens']} tokens", file=sys.stderr)
         return kept
 
     train = load("train", d["train"], "train", d["train_limit"])
-    if hub.has_protocol_split(d["train"], "validation"):
+    if loaders.has_protocol_split(d["train"], "validation"):
         validation = load("validation", d["train"], "validation", None)
     else:  # no protocol split: hold out a seeded random validation set
         rng = np.random.default_rng(C.derive_seed(cfg["seed"], "validation"))
@@ -153,34 +157,38 @@ def train_teacher(cfg: dict, pair: str) -> None:
     model = models.build(spec, tok, C.derive_seed(cfg["seed"], pair, "teacher"), f"{pair}.teacher").to(dev)
     run_dir = Path(P.run_dir(pair, *TEACHER))
     budget = cfg["training"]["teacher"]
-    res, ckpt = None, None
+    res, ckpt, pre_ckpt = None, None, None
     if not spec["finetuned"] and budget["epochs"] > 0:
         from kdbench.train import train
 
+        pre_ckpt = _pretrain(cfg, model, tok, cfg["training"]["teacher_pretrain"],
+                             C.derive_seed(cfg["seed"], pair, "teacher", "pretrain"), f"{pair} teacher pre-training",
+                             (pair, "teacher_pretrain"))
         examples = _train_examples(cfg, tok)
         seed = C.derive_seed(cfg["seed"], pair, "teacher", "train")
         ckpt = _checkpoint(cfg, (pair, "teacher"), (budget, seed), model, examples)
-        res = train(model, examples, budget, seed=seed, pad_id=tok.pad_token_id, desc=f"{pair} teacher SFT",
-                    checkpoint=ckpt)
+        res = train(model, examples, budget, seed=seed, pad_id=tok.pad_token_id,
+                    validate=_validator(cfg, tok, pair, "teacher"), desc=f"{pair} teacher SFT", checkpoint=ckpt)
     with io.staged(run_dir, marker="train.json") as tmp:  # a fine-tuned (or GGUF) teacher: empty tables
         _write_run_tables(tmp, res)
         models.save(model, tok, tmp / "model")
         io.write_json(tmp / "train.json", {**(res.stats if res else {}), **provenance(cfg),
                                            "params": models.n_params(model)})
-    if ckpt is not None:
-        ckpt.remove()
+    for c in (pre_ckpt, ckpt):
+        if c is not None:
+            c.remove()
 
 
 def init_student(cfg: dict, pair: str, seed: int) -> None:
     """The student every method starts from for this seed (built, loaded or cut from the teacher;
     a scratch student is pre-trained as a language model when `training.pretrain.epochs` > 0).
 
-    A pretrained student's OWN tokenizer is checked against the teacher's (`hub.check_vocab`)
+    A pretrained student's OWN tokenizer is checked against the teacher's (`checkpoints.check_vocab`)
     before its weights are loaded: a mismatch stops here, naming both models, with nothing
     written. Only then is the student saved, with the teacher's tokenizer, plus `kdbench.json`
     holding the vocabulary size distillation compares logits over (`shared_vocab_size`).
     """
-    from kdbench import hub
+    from kdbench import checkpoints
 
     P, dev = Paths(cfg), _setup(cfg)
     tok = teacher_tokenizer(cfg, pair)
@@ -190,28 +198,21 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
     if spec["init"] == "layers_from_teacher":  # the saved teacher (converted once by train_teacher)
         teacher = models.load_model(P.teacher_model(pair))
         t_vocab = teacher.config.vocab_size
-        model = hub.student_from_teacher_layers(teacher, spec["layers"])
+        model = checkpoints.student_from_teacher_layers(teacher, spec["layers"])
         del teacher
-        shared = hub.check_vocab(tok, tok, t_vocab, model.config.vocab_size, *names)
+        shared = checkpoints.check_vocab(tok, tok, t_vocab, model.config.vocab_size, *names)
     elif spec["init"] == "pretrained":
         own = models.load_tokenizer(spec["path"], spec["gguf_file"])
-        shared = hub.check_vocab(tok, own, _teacher_vocab_size(cfg, pair, tok), _config_vocab_size(spec), *names)
+        shared = checkpoints.check_vocab(tok, own, _teacher_vocab_size(cfg, pair, tok), _config_vocab_size(spec), *names)
         model = models.build(spec, tok, s, f"{pair}.student")
     else:
         model = models.build(spec, tok, s, f"{pair}.student")
-        shared = hub.check_vocab(tok, tok, _teacher_vocab_size(cfg, pair, tok), model.config.vocab_size, *names)
+        shared = checkpoints.check_vocab(tok, tok, _teacher_vocab_size(cfg, pair, tok), model.config.vocab_size, *names)
     model.to(dev)
-    budget = cfg["training"]["pretrain"]
-    if spec["init"] == "scratch" and budget["epochs"] > 0:
-        from kdbench.train import train
-
-        examples = _train_examples(cfg, tok)
-        budget = {**budget, "loss_on": "all"}
-        ckpt = _checkpoint(cfg, (pair, "student_init", f"seed{seed}"), (budget, s), model, examples)
-        train(model, examples, budget, seed=s, pad_id=tok.pad_token_id,
-              desc=f"{pair} student pre-training seed{seed}", checkpoint=ckpt)
-    else:
-        ckpt = None
+    ckpt = None
+    if spec["init"] == "scratch":
+        ckpt = _pretrain(cfg, model, tok, cfg["training"]["pretrain"], s, f"{pair} student pre-training seed{seed}",
+                         (pair, "student_init", f"seed{seed}"))
     with io.atomic_path(P.student_init(pair, seed)) as tmp:
         models.save(model, tok, tmp)
         io.write_json(tmp / VOCAB_FILE, {"shared_vocab_size": shared, "teacher": names[0], "student": names[1]})
@@ -226,9 +227,43 @@ def _teacher_vocab_size(cfg: dict, pair: str, tok) -> int:
     return _config_vocab_size(t) if t["init"] == "pretrained" else len(tok)
 
 
+def _pretrain(cfg: dict, model, tok, budget: dict, seed: int, desc: str, parts: tuple):
+    """Language-model pre-training of a scratch model (every token carries the loss) on the
+    general corpus, data/pretrain.jsonl, as plain text; without one, on the training split.
+
+    Its checkpoint (named by `parts`) is returned for the caller to remove once the stage's
+    outputs are written: a job killed after pre-training resumes past it."""
+    if budget["epochs"] == 0:
+        return None
+    from kdbench.data import encode_corpus
+    from kdbench.train import train
+
+    P = Paths(cfg)
+    corpus = Path(P.data("pretrain"))
+    if corpus.is_file() and corpus.stat().st_size > 0:  # the synthetic suite writes it empty when unsized
+        examples = encode_corpus(tok, load_records(corpus), cfg["data"]["max_length"])
+    else:
+        examples = _train_examples(cfg, tok)
+    budget = {**budget, "loss_on": "all"}
+    ckpt = _checkpoint(cfg, parts, (budget, seed), model, examples)
+    train(model, examples, budget, seed=seed, pad_id=tok.pad_token_id, desc=desc, checkpoint=ckpt)
+    return ckpt
+
+
 def _train_examples(cfg, tok):
     """The tokenised training split, references as responses."""
     return encode(tok, load_records(Paths(cfg).data("train")), cfg["data"]["max_length"])
+
+
+def _validator(cfg: dict, tok, pair: str, seed):
+    """The per-epoch validation pass (loss and sampled Rouge-L on the validation split) that
+    model selection reads; the sampling seed depends on the pair and seed only, so every method
+    of a seed is judged on the same draws."""
+    from kdbench.validation import validator
+
+    return validator(tok, load_records(Paths(cfg).data("validation")), max_length=cfg["data"]["max_length"],
+                     evaluation=cfg["evaluation"], seed=C.derive_seed(cfg["seed"], pair, seed, "validation"),
+                     desc=f"{pair} validate")
 
 
 def _shared_vocab(cfg: dict, pair: str, seed: int, student) -> int:
@@ -325,8 +360,8 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     ckpt = _checkpoint(cfg, (pair, method, variant, f"seed{seed}"),
                        (budget, train_seed, method, run.params, kd_ratio, vocab), student, examples)
     res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
-                kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, desc=f"{pair}/{method}/{variant}/seed{seed}",
-                checkpoint=ckpt)
+                kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, validate=_validator(cfg, tok, pair, seed),
+                desc=f"{pair}/{method}/{variant}/seed{seed}", checkpoint=ckpt)
     with io.staged(P.run_dir(pair, method, variant, seed), marker="train.json") as tmp:
         _write_run_tables(tmp, res)
         models.save(student, tok, tmp / "model")

@@ -17,8 +17,11 @@ Records (one JSON object per line of `{split}.jsonl`), fields in this order:
     id          str, "<split>-00001", unique within a split
     instruction str, a phrasing of the family, data inlined for phrasings with "{data}"
     input       str, the data (list, passage, ...) or "" when inlined / none
-    output      list[str], the references (>= 1); output[0] is the canonical one to train on,
-                the others are equally right spellings ("3" beside "three")
+    output      list[str], the references. Evaluation splits hold every right answer
+                ("3" beside "three", "a, b and c" beside "a, b, c", "is" or "equals" in
+                worked arithmetic); `train` and `pretrain` hold ONE, drawn uniformly among
+                them, as a person writing training data would pick one (and, with
+                `noise`, sometimes slip). Training uses output[0].
     task        str, the family name
     difficulty  int, the level 1-5 the family's knob was set to
 
@@ -28,6 +31,9 @@ same cells with the HELD-OUT phrasings only; `hard` draws levels 4-5 only, about
 it from the composition families. Eval examples never repeat a train (instruction, input)
 pair: every pair is hashed into 100 buckets, train keeps buckets 0-79, validation 80-89,
 the test benchmarks 90-99 (so the guarantee holds for any sizes and seeds).
+`pretrain` (empty unless sized) is the general corpus the scratch models are pre-trained on
+as language models before they see the instruction data: every family and level, training
+phrasings, clean single references, drawn from the training buckets.
 """
 from __future__ import annotations
 
@@ -43,10 +49,11 @@ import numpy as np
 from kdbench import io
 from kdbench.errors import UserError
 
-SPLITS = ("train", "validation", "id", "paraphrase", "hard")
+SPLITS = ("train", "validation", "id", "paraphrase", "hard", "pretrain")
 TEST_BENCHMARKS = ("id", "paraphrase", "hard")
 LEVELS = (1, 2, 3, 4, 5)
-DEFAULT_SIZES = {"train": 3000, "validation": 200, "id": 200, "paraphrase": 200, "hard": 200}
+DEFAULT_SIZES = {"train": 3000, "validation": 200, "id": 200, "paraphrase": 200, "hard": 200, "pretrain": 0}
+SINGLE_REFERENCE = ("train", "pretrain")  # splits whose records keep one drawn reference
 FIELDS = ("id", "instruction", "input", "output", "task", "difficulty")
 
 # --- closed vocabulary ----------------------------------------------------------------
@@ -67,8 +74,9 @@ _ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 _TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 
 
-def number_words(n: int) -> str:
-    """English words of 0 <= n <= 9999, no "and", no hyphens: 4071 -> "four thousand seventy one"."""
+def number_words(n: int, british: bool = False) -> str:
+    """English words of 0 <= n <= 9999, no hyphens: 4071 -> "four thousand seventy one";
+    british=True puts "and" before the last two digits: "four thousand and seventy one"."""
     if not 0 <= n <= 9999:
         raise ValueError(f"number_words covers 0..9999, got {n}")
     if n < 20:
@@ -77,7 +85,10 @@ def number_words(n: int) -> str:
         return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
     big, unit = (1000, "thousand") if n >= 1000 else (100, "hundred")
     head, rest = divmod(n, big)
-    return f"{_ONES[head]} {unit}" + ("" if rest == 0 else " " + number_words(rest))
+    if rest == 0:
+        return f"{_ONES[head]} {unit}"
+    joiner = " and " if british and rest < 100 else " "
+    return f"{_ONES[head]} {unit}{joiner}" + number_words(rest, british)
 
 
 # --- families --------------------------------------------------------------------------
@@ -119,12 +130,22 @@ class Family:
             return phrasing.format(data=sample.data, **sample.slots), ""
         return phrasing.format(**sample.slots), sample.data
 
-    def example(self, rng: np.random.Generator, level: int, heldout: bool = False) -> dict:
-        """A record without `id`: draw a sample, pick a phrasing uniformly, render."""
+    def example(self, rng: np.random.Generator, level: int, heldout: bool = False,
+                single: bool = False, noise: float = 0.0) -> dict:
+        """A record without `id`: draw a sample, pick a phrasing uniformly, render.
+
+        single=True keeps one reference, drawn uniformly among the right answers, as a
+        person writing the training data would (the test splits keep them all); with
+        probability `noise` that reference then carries one slip (`_slip`)."""
         sample = self.make(rng, level)
         pool = self.heldout if heldout else self.phrasings
         instruction, inp = self.render(sample, pool[int(rng.integers(len(pool)))])
-        return {"instruction": instruction, "input": inp, "output": list(sample.outputs),
+        output = list(sample.outputs)
+        if single:
+            output = [output[int(rng.integers(len(output)))]]
+            if noise > 0 and rng.random() < noise:
+                output = [_slip(rng, output[0])]
+        return {"instruction": instruction, "input": inp, "output": output,
                 "task": self.name, "difficulty": int(level)}
 
 
@@ -175,6 +196,32 @@ def _mixed(rng, kind: str, n: int, n_target: int) -> list[str]:
     return [words[int(i)] for i in rng.permutation(n)]
 
 
+def _list_forms(items) -> tuple[str, ...]:
+    """The equally right spellings of a list answer: "a, b, c" and "a, b and c" (Rouge-L drops
+    the commas, so the two differ by the word "and")."""
+    items = list(items)
+    if len(items) < 2:
+        return (_join(items),)
+    return (_join(items), _join(items[:-1]) + " and " + items[-1])
+
+
+def _slip(rng, answer: str) -> str:
+    """One mistake of the kind people make writing a reference: a word left out, two
+    neighbouring words swapped, or a word replaced by a word of the closed vocabulary."""
+    words = answer.split(" ")
+    if len(words) < 2:
+        return _pick(rng, ITEMS)
+    i = int(rng.integers(len(words) - 1))
+    kind = int(rng.integers(3))
+    if kind == 0:
+        del words[i]
+    elif kind == 1:
+        words[i], words[i + 1] = words[i + 1], words[i]
+    else:
+        words[i] = _pick(rng, ITEMS + _ONES[1:11])
+    return " ".join(words)
+
+
 def _numbered(items) -> str:
     return " ".join(f"{_ONES[i]} {w}" for i, w in enumerate(items, 1))
 
@@ -195,7 +242,7 @@ def _numbered_digits(items) -> str:
 def _reverse(rng, level):
     """Reverse a list of distinct words. Knob: list length 3, 4, 6, 8, 10."""
     items = _draw(rng, ITEMS, _knob((3, 4, 6, 8, 10), level))
-    return Sample(_join(items), (_join(items[::-1]),))
+    return Sample(_join(items), _list_forms(items[::-1]))
 
 
 @family("sort",
@@ -208,7 +255,7 @@ def _reverse(rng, level):
 def _sort(rng, level):
     """Sort distinct words alphabetically. Knob: list length 3, 4, 5, 7, 9."""
     items = _draw(rng, ITEMS, _knob((3, 4, 5, 7, 9), level))
-    return Sample(_join(items), (_join(sorted(items)),))
+    return Sample(_join(items), _list_forms(sorted(items)))
 
 
 @family("dedupe",
@@ -225,7 +272,7 @@ def _dedupe(rng, level):
     words = _draw(rng, ITEMS, k)
     seq = words + [_pick(rng, words) for _ in range(n - k)]
     seq = [seq[int(i)] for i in rng.permutation(n)]
-    return Sample(_join(seq), (_join(dict.fromkeys(seq)),))
+    return Sample(_join(seq), _list_forms(list(dict.fromkeys(seq))))
 
 
 @family("arithmetic",
@@ -267,7 +314,8 @@ def _arithmetic(rng, level):
             new, word = cur * k, "times"
         steps.append(f"{number_words(cur)} {word} {number_words(k)} is {number_words(new)}")
         cur = new
-    return Sample(_join(ops), (_join(steps),))
+    return Sample(_join(ops), tuple(_join(s.replace(" is ", f" {verb} ") for s in steps)
+                                    for verb in ("is", "equals", "makes")))
 
 
 @family("count",
@@ -303,7 +351,7 @@ def _extract(rng, level):
     """Keep the words of one category, in order. Knob: list length 4, 5, 7, 9, 11 with 1, 2, 3, 3, 4 targets."""
     kind = _pick(rng, tuple(CATEGORIES))
     items = _mixed(rng, kind, _knob((4, 5, 7, 9, 11), level), _knob((1, 2, 3, 3, 4), level))
-    return Sample(_join(items), (_join(w for w in items if w in CATEGORIES[kind]),),
+    return Sample(_join(items), _list_forms([w for w in items if w in CATEGORIES[kind]]),
                   {"kind": kind})
 
 
@@ -317,7 +365,7 @@ def _extract(rng, level):
 def _format_then(rng, level):
     """List -> "x then y then z". Knob: list length 2, 3, 4, 6, 8."""
     items = _draw(rng, ITEMS, _knob((2, 3, 4, 6, 8), level))
-    return Sample(_join(items), (" then ".join(items),))
+    return Sample(_join(items), (" then ".join(items), " and then ".join(items)))
 
 
 @family("format_numbered",
@@ -356,8 +404,9 @@ def _passage_qa(rng, level):
     owners = [name if i in mine else _pick(rng, others) for i in range(n)]
     passage = " ".join(f"{p} has a {c} {t}." for p, (c, t) in zip(owners, pairs))
     things = [f"a {c} {t}" for p, (c, t) in zip(owners, pairs) if p == name]
-    answer = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
-    return Sample(passage, (answer,), {"name": name})
+    forms = (things[0],) if len(things) == 1 else (", ".join(things[:-1]) + " and " + things[-1],
+                                                   " and ".join(things))
+    return Sample(passage, tuple(dict.fromkeys(forms)), {"name": name})
 
 
 @family("spell_number",
@@ -372,7 +421,8 @@ def _spell_number(rng, level):
     count, lo, hi = _knob(((2, 0, 19), (2, 20, 99), (3, 0, 99), (2, 100, 999), (3, 1000, 9999)),
                           level)
     nums = [_between(rng, lo, hi) for _ in range(count)]
-    return Sample(_join(str(x) for x in nums), (_join(number_words(x) for x in nums),))
+    forms = (_join(number_words(x) for x in nums), _join(number_words(x, british=True) for x in nums))
+    return Sample(_join(str(x) for x in nums), tuple(dict.fromkeys(forms)))
 
 
 @family("compare",
@@ -392,7 +442,8 @@ def _compare(rng, level):
     drawn = [_draw(rng, range(1, top + 1), 2) for _ in range(pairs)]
     best = max if which == "larger" else min
     return Sample("; ".join(f"{a} or {b}" for a, b in drawn),
-                  (_join(str(best(a, b)) for a, b in drawn),), {"which": which})
+                  (_join(str(best(a, b)) for a, b in drawn), _join(number_words(best(a, b)) for a, b in drawn)),
+                  {"which": which})
 
 
 # --- two-step compositions -------------------------------------------------------------
@@ -408,7 +459,7 @@ def _compare(rng, level):
 def _sort_reverse(rng, level):
     """Sort, then reverse (Z to A). Knob: list length 3, 4, 5, 7, 9."""
     items = _draw(rng, ITEMS, _knob((3, 4, 5, 7, 9), level))
-    return Sample(_join(items), (_join(sorted(items, reverse=True)),))
+    return Sample(_join(items), _list_forms(sorted(items, reverse=True)))
 
 
 @family("extract_count",
@@ -457,13 +508,13 @@ def _extract_sort(rng, level):
     """Extract a category, then sort it. Knob: list length 4, 5, 7, 9, 11 with 2, 2, 3, 3, 4 targets."""
     kind = _pick(rng, tuple(CATEGORIES))
     items = _mixed(rng, kind, _knob((4, 5, 7, 9, 11), level), _knob((2, 2, 3, 3, 4), level))
-    return Sample(_join(items), (_join(sorted(w for w in items if w in CATEGORIES[kind])),),
+    return Sample(_join(items), _list_forms(sorted(w for w in items if w in CATEGORIES[kind])),
                   {"kind": kind})
 
 
 # --- splits ----------------------------------------------------------------------------
 
-_BUCKETS = {"train": (0, 80), "validation": (80, 90),
+_BUCKETS = {"train": (0, 80), "pretrain": (0, 80), "validation": (80, 90),
             "id": (90, 100), "paraphrase": (90, 100), "hard": (90, 100)}
 _FRESH_TRIES = 50       # draws spent looking for a pair not yet in the split before a repeat
 _MAX_TRIES = 5000       # draws before giving up on a (family, level) cell: a generator bug
@@ -499,7 +550,7 @@ def _check_int(what, value, minimum=0):
         raise UserError(f"{what} must be an integer >= {minimum}, got {value!r}; fix the value.")
 
 
-def generate_split(split: str, n: int, seed: int) -> list[dict]:
+def generate_split(split: str, n: int, seed: int, noise: float = 0.0) -> list[dict]:
     """n records of `split`, deterministic in (split, n, seed).
 
     Each split has its own RNG stream numpy.random.default_rng([seed, split index]). The
@@ -507,6 +558,8 @@ def generate_split(split: str, n: int, seed: int) -> list[dict]:
     balanced to within one round (75 cells; 46 for `hard`). Draws whose (instruction, input)
     hashes outside the split's buckets are rejected, which keeps eval splits disjoint from
     train; a pair already in the split is redrawn up to 50 times before it is allowed to repeat.
+    `train` and `pretrain` records keep one reference drawn among the right answers; `noise`
+    is the share of `train` references with one slip (the general corpus stays clean).
     """
     _check_split(split)
     _check_int("n", n)
@@ -521,7 +574,8 @@ def generate_split(split: str, n: int, seed: int) -> list[dict]:
                 break
             fam, level = FAMILIES[cells[j][0]], cells[j][1]
             for attempt in range(_MAX_TRIES):
-                rec = fam.example(rng, level, heldout=(split == "paraphrase"))
+                rec = fam.example(rng, level, heldout=(split == "paraphrase"),
+                                  single=split in SINGLE_REFERENCE, noise=noise if split == "train" else 0.0)
                 if lo <= bucket(rec) < hi and (pair_key(rec) not in seen
                                                or attempt >= _FRESH_TRIES):
                     break
@@ -533,7 +587,7 @@ def generate_split(split: str, n: int, seed: int) -> list[dict]:
     return records
 
 
-def build_suite(out_dir, seed: int = 0, sizes: dict | None = None) -> dict[str, Path]:
+def build_suite(out_dir, seed: int = 0, sizes: dict | None = None, noise: float = 0.0) -> dict[str, Path]:
     """Write out_dir/{split}.jsonl for the five splits; {split: path}.
 
     sizes overrides DEFAULT_SIZES per split (missing splits keep their default). Same seed
@@ -551,7 +605,7 @@ def build_suite(out_dir, seed: int = 0, sizes: dict | None = None) -> dict[str, 
     paths = {}
     for split in SPLITS:
         paths[split] = out / f"{split}.jsonl"
-        io.write_jsonl(paths[split], generate_split(split, sizes[split], seed))
+        io.write_jsonl(paths[split], generate_split(split, sizes[split], seed, noise))
     return paths
 
 

@@ -8,9 +8,15 @@ batches, bf16 autocast where supported, a per-step trace. The total loss of a st
 
 with kd_ratio from the config, overridden per step by the method's schedule, and 0 for
 methods that need no teacher.
+
+Model selection (docs/protocol.md): with a `validate(model) -> {"val_loss", "val_rouge_l"}`
+callback, every epoch ends with a validation pass; `budget["selection"] == "best"` keeps the
+weights of the epoch with the highest validation Rouge-L (ties: the earlier epoch), as the
+instruction-KD papers do, and "last" keeps the final weights.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -22,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from kdbench.resume import Checkpoint
 from kdbench.data import Encoded, collate, make_batches
 from kdbench.errors import UserError
 from kdbench.method import EpochContext, Method, Progress
 from kdbench.models import autocast
+from kdbench.resume import Checkpoint
 
 
 @dataclasses.dataclass
@@ -61,8 +67,11 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
 def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: int,
           method: Method | None = None, teacher=None, kd_ratio: float = 0.0,
           difficulty: np.ndarray | None = None, vocab_size: int | None = None,
-          desc: str = "train", checkpoint: Checkpoint | None = None) -> Result:
+          validate=None, desc: str = "train", checkpoint: Checkpoint | None = None) -> Result:
     """Train `model` in place. `teacher(batch) -> (B, T, V) logits` is needed when kd_ratio > 0.
+
+    `validate(model) -> dict` (optional) runs after every epoch; its values join the epoch's
+    row, and `budget["selection"]` decides which epoch's weights the model ends with.
 
     With a `checkpoint`, the run resumes from it when there is one of the same run and saves
     one at every epoch end and every `checkpoint.every_minutes` (kdbench/resume.py); the
@@ -94,7 +103,9 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     # method: the position (epoch, step k inside it, global step) and what was accumulated.
     loop = {"epoch": 0, "k": 0, "step": 0, "tokens": 0, "seen": 0, "elapsed_s": 0.0,
             "trace": [], "epochs": [], "bin_rows": [], "ep_start_s": 0.0, "ep_tokens": 0,
-            "ce_sum": np.zeros(len(examples)), "ce_n": np.zeros(len(examples))}
+            "ce_sum": np.zeros(len(examples)), "ce_n": np.zeros(len(examples)),
+            "best": None,  # (val_rouge_l, epoch, state_dict copy) of the best epoch so far
+            "val_wall_s": 0.0}  # seconds spent validating (kept out of the training time)
     if checkpoint is not None:
         loop = checkpoint.restore(model, opt, sched, method) or loop
 
@@ -154,7 +165,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
             loop["ep_tokens"] += n_window
             loop["seen"] += n_examples
             row = {"step": step, "epoch": epoch, **sums, "lr": opt.param_groups[0]["lr"],
-                   "tokens": loop["tokens"], "examples": loop["seen"], "wall_s": time.perf_counter() - t0,
+                   "tokens": loop["tokens"], "examples": loop["seen"], "wall_s": time.perf_counter() - t0 - loop["val_wall_s"],
                    **{k_: float(v) for k_, v in progress.values.items()}, "kd_ratio": ratio}
             loop["trace"].append(row)
             loop["step"], loop["k"] = step + 1, k + 1
@@ -163,22 +174,55 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
             if checkpoint is not None and checkpoint.due() and loop["k"] < steps_per_epoch[epoch]:
                 loop["elapsed_s"] = time.perf_counter() - t0
                 checkpoint.save(model, opt, sched, method, loop)
-        _end_epoch(loop, plan[epoch], difficulty, bins, time.perf_counter() - t0)
+        ep_extra, ep_end_s = {}, time.perf_counter() - t0
+        if validate is not None:
+            v_t0 = time.perf_counter()
+            ep_extra = validate(model)
+            loop["val_wall_s"] += time.perf_counter() - v_t0
+            model.train()
+            if loop["best"] is None or ep_extra["val_rouge_l"] > loop["best"][0]:
+                loop["best"] = (ep_extra["val_rouge_l"], epoch, copy.deepcopy(model.state_dict()))
+        _end_epoch(loop, plan[epoch], difficulty, bins, ep_end_s, ep_extra)
+        loop["ep_start_s"] = loop["elapsed_s"] = time.perf_counter() - t0  # the next epoch starts after validation
         if checkpoint is not None:
             checkpoint.save(model, opt, sched, method, loop)
     bar.close()
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 - loop["val_wall_s"]
+    selected, best = len(epoch_batches) - 1, loop["best"]
+    if best is not None and budget.get("selection", "last") == "best":
+        model.load_state_dict(best[2])
+        selected = best[1]
     model.eval()
     suspect.weights(model)
-    stats = {"train_wall_s": wall, "train_tokens": loop["tokens"], "train_examples": loop["seen"],
-             "train_steps": loop["step"], "train_tokens_per_s": loop["tokens"] / wall if wall > 0 else float("nan"),
+    ep_df = pd.DataFrame(loop["epochs"])
+    tokens, seen = loop["tokens"], loop["seen"]
+    stats = {"selection": budget.get("selection", "last") if validate is not None else "last",
+             "selected_epoch": selected, "n_epochs": len(epoch_batches),
+             "val_loss_change_last20": val_loss_change(ep_df, steps_per_epoch),
+             "val_rouge_l_selected": float(ep_df["val_rouge_l"].iloc[selected]) if "val_rouge_l" in ep_df else None,
+             "val_wall_s": loop["val_wall_s"], "train_wall_s": wall, "train_tokens": tokens, "train_examples": seen,
+             "train_steps": loop["step"], "train_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
              "examples_per_epoch": [len(p) for p in plan]}
-    return Result(pd.DataFrame(loop["trace"]), pd.DataFrame(loop["epochs"]), pd.DataFrame(loop["bin_rows"]), stats)
+    return Result(pd.DataFrame(loop["trace"]), ep_df, pd.DataFrame(loop["bin_rows"]), stats)
 
 
-def _end_epoch(loop: dict, idx: np.ndarray, difficulty, bins, now_s: float) -> None:
-    """Close the epoch in `loop`: its row, its per-difficulty-bin losses, and the position of
-    the next epoch."""
+def val_loss_change(epochs: pd.DataFrame, steps_per_epoch: list[int]) -> float | None:
+    """Relative change of the validation loss over the last 20% of the optimizer steps:
+    (L_last - L_80) / L_80, where L_80 is the loss after the last epoch that ends at or before
+    80% of the steps (the first epoch if none does). Near 0: the run has flattened; None
+    without validation."""
+    if "val_loss" not in epochs or len(epochs) < 2:
+        return None
+    ends = np.cumsum(steps_per_epoch) / max(1, sum(steps_per_epoch))
+    at = [e for e, f in enumerate(ends) if f <= 0.8 + 1e-9]
+    e80 = at[-1] if at else 0
+    l80, last = float(epochs["val_loss"].iloc[e80]), float(epochs["val_loss"].iloc[-1])
+    return (last - l80) / l80 if l80 > 0 else None
+
+
+def _end_epoch(loop: dict, idx: np.ndarray, difficulty, bins, now_s: float, extra: dict) -> None:
+    """Close the epoch in `loop`: its row (with `extra`, the validation values), its
+    per-difficulty-bin losses, and the position of the next epoch."""
     epoch = loop["epoch"]
     ep_rows = [r for r in loop["trace"] if r["epoch"] == epoch]
     ep = {"epoch": epoch, "n_examples": len(idx), "n_tokens": loop["ep_tokens"],
@@ -187,6 +231,7 @@ def _end_epoch(loop: dict, idx: np.ndarray, difficulty, bins, now_s: float) -> N
     for key in (ep_rows[0] if ep_rows else {}):
         if key not in ("step", "epoch", "loss", "ce", "distill", "lr", "tokens", "examples", "wall_s"):
             ep[key] = float(np.mean([r[key] for r in ep_rows]))
+    ep.update(extra)
     loop["epochs"].append(ep)
     ce_sum, ce_n = loop["ce_sum"], loop["ce_n"]
     if bins is not None:

@@ -20,7 +20,7 @@ import functools
 import torch
 
 from kdbench import divergences as D
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check_temperature, check_unit
 
 
 def head_mask(p: torch.Tensor, mu: float) -> torch.Tensor:
@@ -46,8 +46,8 @@ class Method(Base):
                   "for Large Language Models, COLING 2025"]
 
     def __init__(self, mu: float = 0.5, temperature: float = 1.0):
-        self.mu = D.check_unit("mu", mu)
-        self.temperature = D.check_temperature(temperature)
+        self.mu = check_unit("mu", mu)
+        self.temperature = check_temperature(temperature)
 
     def loss(self, student_logits, teacher_logits, mask, progress):
         return D.token_mean(functools.partial(akl_rows, mu=self.mu), student_logits,

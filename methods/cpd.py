@@ -5,8 +5,7 @@ import numpy as np
 
 from kdbench import curriculum as C
 from kdbench import divergences as D
-from kdbench.errors import UserError
-from kdbench.method import EpochContext, Method as Base, Progress
+from kdbench.method import EpochContext, Method as Base, Progress, check, check_choice, check_temperature
 
 GRANULARITIES = ("epoch", "step")
 
@@ -74,22 +73,14 @@ class Method(Base):
                  order: str = "easy_first", start_fraction: float = 0.2,
                  n_stages: int = 4, shuffle: bool = True):
         for name, a in (("alpha_start", alpha_start), ("alpha_end", alpha_end)):
-            if not 0.0 <= a < 1.0:
-                raise UserError(f"cpd: {name} must be in [0, 1) (got {a!r}); α is the teacher's "
-                                "weight in the skew mixture and α = 1 makes the loss zero.")
-        for name, t in (("tau_start", tau_start), ("tau_end", tau_end)):
-            if not t > 0:
-                raise UserError(f"cpd: {name} must be positive (got {t!r}).")
-        if granularity not in GRANULARITIES:
-            raise UserError(f"cpd: unknown granularity {granularity!r}; choose one of "
-                            f"{', '.join(GRANULARITIES)}.")
-        if curriculum not in C.CURRICULA:
-            raise UserError(f"cpd: unknown curriculum {curriculum!r}; choose one of "
-                            f"{', '.join(C.CURRICULA)}.")
-        if order not in C.ORDERS:
-            raise UserError(f"cpd: unknown order {order!r}; choose one of {', '.join(C.ORDERS)}.")
-        C.start_count(1, start_fraction)  # validates (0, 1]
-        C.stage_sizes(1, n_stages)        # validates a positive integer
+            check(0.0 <= a < 1.0, name, a, "in [0, 1) (α = 1 makes the skew loss zero)")
+        check_temperature(tau_start, "tau_start")
+        check_temperature(tau_end, "tau_end")
+        check_choice("granularity", granularity, GRANULARITIES)
+        check_choice("curriculum", curriculum, C.CURRICULA)
+        check_choice("order", order, C.ORDERS)
+        check(0.0 < start_fraction <= 1.0, "start_fraction", start_fraction, "in (0, 1]")
+        check(int(n_stages) == n_stages and n_stages >= 1, "n_stages", n_stages, "a positive integer")
         self.alpha_start, self.alpha_end = float(alpha_start), float(alpha_end)
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
         self.granularity, self.curriculum, self.order = granularity, curriculum, order
@@ -130,8 +121,6 @@ class Method(Base):
     # -- loss --------------------------------------------------------------------------
 
     def loss(self, student_logits, teacher_logits, mask, progress: Progress):
-        v = progress.values
-        if not v or "alpha" not in v or "temperature" not in v:
-            v = self.schedule(progress)
+        v = progress.values  # this step's schedule (the engine runs it before every loss)
         return D.skew_forward_kl(student_logits, teacher_logits, mask,
                                  alpha=float(v["alpha"]), temperature=float(v["temperature"]))

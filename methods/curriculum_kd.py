@@ -5,8 +5,7 @@ import numpy as np
 
 from kdbench import curriculum as C
 from kdbench import divergences as D
-from kdbench.errors import UserError
-from kdbench.method import EpochContext, Method as Base, Progress
+from kdbench.method import EpochContext, Method as Base, Progress, check, check_choice, check_temperature
 
 
 class Method(Base):
@@ -25,13 +24,9 @@ class Method(Base):
 
     def __init__(self, temperature: float = 1.0, start_fraction: float = 0.2,
                  order: str = "easy_first", shuffle: bool = True):
-        if not temperature > 0:
-            raise UserError(f"curriculum_kd: temperature must be positive (got {temperature!r}).")
-        if order not in C.ORDERS:
-            raise UserError(f"curriculum_kd: unknown order {order!r}; choose one of "
-                            f"{', '.join(C.ORDERS)}.")
-        C.start_count(1, start_fraction)  # validates (0, 1]
-        self.temperature, self.start_fraction = float(temperature), float(start_fraction)
+        check_choice("order", order, C.ORDERS)
+        check(0.0 < start_fraction <= 1.0, "start_fraction", start_fraction, "in (0, 1]")
+        self.temperature, self.start_fraction = check_temperature(temperature), float(start_fraction)
         self.order, self.shuffle = order, shuffle
 
     def epoch_indices(self, epoch: int, ctx: EpochContext) -> np.ndarray:

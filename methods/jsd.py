@@ -8,7 +8,7 @@ Reference: Agarwal et al., On-Policy Distillation of Language Models: Learning f
 Self-Generated Mistakes (GKD), ICLR 2024.
 """
 from kdbench import divergences as D
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check_temperature, check_unit
 
 
 class Method(Base):
@@ -16,8 +16,8 @@ class Method(Base):
                   "Self-Generated Mistakes, ICLR 2024"]
 
     def __init__(self, beta: float = 0.1, temperature: float = 1.0):
-        self.beta = D.check_unit("beta", beta, open_ends=True)
-        self.temperature = D.check_temperature(temperature)
+        self.beta = check_unit("beta", beta, open_ends=True)
+        self.temperature = check_temperature(temperature)
 
     def loss(self, student_logits, teacher_logits, mask, progress):
         return D.jensen_shannon(student_logits, teacher_logits, mask, beta=self.beta,

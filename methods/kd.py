@@ -9,7 +9,7 @@ Learning Workshop 2014 (arXiv:1503.02531); word-level KD for sequence models: Ki
 EMNLP 2016.
 """
 from kdbench import divergences as D
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check_temperature
 
 
 class Method(Base):
@@ -20,7 +20,7 @@ class Method(Base):
     ]
 
     def __init__(self, temperature: float = 1.0):
-        self.temperature = D.check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
 
     def loss(self, student_logits, teacher_logits, mask, progress):
         return D.forward_kl(student_logits, teacher_logits, mask, temperature=self.temperature)

@@ -5,8 +5,7 @@ import numpy as np
 
 from kdbench import curriculum as C
 from kdbench import divergences as D
-from kdbench.errors import UserError
-from kdbench.method import EpochContext, Method as Base, Progress
+from kdbench.method import EpochContext, Method as Base, Progress, check, check_temperature, check_unit
 
 
 class Method(Base):
@@ -39,12 +38,11 @@ class Method(Base):
 
     def __init__(self, n_stages: int = 4, tau_start: float = 1.0, tau_end: float = 2.0,
                  kd_ratio_start: float = 0.7, kd_ratio_end: float = 1.0, shuffle: bool = True):
-        C.stage_sizes(1, n_stages)  # validates a positive integer
-        if not (tau_start > 0 and tau_end > 0):
-            raise UserError(f"pocl: temperatures must be positive (got {tau_start!r}, {tau_end!r}).")
-        for name, r in (("kd_ratio_start", kd_ratio_start), ("kd_ratio_end", kd_ratio_end)):
-            if not 0.0 <= r <= 1.0:
-                raise UserError(f"pocl: {name} must be in [0, 1] (got {r!r}).")
+        check(int(n_stages) == n_stages and n_stages >= 1, "n_stages", n_stages, "a positive integer")
+        check_temperature(tau_start, "tau_start")
+        check_temperature(tau_end, "tau_end")
+        check_unit("kd_ratio_start", kd_ratio_start)
+        check_unit("kd_ratio_end", kd_ratio_end)
         self.n_stages = int(n_stages)
         self.tau_start, self.tau_end = float(tau_start), float(tau_end)
         self.kd_ratio_start, self.kd_ratio_end = float(kd_ratio_start), float(kd_ratio_end)
@@ -66,5 +64,5 @@ class Method(Base):
         return self.stage_values(C.stage_of_epoch(progress.epoch, progress.n_epochs, self.n_stages))
 
     def loss(self, student_logits, teacher_logits, mask, progress: Progress):
-        v = progress.values if "temperature" in progress.values else self.schedule(progress)
-        return D.forward_kl(student_logits, teacher_logits, mask, temperature=float(v["temperature"]))
+        # this step's schedule (the engine runs it before every loss)
+        return D.forward_kl(student_logits, teacher_logits, mask, temperature=progress.values["temperature"])

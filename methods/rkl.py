@@ -6,7 +6,7 @@ References: Gu et al., MiniLLM: Knowledge Distillation of Large Language Models,
 (reverse KL for LLM distillation); the token-level RKL baseline of Ko et al., DistiLLM, ICML 2024.
 """
 from kdbench import divergences as D
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check_temperature
 
 
 class Method(Base):
@@ -17,7 +17,7 @@ class Method(Base):
     ]
 
     def __init__(self, temperature: float = 1.0):
-        self.temperature = D.check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
 
     def loss(self, student_logits, teacher_logits, mask, progress):
         return D.reverse_kl(student_logits, teacher_logits, mask, temperature=self.temperature)

@@ -8,7 +8,7 @@ Reference: Ko et al., DistiLLM: Towards Streamlined Distillation for Large Langu
 ICML 2024.
 """
 from kdbench import divergences as D
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check_temperature, check_unit
 
 
 class Method(Base):
@@ -16,8 +16,8 @@ class Method(Base):
                   "Models, ICML 2024"]
 
     def __init__(self, alpha: float = 0.1, temperature: float = 1.0):
-        self.alpha = D.check_unit("alpha", alpha)
-        self.temperature = D.check_temperature(temperature)
+        self.alpha = check_unit("alpha", alpha)
+        self.temperature = check_temperature(temperature)
 
     def loss(self, student_logits, teacher_logits, mask, progress):
         return D.skew_forward_kl(student_logits, teacher_logits, mask, alpha=self.alpha,

@@ -19,7 +19,7 @@ import math
 import torch
 
 from kdbench import divergences as D
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check, check_temperature, check_unit
 
 
 def taid_rows(log_q, log_p, *, t):
@@ -40,18 +40,15 @@ class Method(Base):
 
     def __init__(self, t_start: float = 0.4, t_end: float = 1.0, step_size: float = 5e-4,
                  momentum_decay: float = 0.99, adaptive: bool = True, temperature: float = 1.0):
-        self.t_start = D.check_unit("t_start", t_start)
-        self.t_end = D.check_unit("t_end", t_end)
-        if self.t_end < self.t_start:
-            raise ValueError(f"t_end must be >= t_start, got t_start={t_start!r}, t_end={t_end!r}.")
+        self.t_start = check_unit("t_start", t_start)
+        self.t_end = check_unit("t_end", t_end)
+        check(self.t_end >= self.t_start, "t_end", t_end, f">= t_start ({t_start!r})")
         self.step_size = float(step_size)
-        if not (self.step_size >= 0 and math.isfinite(self.step_size)):
-            raise ValueError(f"step_size must be a finite number >= 0, got {step_size!r}.")
+        check(self.step_size >= 0 and math.isfinite(self.step_size), "step_size", step_size, "a finite number >= 0")
         self.momentum_decay = float(momentum_decay)
-        if not 0.0 <= self.momentum_decay < 1.0:
-            raise ValueError(f"momentum_decay must be in [0, 1), got {momentum_decay!r}.")
+        check(0.0 <= self.momentum_decay < 1.0, "momentum_decay", momentum_decay, "in [0, 1)")
         self.adaptive = bool(adaptive)
-        self.temperature = D.check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         self.t = self.t_start
         self.momentum = 0.0
         self.prev_loss: float | None = None

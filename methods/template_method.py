@@ -19,7 +19,7 @@ import numpy as np
 
 from kdbench import divergences as D
 from kdbench.method import EpochContext, Progress
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check_temperature
 
 
 class Method(Base):  # the class must be called `Method` and subclass kdbench.method.Method
@@ -31,19 +31,20 @@ class Method(Base):  # the class must be called `Method` and subclass kdbench.me
     # "reference" (the dataset's answers) or "teacher_samples" (the teacher's sampled answers,
     # as in SeqKD).
     train_on = "reference"
-    # Shown in the tables and the report.
+    # Listed by `python -m kdbench methods`.
     references = ["Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015"]
 
     # Defaults live in the keyword arguments: the config overrides them by name, each variant
     # is named after the values that differ (e.g. "temperature_end-2"), and the provenance
-    # records them. Validate here: a bad value raises ValueError naming the parameter and its
-    # valid range (D.check_unit / D.check_temperature do it for the common cases).
+    # records them. Validate here with kdbench.method's check_temperature, check_unit,
+    # check_choice, or check(ok, name, value, "what it must be") for anything else: a bad value
+    # then stops `validate` and the dry run with one sentence naming the method and parameter.
     def __init__(self, temperature_start: float = 1.0, temperature_end: float = 1.0):
-        self.temperature_start = D.check_temperature(temperature_start)
-        self.temperature_end = D.check_temperature(temperature_end)
+        self.temperature_start = check_temperature(temperature_start)
+        self.temperature_end = check_temperature(temperature_end)
 
-    # Optional. Called once per optimizer step, before `loss`; the engine stores the result in
-    # progress.values (so `loss` can read it) and logs it in the per-step trace. Return plain
+    # Optional. Called once per optimizer step, always before `loss`; the engine stores the
+    # result in progress.values (so `loss` can read it) and logs it in the per-step trace. Return plain
     # floats. Conventional keys: "temperature", "alpha", "beta", "t", and "kd_ratio", which
     # overrides the config's weight of the distillation term for this step.
     def schedule(self, progress: Progress) -> dict[str, float]:
@@ -60,8 +61,7 @@ class Method(Base):  # the class must be called `Method` and subclass kdbench.me
     # divergence, computes in float32, chunks large vocabularies, and keeps the teacher
     # constant. For a new per-token quantity write a row kernel and call D.token_mean(kernel, ...).
     def loss(self, student_logits, teacher_logits, mask, progress: Progress):
-        tau = progress.values.get("temperature", self.temperature_start)
-        return D.forward_kl(student_logits, teacher_logits, mask, temperature=tau)
+        return D.forward_kl(student_logits, teacher_logits, mask, temperature=progress.values["temperature"])
 
     # Optional. The training examples of this epoch, in order (a 1-D integer array of unique
     # indices in [0, ctx.n_examples)); None means all of them, shuffled by the engine.

@@ -6,7 +6,7 @@ Reference: Wen et al., f-Divergence Minimization for Sequence-Level Knowledge Di
 ACL 2023 (TVD as a distillation objective).
 """
 from kdbench import divergences as D
-from kdbench.method import Method as Base
+from kdbench.method import Method as Base, check_temperature
 
 
 class Method(Base):
@@ -14,7 +14,7 @@ class Method(Base):
                   "Distillation, ACL 2023"]
 
     def __init__(self, temperature: float = 1.0):
-        self.temperature = D.check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
 
     def loss(self, student_logits, teacher_logits, mask, progress):
         return D.total_variation(student_logits, teacher_logits, mask,

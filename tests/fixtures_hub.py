@@ -1,4 +1,8 @@
-"""Offline fixtures for tests/test_hub.py, created in temporary folders.
+"""Offline fixtures for tests/test_loaders.py and tests/test_checkpoints.py, created in temporary
+folders.
+
+- `go_offline`: no test may touch the network (offline env vars and import-time constants).
+- `hub_cfg` / `model_dir`: a validated hub-source profile and a tiny saved model folder.
 
 - `make_tokenizer`: a word-level tokenizer (whitespace + punctuation pre-tokenizer), saved with
   `save_pretrained`; its token count for a text is `count_tokens(text)`, computed here
@@ -192,3 +196,34 @@ def make_tiny_gguf(path: Path, n_layer: int = 2, hidden: int = 16, ff: int = 32,
     w.write_tensors_to_file()
     w.close()
     return embedding
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def go_offline(monkeypatch) -> None:
+    """Offline env vars plus the constants `datasets` and `huggingface_hub` read at import time."""
+    import datasets
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+
+
+def hub_cfg(tmp_path: Path, teacher: dict, student: dict, **data) -> dict:
+    """A validated profile with data.source hub, one pair `p` and two training seeds."""
+    from kdbench import config as C
+
+    raw = {"profile": "hubtest", "results_dir": str(tmp_path / "results"), "methods_dir": str(ROOT / "methods"),
+           "data": {"source": "hub", "train": "unused", "benchmarks": {"unused": "unused"}, **data},
+           "pairs": {"p": {"teacher": teacher, "student": student}}, "training_seeds": 2}
+    return C.validate(raw)
+
+
+def model_dir(folder: Path, tok, vocab_size: int, n_layer: int = 2) -> str:
+    """A tiny Llama saved with `tok` in `folder`."""
+    make_llama(folder, vocab_size=vocab_size, n_layer=n_layer)
+    tok.save_pretrained(folder)
+    return str(folder)

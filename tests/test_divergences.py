@@ -370,9 +370,9 @@ def test_backward_twice_with_retained_graph():
     (D.reverse_kl, {"temperature": -1.0}, "temperature"),
     (D.total_variation, {"temperature": float("inf")}, "temperature"),
 ])
-def test_bad_parameters_raise_value_error(fn, kw, word):
+def test_bad_parameters_raise_user_error(fn, kw, word):
     s, t, mask = random_inputs()
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(UserError, match=word):
         fn(s, t, mask, **kw)
 
 

@@ -83,3 +83,43 @@ def test_nan_loss_stops_with_one_sentence(examples, tokenizer, make_model):
     with pytest.raises(UserError, match="method 'test_engine' returned a distillation loss of nan"):
         train(make_model(), examples, BUDGET, seed=0, pad_id=tokenizer.pad_token_id, method=_NaN(),
               teacher=teacher, kd_ratio=1.0)
+
+
+# --- model selection ---------------------------------------------------------------------
+
+def _scripted_validator(scores):
+    """A validate callback that returns the given Rouge-L per epoch and records the weights it saw."""
+    seen = []
+
+    def run(model):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        i = len(seen) - 1
+        return {"val_loss": 2.0 - 0.1 * i, "val_rouge_l": scores[i]}
+    return run, seen
+
+
+@pytest.mark.parametrize("selection, expected", [("best", 1), ("last", 3)])
+def test_selection_keeps_the_best_or_the_last_epoch(selection, expected, examples, tokenizer, make_model):
+    model = make_model(seed=6)
+    validate, seen = _scripted_validator([10.0, 30.0, 30.0, 20.0])  # tie at epochs 1, 2: the earlier wins
+    res = train(model, examples, {**BUDGET, "epochs": 4, "selection": selection}, seed=0,
+                pad_id=tokenizer.pad_token_id, validate=validate)
+    assert res.stats["selected_epoch"] == expected and res.stats["selection"] == selection
+    assert list(res.epochs["val_rouge_l"]) == [10.0, 30.0, 30.0, 20.0]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, seen[expected][k], rtol=0, atol=0)
+    assert res.stats["val_rouge_l_selected"] == [10.0, 30.0, 30.0, 20.0][expected]
+
+
+def test_validation_loss_change_over_the_last_fifth():
+    import pandas as pd
+
+    from kdbench.train import val_loss_change
+
+    ep = pd.DataFrame({"val_loss": [4.0, 3.0, 2.5, 2.0, 2.0, 1.9, 1.9, 1.8, 1.8, 1.71]})
+    # 10 equal epochs: 80% of the steps end with epoch 7 (index 7, loss 1.8) -> (1.71 - 1.8) / 1.8
+    assert val_loss_change(ep, [5] * 10) == pytest.approx(-0.05)
+    # the mark follows steps, not epochs: long early epochs put 80% of the steps after epoch 3
+    # (ends at 10, 20, 30, 40, 50, 51, ..., 55 of 55 steps; 40/55 = 0.73 is the last <= 0.8)
+    assert val_loss_change(ep, [10] * 5 + [1] * 5) == pytest.approx((1.71 - 2.0) / 2.0)
+    assert val_loss_change(pd.DataFrame({"x": [1]}), [1]) is None

@@ -324,9 +324,16 @@ def test_sft_style_methods(name, train_on):
     ("kd", {"temperature": 0}), ("rkl", {"temperature": -1}), ("tvd", {"temperature": 0}),
     ("skl", {"alpha": 1.5}), ("srkl", {"alpha": -0.1}), ("jsd", {"beta": 0.0}),
     ("jsd", {"beta": 1.0}), ("akl", {"mu": 1.5}), ("taid", {"t_start": 1.2}),
-    ("taid", {"t_start": 0.8, "t_end": 0.5}), ("taid", {"momentum_decay": 1.0}),
-    ("taid", {"step_size": -1.0}),
+    ("taid", {"t_end": 0.3}), ("taid", {"momentum_decay": 1.0}),
+    ("taid", {"step_size": -1.0}), ("cpd", {"granularity": "batch"}), ("cpd", {"tau_end": 0}),
+    ("pocl", {"kd_ratio_end": 2.0}), ("pocl", {"n_stages": 0}), ("curriculum_kd", {"temperature": 0}),
+    ("curriculum_kd", {"start_fraction": 0}),
 ])
-def test_baseline_parameters_are_validated(name, params):
-    with pytest.raises(ValueError, match=next(iter(params))):
+def test_parameters_are_validated_in_one_sentence(name, params):
+    """One convention: a UserError naming the method, the parameter and the value given."""
+    with pytest.raises(UserError) as err:
         instantiate(METHODS[name], params, name)
+    msg = str(err.value)
+    key, value = next(iter(params.items()))
+    assert f"method {name!r}" in msg and f"{key} must be" in msg and f"(got {value!r})" in msg
+    assert "\n" not in msg and msg.endswith(".")

@@ -13,7 +13,7 @@ import pytest
 from kdbench import synthetic as S
 from kdbench.errors import UserError
 
-SMALL = {"train": 150, "validation": 40, "id": 40, "paraphrase": 40, "hard": 40}
+SMALL = {"train": 150, "validation": 40, "id": 40, "paraphrase": 40, "hard": 40, "pretrain": 60}
 
 
 def n_words(text: str) -> int:
@@ -322,3 +322,58 @@ def test_user_errors():
         S.generate_split("train", -1, 0)
     with pytest.raises(UserError, match="unknown split"):
         S.build_suite("/nonexistent-never-written", sizes={"tset": 5})
+
+
+# --- several right answers, one drawn reference, slips -----------------------------------
+
+def test_list_answers_have_an_and_form():
+    s = S.FAMILIES["reverse"].make(np.random.default_rng(0), 1)
+    items = s.data.split(", ")
+    assert s.outputs == (", ".join(items[::-1]), ", ".join(items[::-1][:-1]) + " and " + items[0])
+
+
+def test_british_number_words():
+    assert S.number_words(4071) == "four thousand seventy one"
+    assert S.number_words(4071, british=True) == "four thousand and seventy one"
+    assert S.number_words(105, british=True) == "one hundred and five"
+    assert S.number_words(1234, british=True) == "one thousand two hundred and thirty four"
+    assert S.number_words(1200, british=True) == "one thousand two hundred"
+
+
+def test_training_splits_keep_one_drawn_reference_and_eval_splits_all():
+    train = S.generate_split("train", 300, seed=0)
+    assert all(len(r["output"]) == 1 for r in train)
+    evals = S.generate_split("id", 300, seed=0)
+    assert any(len(r["output"]) > 1 for r in evals)
+    # the drawn reference is not always the first form: count train references that use "and"
+    # in families whose first form never does
+    lists = [r for r in train if r["task"] in ("reverse", "sort", "sort_reverse") and r["difficulty"] >= 2]
+    with_and = sum(" and " in r["output"][0] for r in lists)
+    assert 0.25 < with_and / len(lists) < 0.75
+
+
+def test_noise_slips_only_training_references():
+    clean = S.generate_split("train", 400, seed=0)
+    noisy = S.generate_split("train", 400, seed=0, noise=0.5)
+    assert [S.pair_key(r) for r in clean] != [] and len(noisy) == 400
+    checked = [r for r in noisy if r["task"] in ("reverse", "sort", "sort_reverse", "dedupe")]
+    slipped = [r["output"][0] not in _forms_of(r) for r in checked]  # none of the right answers
+    assert len(checked) > 60 and 0.35 < np.mean(slipped) < 0.65
+    assert S.generate_split("id", 50, seed=0, noise=0.5) == S.generate_split("id", 50, seed=0)
+
+
+def _forms_of(record):
+    """Every right answer of a training record, recomputed from its data (independent of the
+    generator's reference draw): regenerate the id split's forms by solving the task again."""
+    task, inp = record["task"], record["input"] or record["instruction"].split(": ", 1)[-1]
+    items = inp.split(", ")
+    simple = {"reverse": items[::-1], "sort": sorted(items), "sort_reverse": sorted(items, reverse=True),
+              "dedupe": list(dict.fromkeys(items))}
+    if task in simple:
+        return S._list_forms(simple[task])
+    raise ValueError(task)
+
+
+def test_slip_changes_the_answer():
+    outs = {S._slip(np.random.default_rng(i), "red, blue, green") for i in range(30)}
+    assert "red, blue, green" not in outs and len(outs) > 3

@@ -55,6 +55,11 @@ def teacher_model(pair):
     return P.teacher_model(pair)
 
 
+def corpus_inputs():
+    """The general pre-training corpus, where the profile has one (synthetic `pretrain` split)."""
+    return [P.data("pretrain")] if CFG["data"]["source"] == "synthetic" and CFG["data"]["synthetic_sizes"].get("pretrain") else []
+
+
 def tokenizer_inputs():
     return [P.tokenizer] if CFG["tokenizer"]["train"] else []
 

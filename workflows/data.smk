@@ -6,6 +6,7 @@ rule prepare_data:
         train=P.data("train"),
         validation=P.data("validation"),
         benchmarks=[P.data(b) for b in BENCHMARKS],
+        corpus=corpus_inputs(),
         report=P.data_report,
     params:
         fp=fp(CFG["data"], CFG["seed"]),

@@ -5,13 +5,16 @@
 rule train_teacher:
     input:
         tokenizer_inputs(),
+        corpus_inputs(),
         train=P.data("train"),
+        validation=P.data("validation"),
     output:
         model=directory(P.teacher_model()),
         info=P.run_file("train.json", method="teacher", variant="default", seed=0),
         trace=P.run_file("trace.csv", method="teacher", variant="default", seed=0),
     params:
-        fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], CFG["training"]["teacher"], CFG["data"]["max_length"]),
+        fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], CFG["training"]["teacher"], CFG["training"]["teacher_pretrain"],
+                         CFG["data"]["max_length"], CFG["evaluation"]),
     threads: workflow.cores
     priority: 10  # the critical path: every distillation waits for the teacher
     resources:
@@ -27,7 +30,7 @@ rule train_teacher:
 def init_inputs(wc):
     student = CFG["pairs"][wc.pair]["student"]
     extra = [teacher_model(wc.pair)] if student["init"] == "layers_from_teacher" else []
-    return tokenizer_inputs() + extra + [P.data("train")]
+    return tokenizer_inputs() + corpus_inputs() + extra + [P.data("train")]
 
 
 rule init_student:

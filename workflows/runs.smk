@@ -6,7 +6,7 @@ RUN = P.run_dir()
 
 def distill_inputs(wc):
     cls = method_cls(wc)
-    out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"),
+    out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"), "validation": P.data("validation"),
            "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
         out["teacher"] = P.teacher_cache(wc.pair) if CFG["distill"]["cache_teacher"] else teacher_model(wc.pair)
@@ -19,7 +19,7 @@ def distill_inputs(wc):
 
 def run_params(wc):
     r = RUN_INDEX[(wc.pair, wc.method, wc.variant, int(wc.seed))]
-    return fp(r.params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"])
+    return fp(r.params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"], CFG["evaluation"])
 
 
 rule distill:

@@ -1,0 +1,93 @@
+"""Do the conclusions survive a change of floating-point behaviour?
+
+    python benchmarks/threads.py --configfile config/default.yaml --threads 2
+
+Runs the profile a second time with another `threads` setting (a different number of
+threads changes the order of floating-point reductions, so every weight drifts a little, as
+on another CPU), as a profile of its own, `results/<profile>-threads<N>/`, and compares its
+per-method average Rouge-L with the profile's own results (run the profile first). A method's
+conclusion holds when its average moves by less than the half-width of its 95% interval
+(t interval over training seeds, as the tables print it).
+Results: benchmarks/results/threads.{md,csv} (overwritten).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kdbench import config as C  # noqa: E402
+from kdbench import io  # noqa: E402
+from kdbench.paths import Paths  # noqa: E402
+
+
+# two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond the table)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def per_seed_avg(runs_csv: Path) -> pd.DataFrame:
+    """Average Rouge-L over test sets, one row per (method, variant, seed)."""
+    runs = pd.read_csv(runs_csv)
+    return runs.groupby(["method", "variant", "seed"], as_index=False)["rouge_l"].mean()
+
+
+def compare(ref: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (m, v), g in ref.groupby(["method", "variant"]):
+        o = other[(other.method == m) & (other.variant == v)]
+        n = len(g)
+        half = float(T975.get(n - 1, 1.96) * g.rouge_l.std(ddof=1) / n ** 0.5) if n > 1 else float("nan")
+        delta = float(o.rouge_l.mean() - g.rouge_l.mean()) if len(o) else float("nan")
+        rows.append({"method": m, "variant": v, "seeds": n, "avg": round(g.rouge_l.mean(), 2),
+                     "avg_other": round(o.rouge_l.mean(), 2), "delta": round(delta, 2),
+                     "ci95_half_width": round(half, 2), "holds": bool(abs(delta) < half)})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configfile", default="config/default.yaml")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cores", default="all")
+    args = ap.parse_args()
+    raw = yaml.safe_load(open(REPO / args.configfile))
+    cfg = C.validate(raw, source=args.configfile)
+    ref_csv = REPO / Paths(cfg).tables / "runs.csv"
+    if not ref_csv.is_file():
+        sys.exit(f"{ref_csv} is missing: run `snakemake --cores all --configfile {args.configfile}` first.")
+    if args.threads == cfg["threads"]:
+        sys.exit(f"the profile already runs with threads={cfg['threads']}; pass another --threads.")
+    other = dict(raw, profile=f"{cfg['profile']}-threads{args.threads}", threads=args.threads)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=REPO, delete=False) as f:
+        yaml.safe_dump(other, f, sort_keys=False)
+    try:
+        subprocess.run([sys.executable, "-m", "snakemake", "--cores", args.cores, "--configfile", f.name, "-q"],
+                       cwd=REPO, check=True)
+    finally:
+        Path(f.name).unlink()
+    other_csv = REPO / Paths(C.validate(other, source="threads")).tables / "runs.csv"
+    table = compare(per_seed_avg(ref_csv), per_seed_avg(other_csv))
+    out = REPO / "benchmarks" / "results"
+    io.write_csv(out / "threads.csv", table)
+    held = int(table.holds.sum())
+    md = [f"# Thread count: {cfg['threads']} vs {args.threads} threads per job ({cfg['profile']} profile)", "",
+          f"Command: `python benchmarks/threads.py --configfile {args.configfile} --threads {args.threads}`; "
+          f"machine: {platform.processor() or platform.machine()}, {platform.system()}.", "",
+          "avg = mean over training seeds of the average Rouge-L over test sets; delta = the other run minus "
+          "this one; the conclusion holds when |delta| < the half-width of the 95% t interval over seeds.", "",
+          f"**{held} of {len(table)} rows hold.**", "", table.to_markdown(index=False), ""]
+    io.write_text(out / "threads.md", "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
