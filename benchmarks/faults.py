@@ -1,13 +1,14 @@
 """Faults under load: the smoke profile while a second process kills random jobs.
 
-    nice python benchmarks/faults.py [--configfile config/smoke.yaml] [--kills 4] [--seed 0]
+    nice python benchmarks/faults.py [--configfile config/smoke.yaml] [--kills 4] [--seed 0] [--quick]
 
 Runs the profile twice in fresh folders under --workdir: once cleanly, once while a killer
 thread sends SIGKILL to a random running `python -m kdbench` job of that run every few
 seconds (at most --kills jobs), and finally to Snakemake itself (a stale lock, as after a
 crashed node). After every interruption Snakemake is run again (`--unlock` first when it was
 killed) until it completes. Checkpoints are written after every step (`checkpoint.every_minutes:
-0`) so that kills land inside epochs and the resume path is exercised.
+0`) so that kills land inside epochs and the resume path is exercised. --quick shrinks the
+profile (fewer examples, three methods, no ablation) for a machine shared with other work.
 
 Compares the two runs: every run's model weights (bitwise), the tables' quality columns, and
 the per-example scores. Result: benchmarks/results/faults.md (overwritten).
@@ -117,12 +118,17 @@ def main(argv=None) -> int:
     ap.add_argument("--kills", type=int, default=4, help="jobs killed before Snakemake itself is killed")
     ap.add_argument("--every", type=float, default=20.0, help="mean seconds between kills")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="a smaller profile: 48 training examples, sft/kd/taid")
     ap.add_argument("--workdir", default="/tmp/kdbench-faults")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "faults.md"))
     args = ap.parse_args(argv)
 
     cfg = yaml.safe_load(Path(args.configfile).read_text())
     cfg["checkpoint"] = {"every_minutes": 0}
+    if args.quick:
+        cfg["data"]["synthetic_sizes"] = {"train": 48, "validation": 8, "id": 8, "paraphrase": 8, "hard": 8}
+        cfg["methods"] = {"include": ["sft", "kd", "taid"]}
+        cfg["ablations"] = {"method": None}
     base = Path(args.workdir)
     shutil.rmtree(base, ignore_errors=True)
     runs = {}
@@ -156,7 +162,7 @@ def main(argv=None) -> int:
     lines = [
         "# Faults under load", "",
         f"`python benchmarks/faults.py --configfile {Path(args.configfile).relative_to(REPO)} --kills {args.kills} "
-        f"--every {args.every} --seed {args.seed}` on {platform.machine()}, {os.cpu_count()} CPUs "
+        f"--every {args.every} --seed {args.seed}{' --quick' if args.quick else ''}` on {platform.machine()}, {os.cpu_count()} CPUs "
         f"(shared with other work), `--cores 2`, checkpoints after every step.", "",
         "The profile ran once cleanly and once while a second thread sent SIGKILL to random running "
         "`python -m kdbench` jobs and finally to Snakemake itself (with its jobs); Snakemake was rerun "
