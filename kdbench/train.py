@@ -143,7 +143,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
                     loss = loss + ratio * distill
                 w = n_micro / n_window
                 if not torch.isfinite(loss):
-                    raise suspect.loss(step, epoch, float(ce), float(distill.detach()))
+                    raise suspect.loss(step, epoch, float(ce.detach()), float(distill.detach()))
                 (loss * w).backward()
                 sums["loss"] += loss.item() * w
                 sums["ce"] += ce.item() * w
