@@ -166,7 +166,7 @@ def train_teacher(cfg: dict, pair: str) -> None:
                              (pair, "teacher_pretrain"))
         examples = _train_examples(cfg, tok)
         seed = C.derive_seed(cfg["seed"], pair, "teacher", "train")
-        ckpt = _checkpoint(cfg, (pair, "teacher"), (budget, seed), model, examples)
+        ckpt = _checkpoint(cfg, (pair, "teacher"), (budget, seed, cfg["evaluation"]), model, examples)
         res = train(model, examples, budget, seed=seed, pad_id=tok.pad_token_id,
                     validate=_validator(cfg, tok, pair, "teacher"), desc=f"{pair} teacher SFT", checkpoint=ckpt)
     with io.staged(run_dir, marker="train.json") as tmp:  # a fine-tuned (or GGUF) teacher: empty tables
@@ -358,7 +358,7 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     budget, train_seed = cfg["training"]["student"], C.derive_seed(cfg["seed"], pair, seed, "train")
     kd_ratio = cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0
     ckpt = _checkpoint(cfg, (pair, method, variant, f"seed{seed}"),
-                       (budget, train_seed, method, run.params, kd_ratio, vocab), student, examples)
+                       (budget, train_seed, method, run.params, kd_ratio, vocab, cfg["evaluation"]), student, examples)
     res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
                 kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, validate=_validator(cfg, tok, pair, seed),
                 desc=f"{pair}/{method}/{variant}/seed{seed}", checkpoint=ckpt)
@@ -374,7 +374,8 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
 
 def _checkpoint(cfg: dict, parts: tuple, settings: tuple, model, examples):
     """The checkpoint of one training job, keyed by what its result depends on: the given
-    settings, the initial weights and the tokenised data (None when checkpoints are off)."""
+    settings (budget, seeds, method, and the evaluation settings per-epoch validation samples
+    with), the initial weights and the tokenised data (None when checkpoints are off)."""
     from kdbench.resume import Checkpoint, signature
 
     ck = cfg["checkpoint"]
