@@ -1,13 +1,10 @@
 # kdbench: the whole benchmark as one DAG.
-#   snakemake --cores all                                   # the embedded default profile
-#   snakemake --cores all --configfile config/<name>.yaml   # any other profile
-# Rules live in workflows/*.smk; the logic lives in the kdbench package.
+#   snakemake --cores all                                   # the embedded default profile (config/default.yaml)
+#   snakemake --cores all --configfile config/<name>.yaml   # any other profile (replaces the default)
+# Rules live in workflows/*.smk, the layout in kdbench/paths.py, the logic in the kdbench package.
 from snakemake.utils import min_version
 
 min_version("8.0")
-
-
-configfile: "config/default.yaml"
 
 
 include: "workflows/common.smk"
@@ -23,6 +20,6 @@ include: "workflows/report.smk"
 rule all:
     default_target: True
     input:
-        [P.run_file("metrics.json", pair=p, method=m, variant=v, seed=s) for p, m, v, s in run_dirs()],
-        TABLE_FILES,
-        FIGURES_DONE,
+        METRICS,
+        rules.tables.output,
+        P.figures_done,

@@ -35,11 +35,11 @@ def run(configfile: str, cores: str) -> float:
     return time.perf_counter() - t0
 
 
-def stage_times(root: Path) -> pd.DataFrame:
-    """Wall seconds per rule from Snakemake's benchmark files (sum and count of jobs)."""
+def stage_times(timings: Path) -> pd.DataFrame:
+    """Wall seconds per rule from Snakemake's timing (`benchmark:`) files (sum and count of jobs)."""
     rows = []
-    for tsv in (root / "benchmarks").rglob("*.tsv"):
-        rule = tsv.relative_to(root / "benchmarks").parts[0]
+    for tsv in timings.rglob("*.tsv"):
+        rule = tsv.relative_to(timings).parts[0]
         rows.append({"rule": rule, "s": float(pd.read_csv(tsv, sep="\t")["s"].iloc[-1])})
     df = pd.DataFrame(rows)
     return df.groupby("rule")["s"].agg(["count", "sum", "mean"]).round(1) if len(df) else df
@@ -57,7 +57,7 @@ def main() -> None:
         shutil.rmtree(root)
     first = run(args.configfile, args.cores)
     again = run(args.configfile, args.cores)
-    runs = pd.read_csv(root / "tables" / "runs.csv")
+    runs = pd.read_csv(REPO / Paths(cfg).long_table("runs"))
     per_run = runs.drop_duplicates(["pair", "method", "variant", "seed"])
     teacher = per_run[per_run.method == "teacher"]
     students = per_run[per_run.method != "teacher"]
@@ -78,10 +78,10 @@ def main() -> None:
         f"| generation tokens/s, teacher | {runs[runs.method == 'teacher']['gen_tokens_per_s'].mean():.0f} |",
         f"| generation tokens/s, students, mean | {runs[runs.method != 'teacher']['gen_tokens_per_s'].mean():.0f} |",
         "",
-        "Wall seconds per rule (Snakemake benchmark files; jobs run in parallel, so the sum exceeds the",
+        "Wall seconds per rule (Snakemake timing files, results/<profile>/timings/; jobs run in parallel, so the sum exceeds the",
         "end-to-end time):",
         "",
-        stage_times(root).to_markdown(),
+        stage_times(REPO / Paths(cfg).timing()).to_markdown(),
         "",
     ]
     out = REPO / "benchmarks" / "results" / f"pipeline_{cfg['profile']}.md"

@@ -61,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     raw = yaml.safe_load(open(REPO / args.configfile))
     cfg = C.validate(raw, source=args.configfile)
-    ref_csv = REPO / Paths(cfg).tables / "runs.csv"
+    ref_csv = REPO / Paths(cfg).long_table("runs")
     if not ref_csv.is_file():
         sys.exit(f"{ref_csv} is missing: run `snakemake --cores all --configfile {args.configfile}` first.")
     if args.threads == cfg["threads"]:
@@ -74,7 +74,7 @@ def main() -> None:
                        cwd=REPO, check=True)
     finally:
         Path(f.name).unlink()
-    other_csv = REPO / Paths(C.validate(other, source="threads")).tables / "runs.csv"
+    other_csv = REPO / Paths(C.validate(other, source="threads")).long_table("runs")
     table = compare(per_seed_avg(ref_csv), per_seed_avg(other_csv))
     out = REPO / "benchmarks" / "results"
     io.write_csv(out / "threads.csv", table)

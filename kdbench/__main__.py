@@ -1,4 +1,5 @@
-"""Command line: `python -m kdbench <stage> --config FILE [--pair P --method M --variant V --seed K]`.
+"""Command line: `python -m kdbench <stage> --config FILE [--pair P --method M --variant V --seed K]`
+(the teacher's stages take `--pair P --tseed T`, T the teacher seed).
 
 Every DAG rule is one such line, so any stage can be rerun by hand. Extra commands:
 `validate` checks a config, `methods` lists the discovered methods, their defaults and references,
@@ -18,7 +19,7 @@ from kdbench.errors import UserError
 # stage -> the wildcards it takes
 STAGES = {
     "prepare_data": (), "train_tokenizer": (), "collect": (), "tables": (), "figures": (),
-    "train_teacher": ("pair",), "cache_teacher": ("pair",), "teacher_samples": ("pair",),
+    "train_teacher": ("pair", "tseed"), "cache_teacher": ("pair", "tseed"), "teacher_samples": ("pair", "tseed"),
     "score_difficulty": ("pair",), "init_student": ("pair", "seed"),
     "distill": ("pair", "method", "variant", "seed"), "generate": ("pair", "method", "variant", "seed"),
     "score": ("pair", "method", "variant", "seed"),
@@ -33,8 +34,10 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(stage)
         s.add_argument("--config", default="config/default.yaml", help="profile YAML (default: %(default)s)")
         s.add_argument("--threads", type=int, help="CPU threads for this job (overrides the config's `threads`)")
+        s.add_argument("--fingerprint", help="stop unless the config has this fingerprint (the DAG passes the "
+                                              "one it decided with)")
         for w in wildcards:
-            s.add_argument(f"--{w}", required=True, type=int if w == "seed" else str)
+            s.add_argument(f"--{w}", required=True, type=int if w in ("seed", "tseed") else str)
     g = sub.add_parser("convert_gguf", help="dequantize a GGUF checkpoint into a safetensors folder")
     g.add_argument("--path", required=True, help="local folder holding the .gguf file, or a hub model repo")
     g.add_argument("--gguf-file", required=True, help="file name of the checkpoint inside --path")
@@ -51,6 +54,8 @@ def main(argv=None) -> int:
             convert_gguf(args.path, args.gguf_file, args.out, progress=print)
             return 0
         cfg = C.load(args.config)
+        if args.fingerprint:
+            C.check_fingerprint(cfg, args.fingerprint, args.config)
         if args.threads:
             cfg["threads"] = args.threads
         offline.apply(cfg)  # before any stage imports the Hugging Face libraries

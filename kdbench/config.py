@@ -21,6 +21,7 @@ import yaml
 
 from kdbench import method as M
 from kdbench.errors import UserError
+from kdbench.paths import SAFE_NAME
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflows" / "schemas" / "config.schema.yaml"
 
@@ -67,6 +68,11 @@ def validate(raw: dict, source: str = "the config") -> dict:
     if errors:
         e = errors[0]
         key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        name = next((x for x in [e, *e.context] if x.validator == "pattern" and x.validator_value == SAFE_NAME), None)
+        if name is not None:  # also inside a oneOf (methods.include)
+            raise UserError(f"{source}: the name {name.instance!r} under `{key}` is not allowed; names become folder "
+                            "names and command-line words, so use letters, digits, _, . and - only, "
+                            "starting with a letter or digit.")
         if e.validator == "additionalProperties":
             msg = f"{e.message.split('(')[-1].rstrip(')')}" if "(" in e.message else e.message
             raise UserError(f"{source}: unknown key under `{key}` ({msg}); "
@@ -77,18 +83,22 @@ def validate(raw: dict, source: str = "the config") -> dict:
     return cfg
 
 
-def load(path: str | Path) -> dict:
+def read(path: str | Path) -> dict:
+    """The raw YAML mapping of a profile file (not validated)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass one of config/*.yaml.")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"config file {path} is not valid YAML ({where}{what}); fix its syntax.") from exc
-    return validate(raw, source=str(path))
+
+
+def load(path: str | Path) -> dict:
+    return validate(read(path), source=str(path))
 
 
 def _check_semantics(cfg: dict, source: str) -> None:
@@ -255,12 +265,23 @@ def fingerprint(obj: Any) -> str:
 
 
 def write_resolved(cfg: dict, path: str | Path) -> None:
-    """Write the validated config where every stage reads it; untouched when unchanged, so a
-    rerun of an up-to-date DAG does nothing."""
+    """Write the validated config the DAG decided with, atomically, where its jobs read it.
+
+    The path is keyed by `fingerprint(cfg)` (`Paths.resolved_config`), so a file, once
+    written, never changes: a second Snakemake with another config writes another file and
+    cannot change what a live run's jobs read. The DAG calls this only when it executes
+    (Snakemake's `onstart`, under its lock), never on a dry run or `--unlock`."""
     from kdbench import io
 
-    text = "# written by the DAG from the profile; do not edit (edit config/<profile>.yaml)\n" + \
-        yaml.safe_dump(cfg, sort_keys=False)
     path = Path(path)
-    if not path.is_file() or path.read_text() != text:
-        io.write_text(path, text)
+    if not path.is_file():
+        io.write_text(path, "# written by the DAG from the profile; do not edit (edit config/<profile>.yaml)\n"
+                      + yaml.safe_dump(cfg, sort_keys=False))
+
+
+def check_fingerprint(cfg: dict, expected: str, source: str) -> None:
+    """Stop unless `cfg` is the config the DAG fingerprinted (what a stage was told to run with)."""
+    got = fingerprint(cfg)
+    if got != expected:
+        raise UserError(f"{source} has fingerprint {got}, not the {expected} the DAG decided with (the file "
+                        "was edited or replaced); delete it and run snakemake again.")

@@ -19,8 +19,8 @@ Two curricula, both cumulative (an epoch's subset contains every easier example)
 ("easy_first"), negated ("hard_first", an anti-curriculum) or permuted with a seed
 ("shuffled", a control with the same subset sizes but no difficulty information).
 
-Returned index arrays are int64 and easiest first. Nothing here plots; the engine writes the
-per-epoch tables (`describe_subsets`) that the figures read.
+Returned index arrays are int64 and easiest first. Nothing here plots or writes: the training
+engine logs each epoch's subset size and mean difficulty (a run's epochs.csv).
 """
 from __future__ import annotations
 
@@ -151,23 +151,14 @@ def _normalised_prefix_means(sorted_d: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(means)
 
 
-def uniform_difficulty_targets(difficulty, n_epochs: int, start_fraction: float = 0.2) -> np.ndarray:
-    """μ_e = μ_start + π_e·(μ_all − μ_start) for e = 0..E−1, in the profile's units, (E,)."""
-    d = as_profile(difficulty)
-    E = _check_epochs(n_epochs)
-    n0 = start_count(d.size, start_fraction)
-    mu_start = float(np.sort(d, kind="stable")[:n0].mean())
-    mu_all = float(d.mean())
-    return np.array([mu_start + epoch_progress(e, E) * (mu_all - mu_start) for e in range(E)])
-
-
 def uniform_difficulty_subsets(difficulty, n_epochs: int,
                                start_fraction: float = 0.2) -> list[np.ndarray]:
     """CPD's epoch subsets: mean difficulty rises in equal steps from μ_start to μ_all.
 
     difficulty: (N,) floats, higher is harder. Returns E int64 arrays of example indices,
     easiest first; subset e is the shortest easiest-first prefix whose mean difficulty
-    reaches μ_e (see `uniform_difficulty_targets`), and never shorter than the easiest
+    reaches μ_e = μ_start + π_e·(μ_all − μ_start) (μ_start: the mean of the easiest
+    `start_fraction`; μ_all: the mean of all), and never shorter than the easiest
     `start_fraction`.
 
     Properties: prefix means of an easiest-first array never decrease, so the size grows
@@ -269,23 +260,3 @@ def subset_means(difficulty, subsets) -> np.ndarray:
     """Realised mean difficulty of each subset, (len(subsets),), in the profile's units."""
     d = as_profile(difficulty)
     return np.array([float(d[np.asarray(s, dtype=np.int64)].mean()) for s in subsets])
-
-
-def describe_subsets(difficulty, subsets, targets=None) -> list[dict]:
-    """One row per epoch for the curriculum table/figures.
-
-    Columns: epoch, size, fraction (size / N), mean_difficulty (realised, measured with the
-    *true* profile even for hard_first/shuffled), target_mean_difficulty (NaN if no targets).
-    """
-    d = as_profile(difficulty)
-    means = subset_means(d, subsets)
-    rows = []
-    for e, s in enumerate(subsets):
-        rows.append({
-            "epoch": e,
-            "size": int(len(s)),
-            "fraction": len(s) / d.size,
-            "mean_difficulty": float(means[e]),
-            "target_mean_difficulty": float(targets[e]) if targets is not None else float("nan"),
-        })
-    return rows

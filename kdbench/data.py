@@ -87,7 +87,7 @@ def encode(tokenizer, records: list[dict], max_length: int, responses: list[str]
 
 def encode_corpus(tokenizer, records: list[dict], max_length: int) -> list[Encoded]:
     """Records as plain language-model text, "instruction\ninput\nanswer" + EOS, without the
-    instruction template: the general corpus of pre-training (every token carries the loss)."""
+    instruction template: a pre-training corpus (every token carries the loss)."""
     eos = tokenizer.eos_token_id
     out = []
     for i, rec in enumerate(records):

@@ -20,7 +20,8 @@ below, which raise UserError naming the parameter, its valid values and the valu
 (`instantiate` adds the method's name and the config keys to fix).
 Class attributes the engine and the DAG read:
     needs_teacher     False for SFT-style methods: the teacher is never loaded.
-    uses_difficulty   True if epoch_indices reads ctx.difficulty (the DAG then scores it).
+    uses_difficulty   True if epoch_indices reads ctx.difficulty (the DAG then scores it); an
+                      instance may override it from its parameters (cpd without a curriculum).
     train_on          "reference" (the dataset's outputs) or "teacher_samples" (SeqKD).
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ import functools
 import importlib.util
 import inspect
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from kdbench.errors import UserError
+from kdbench.paths import SAFE_NAME
 
 
 @dataclasses.dataclass
@@ -159,6 +162,10 @@ def discover(methods_dir: str | Path | None = None) -> dict[str, type[Method]]:
                         "or set `methods_dir` in the config.")
     files = tuple((str(p), p.stat().st_mtime_ns) for p in sorted(d.glob("*.py"))
                   if not p.stem.startswith(("_", "template")))
+    for f, _ in files:
+        if not re.match(SAFE_NAME, Path(f).stem):
+            raise UserError(f"method file {f}: its name becomes folder names and command-line words; "
+                            "rename it to letters, digits, _, . and - only, starting with a letter or digit.")
     return dict(_discover(files))
 
 

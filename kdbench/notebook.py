@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from kdbench import plots as KP
 from kdbench import tables as T
 from kdbench.errors import UserError
+from kdbench.paths import LONG_TABLES
 
 #: (method, variant) -> the ablation names that use that run (see `ablation_names`).
 AblationNames = Mapping[tuple[str, str], Sequence[str]]
@@ -49,7 +50,7 @@ def note(text: str) -> None:
 
 
 def read(tables: str | Path, names: Sequence[str]) -> dict[str, pd.DataFrame | None]:
-    """The long tables `names` (keys of `kdbench.tables.TABLE_FILES`) of the folder `tables`.
+    """The long tables `names` (keys of `kdbench.paths.LONG_TABLES`) of the folder `tables`.
 
     Returns {name: DataFrame, or None where the file is absent or empty}; every name is a key.
     Notes (rather than raises) when the folder does not exist or some tables are absent.
@@ -59,7 +60,7 @@ def read(tables: str | Path, names: Sequence[str]) -> dict[str, pd.DataFrame | N
         note(f"`{tables}` does not exist: run the DAG (`snakemake`) or set KDBENCH_RESULTS.")
         return {n: None for n in names}
     t = T.read_tables(tables, names)
-    absent = [T.TABLE_FILES[n] for n, df in t.items() if df is None]
+    absent = [LONG_TABLES[n] for n, df in t.items() if df is None]
     if absent:
         note(f"absent or empty in `{tables}`: {', '.join(absent)}; the parts that need them are skipped.")
     return t

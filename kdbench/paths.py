@@ -1,23 +1,76 @@
-"""Every output path of a profile, in one place.
+"""The layout of a profile's results: every run and every output file, in one place.
 
-The patterns use `{pair}`, `{method}`, `{variant}`, `{seed}`, `{split}`, so the same strings
-serve as Snakemake wildcards and, through `.format(...)`, as paths in the stages.
+The Snakemake rules, the stages, `collect`, `tables`, `plots` and the benchmarks all take
+their paths from here, so renaming a file is a one-line change below. Path methods take
+`{pair}`, `{method}`, `{variant}`, `{seed}`, `{tseed}` as defaults, so the same strings serve
+as Snakemake wildcards and, given values, as paths in the stages.
+
+    results/<profile>/
+      configs/<fingerprint>.yaml        the resolved config a DAG run executes with
+      data/<split>.jsonl, report.json   train, validation and the test sets
+      tokenizer/                        trained BPE (embedded default)
+      pairs/<pair>/student_init/seed<k>/          the student every method starts from
+      pairs/<pair>/teacher_cache/seed<t>/         cached teacher logits (per teacher seed)
+      pairs/<pair>/teacher_samples/seed<t>.jsonl  the teacher's answers (SeqKD)
+      difficulty/<pair>.csv             per-example difficulty profile
+      runs/<pair>/<method>/<variant>/seed<k>/     one run: RUN_FILES, answers/<test set>.json[l]
+                                        (the teachers are runs teacher/default/seed<t>)
+      tables/   LONG_TABLES, then main, ablation, runtime (.md/.csv/.tex; `_<pair>` per pair
+                when the profile has several pairs)
+      figures/  <name>[_<pair>].png/.pdf
+      logs/<rule>/..., timings/<rule>/...   Snakemake logs and per-job timings
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable, NamedTuple
+
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+"""Profile, pair, test-set and method names: folder names and command-line words, so no
+shell syntax, no spaces, no leading dash or dot (workflows/schemas/config.schema.yaml)."""
+TEACHER = "teacher"  # the method name of the teachers' runs (variant "default", seed = teacher seed)
+
+#: files of a run folder (the distill rule's outputs; generate adds answers/, score the rest)
+RUN_FILES = {"model": "model", "train": "train.json", "trace": "trace.csv", "epochs": "epochs.csv",
+             "bin_loss": "bin_loss.csv", "scores": "scores.csv", "metrics": "metrics.json"}
+#: the long tables `collect` writes (the contract of results/<profile>/tables/)
+LONG_TABLES = {"runs": "runs.csv", "examples": "examples.csv.gz", "trace": "trace.csv.gz",
+               "epochs": "epochs.csv", "bin_loss": "bin_loss.csv", "ablations": "ablations.csv"}
+#: the formatted tables `tables` writes, each as .md, .csv and .tex
+MAIN_TABLE, ABLATION_TABLE, RUNTIME_TABLE = "main", "ablation", "runtime"
+TABLE_STEMS = (MAIN_TABLE, ABLATION_TABLE, RUNTIME_TABLE)
+TABLE_FORMATS = ("md", "csv", "tex")
+FIGURES_DONE = ".done"  # the figures rule's marker file inside figures/
+
+
+class RunKey(NamedTuple):
+    pair: str
+    method: str
+    variant: str
+    seed: int
+
+
+def per_pair(stem: str, pair: str, pairs: Iterable[str]) -> str:
+    """A table or figure name: `stem` when the profile has one pair, `stem_<pair>` otherwise."""
+    return stem if len(list(pairs)) == 1 else f"{stem}_{pair}"
+
+
+def teacher_seed_of(seed: int, teacher_seeds: int) -> int:
+    """The teacher seed that student seed `seed` distils from: seed mod teacher_seeds."""
+    return int(seed) % int(teacher_seeds)
 
 
 class Paths:
     def __init__(self, cfg: dict):
         self.root = Path(cfg["results_dir"]) / cfg["profile"]
+        self.pairs = list(cfg["pairs"])
+        self.teacher_seeds = int(cfg.get("teacher_seeds", 1))
 
-    def _p(self, *parts: str) -> str:
-        return str(self.root.joinpath(*parts))
+    def _p(self, *parts) -> str:
+        return str(self.root.joinpath(*map(str, parts)))
 
-    # shared by the profile
-    @property
-    def config(self): return self._p("config.yaml")
+    # --- shared by the profile ---------------------------------------------------------
+    def resolved_config(self, fingerprint): return self._p("configs", f"{fingerprint}.yaml")
     @property
     def data_dir(self): return self._p("data")
     def data(self, split="{split}"): return self._p("data", f"{split}.jsonl")
@@ -26,26 +79,56 @@ class Paths:
     @property
     def tokenizer(self): return self._p("tokenizer")
 
-    # per pair
-    def teacher_model(self, pair="{pair}"): return self.run_dir(pair, "teacher", "default", 0) + "/model"
+    # --- per pair ------------------------------------------------------------------------
+    def teacher_seed(self, seed) -> int:
+        return teacher_seed_of(seed, self.teacher_seeds)
+
+    def teacher_runs(self) -> list[RunKey]:
+        return [RunKey(p, TEACHER, "default", t) for p in self.pairs for t in range(self.teacher_seeds)]
+
+    def teacher_model(self, pair="{pair}", tseed="{tseed}"):
+        return self.run_file("model", pair=pair, method=TEACHER, variant="default", seed=tseed)
+
+    def teacher_file(self, name, pair="{pair}", tseed="{tseed}"):
+        return self.run_file(name, pair=pair, method=TEACHER, variant="default", seed=tseed)
+
     def student_init(self, pair="{pair}", seed="{seed}"): return self._p("pairs", pair, "student_init", f"seed{seed}")
-    def teacher_cache(self, pair="{pair}"): return self._p("pairs", pair, "teacher_cache")
-    def teacher_samples(self, pair="{pair}"): return self._p("pairs", pair, "teacher_samples.jsonl")
+    def teacher_cache(self, pair="{pair}", tseed="{tseed}"): return self._p("pairs", pair, "teacher_cache", f"seed{tseed}")
+    def teacher_samples(self, pair="{pair}", tseed="{tseed}"):
+        return self._p("pairs", pair, "teacher_samples", f"seed{tseed}.jsonl")
     def difficulty(self, pair="{pair}"): return self._p("difficulty", f"{pair}.csv")
 
-    # per run (the teacher is the run teacher/default/seed0)
+    # --- per run ---------------------------------------------------------------------------
     def run_dir(self, pair="{pair}", method="{method}", variant="{variant}", seed="{seed}"):
         return self._p("runs", pair, method, variant, f"seed{seed}")
 
-    def run_file(self, name, **kw): return str(Path(self.run_dir(**kw)) / name)
+    def run_file(self, name, **run) -> str:
+        """A file of a run folder by its key in RUN_FILES (e.g. "metrics")."""
+        return str(Path(self.run_dir(**run)) / RUN_FILES[name])
+
+    def answers(self, test_set, **run): return str(Path(self.run_dir(**run)) / "answers" / f"{test_set}.jsonl")
+    def answer_stats(self, test_set, **run): return str(Path(self.run_dir(**run)) / "answers" / f"{test_set}.json")
 
     # resume state of an unfinished training job (kdbench/resume.py), removed when it ends
     def checkpoint(self, *parts): return self._p("checkpoints", *map(str, parts)) + ".pt"
 
-    # outputs of the whole profile
+    # --- the profile's tables and figures ----------------------------------------------------
     @property
     def tables(self): return self._p("tables")
     @property
     def figures(self): return self._p("figures")
+    @property
+    def figures_done(self): return self._p("figures", FIGURES_DONE)
+
+    def long_table(self, name) -> str: return self._p("tables", LONG_TABLES[name])
+
+    def table_files(self, stems=TABLE_STEMS) -> list[str]:
+        """Every formatted table file the tables rule writes for `stems`."""
+        return [self.table(stem, pair, ext) for stem in stems for pair in self.pairs for ext in TABLE_FORMATS]
+
+    def table(self, stem, pair, ext) -> str:
+        return self._p("tables", f"{per_pair(stem, pair, self.pairs)}.{ext}")
+
+    # --- Snakemake's logs and per-job timings (`benchmark:` files) --------------------------
     def log(self, *parts): return self._p("logs", *parts)
-    def bench(self, *parts): return self._p("benchmarks", *parts)
+    def timing(self, *parts): return self._p("timings", *parts)

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 
 from kdbench import io
 from kdbench import tables as T
+from kdbench.paths import LONG_TABLES, per_pair
 
 #: One style for every figure.
 RC = {
@@ -323,7 +324,7 @@ def rouge_by_method(runs: pd.DataFrame, out: str | Path,
 
 def _per_run_train(runs: pd.DataFrame) -> pd.DataFrame:
     """train_wall_s per run (index method, variant, seed)."""
-    T.require_columns(runs, ["method", "variant", "seed", "train_wall_s"], "runs.csv")
+    T.require_columns(runs, ["method", "variant", "seed", "train_wall_s"], LONG_TABLES["runs"])
     return runs.groupby(["method", "variant", "seed"])["train_wall_s"].mean()
 
 
@@ -442,7 +443,7 @@ def training_curves(trace: pd.DataFrame, out: str | Path,
     trace = _one_pair(trace)
     if trace is None or trace.empty:
         return []
-    T.require_columns(trace, ["method", "variant", "seed", "step", "loss"], "trace.csv.gz")
+    T.require_columns(trace, ["method", "variant", "seed", "step", "loss"], LONG_TABLES["trace"])
     rows = _rows(trace, ablations, teacher=False)
     if not rows:
         return []
@@ -537,18 +538,21 @@ _SCHEDULE_PANELS = [
     ("n_examples", "subset size (examples per epoch)"),
     ("mean_difficulty", "mean difficulty of the subset"),
 ]
-_COMPARE = ["curriculum_kd", "pocl", "kd"]
+def _curricula(epochs: pd.DataFrame) -> list[str]:
+    """Methods whose default variant trains on fewer examples in some epoch than in another."""
+    runs = epochs[epochs["variant"] == "default"].groupby(["method", "epoch"])["n_examples"].mean()
+    return [m for m, s in runs.groupby(level="method") if s.nunique() > 1]
 
 
-def cpd_schedule(epochs: pd.DataFrame, out: str | Path, method: str = "cpd",
-                 variant: str = "default") -> list[Path]:
+def method_schedule(epochs: pd.DataFrame, out: str | Path, method: str, variant: str = "default",
+                    reference: str = "kd") -> list[Path]:
     """2×2 panels per epoch (mean over seeds): α, τ, subset size and mean difficulty of
-    `method`/`variant`; the subset-size and difficulty panels also show curriculum_kd, pocl
-    (curricula) and kd (full data) where present. Returns [] if the run is absent."""
+    `method`/`variant`; the subset-size and difficulty panels also show the other curricula
+    and `reference` (full data) where present. Returns [] if the run is absent."""
     epochs = _one_pair(epochs)
     if epochs is None or epochs.empty:
         return []
-    T.require_columns(epochs, ["method", "variant", "seed", "epoch", "n_examples"], "epochs.csv")
+    T.require_columns(epochs, ["method", "variant", "seed", "epoch", "n_examples"], LONG_TABLES["epochs"])
     sel = epochs[(epochs["method"] == method) & (epochs["variant"] == variant)]
     if sel.empty:
         return []
@@ -563,7 +567,7 @@ def cpd_schedule(epochs: pd.DataFrame, out: str | Path, method: str = "cpd",
             ax.set_title(title)
             shown = [(method, variant)]
             if col in ("n_examples", "mean_difficulty"):
-                shown += [(m, "default") for m in _COMPARE if m != method]
+                shown += [(m, "default") for m in _curricula(epochs) + [reference] if m != method]
             drew = False
             for m, v in shown:
                 run = epochs[(epochs["method"] == m) & (epochs["variant"] == v)]
@@ -575,7 +579,7 @@ def cpd_schedule(epochs: pd.DataFrame, out: str | Path, method: str = "cpd",
                         color=method_color(m), marker=method_marker(m),
                         lw=2.0 if main else 1.2, ms=6 if main else 4,
                         ls="-" if main else "--", zorder=3 if main else 2,
-                        label=T.row_label(m, v) + (" (all data)" if m == "kd" else ""))
+                        label=T.row_label(m, v) + (" (all data)" if m == reference else ""))
                 drew = True
             if not drew:
                 ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center",
@@ -594,7 +598,7 @@ def cpd_schedule(epochs: pd.DataFrame, out: str | Path, method: str = "cpd",
         return save(fig, out)
 
 
-def bin_loss(bin_loss: pd.DataFrame, out: str | Path, method: str = "cpd",
+def bin_loss(bin_loss: pd.DataFrame, out: str | Path, method: str,
              variant: str = "default", reference: str = "kd") -> list[Path]:
     """Per-difficulty-bin training CE over epochs (mean over seeds), one line per bin on an
     easy→hard colour ramp, `method` next to `reference` (kd, full data every epoch) with a
@@ -602,7 +606,7 @@ def bin_loss(bin_loss: pd.DataFrame, out: str | Path, method: str = "cpd",
     df = _one_pair(bin_loss)
     if df is None or df.empty:
         return []
-    T.require_columns(df, ["method", "variant", "seed", "epoch", "bin", "ce"], "bin_loss.csv")
+    T.require_columns(df, ["method", "variant", "seed", "epoch", "bin", "ce"], LONG_TABLES["bin_loss"])
     if "n_examples" in df.columns:
         df = df[df["n_examples"].fillna(0) > 0]
     runs = [(method, variant)]
@@ -641,11 +645,11 @@ def bin_loss(bin_loss: pd.DataFrame, out: str | Path, method: str = "cpd",
 
 
 # --------------------------------------------------------------------------- all
-def build_all(tables_dir: str | Path, figures_dir: str | Path) -> list[Path]:
+def build_all(tables_dir: str | Path, figures_dir: str | Path, method: str | None = None) -> list[Path]:
     """Make every figure whose input tables exist in `tables_dir`, into `figures_dir`;
     return the written paths. Names: rouge_by_method, train_time, quality_vs_cost,
-    training_curves, rouge_by_difficulty, cpd_schedule, bin_loss (+ `_{pair}` when the
-    tables hold several pairs)."""
+    training_curves, rouge_by_difficulty and, for `method` (the profile's
+    `ablations.method`), <method>_schedule and bin_loss; per pair as `kdbench.paths.per_pair`."""
     t = T.read_tables(tables_dir)
     figures_dir = Path(figures_dir)
     abl = t["ablations"]
@@ -653,14 +657,12 @@ def build_all(tables_dir: str | Path, figures_dir: str | Path) -> list[Path]:
     pairs = list(dict.fromkeys(str(p) for d in present for p in pd.unique(d["pair"])))
     written: list[Path] = []
     for pair in pairs:
-        suffix = "" if len(pairs) == 1 else f"_{pair}"
-
         def part(name):
             d = t[name]
             return d[d["pair"] == pair] if d is not None and "pair" in d.columns else None
 
         def dest(name):
-            return figures_dir / f"{name}{suffix}"
+            return figures_dir / per_pair(name, pair, pairs)
 
         runs, ex, trace = part("runs"), part("examples"), part("trace")
         epochs, bins = part("epochs"), part("bin_loss")
@@ -673,14 +675,14 @@ def build_all(tables_dir: str | Path, figures_dir: str | Path) -> list[Path]:
             written += training_curves(trace, dest("training_curves"), abl)
         if ex is not None:
             written += rouge_by_difficulty(ex, dest("rouge_by_difficulty"), abl)
-        if epochs is not None:
-            written += cpd_schedule(epochs, dest("cpd_schedule"))
-        if bins is not None:
-            written += bin_loss(bins, dest("bin_loss"))
+        if method and epochs is not None:
+            written += method_schedule(epochs, dest(f"{method}_schedule"), method)
+        if method and bins is not None:
+            written += bin_loss(bins, dest("bin_loss"), method)
     return written
 
 
 __all__ = ["RC", "style", "method_color", "method_marker", "new_figure", "save",
            "pareto_front", "rouge_by_method", "train_time", "quality_vs_cost",
-           "training_curves", "rouge_by_difficulty", "cpd_schedule", "bin_loss",
+           "training_curves", "rouge_by_difficulty", "method_schedule", "bin_loss",
            "build_all"]

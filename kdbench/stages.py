@@ -22,9 +22,7 @@ from kdbench import method as M
 from kdbench import models
 from kdbench.data import encode, load_records
 from kdbench.errors import UserError
-from kdbench.paths import Paths
-
-TEACHER = ("teacher", "default", 0)  # the teacher's (method, variant, seed) in the run layout
+from kdbench.paths import RUN_FILES, TEACHER, Paths, RunKey
 
 
 # --- data and tokenizer ----------------------------------------------------------------------
@@ -41,8 +39,8 @@ def prepare_data(cfg: dict) -> None:
                             noise=d["synthetic_noise"])
         report = {}
         splits = {"train": "train", "validation": "validation", **d["benchmarks"]}
-        if d["synthetic_sizes"].get("pretrain"):
-            splits["pretrain"] = "pretrain"
+        if d["synthetic_sizes"].get("broad"):
+            splits["broad"] = "broad"
         for name, split in splits.items():
             if name != split:
                 shutil.copyfile(files[split], P.data(name))
@@ -146,34 +144,42 @@ def _setup(cfg) -> torch.device:
 
 # --- models ----------------------------------------------------------------------------------
 
-def train_teacher(cfg: dict, pair: str) -> None:
-    """SFT of the teacher on the training split (skipped for an already fine-tuned teacher).
+def _teacher_seed(cfg: dict, pair: str, tseed: int, *purpose) -> int:
+    """Seed of teacher seed `tseed` for `purpose`; teacher seed 0 keeps the derivation of the
+    single teacher of earlier versions, so a profile with one teacher seed is unchanged."""
+    return C.derive_seed(cfg["seed"], pair, "teacher", *([tseed] if tseed else []), *purpose)
+
+
+def train_teacher(cfg: dict, pair: str, tseed: int) -> None:
+    """SFT of teacher seed `tseed` on the training split (skipped for an already fine-tuned
+    teacher). A teacher seed changes the initialisation of a scratch teacher and the data order.
 
     The saved folder is the teacher every later stage loads; a GGUF teacher is dequantized
-    here, once per pair, and saved as plain safetensors."""
+    here, once per pair and seed, and saved as plain safetensors."""
     P, dev = Paths(cfg), _setup(cfg)
     tok = teacher_tokenizer(cfg, pair)
     spec = dict(cfg["pairs"][pair]["teacher"])
-    model = models.build(spec, tok, C.derive_seed(cfg["seed"], pair, "teacher"), f"{pair}.teacher").to(dev)
-    run_dir = Path(P.run_dir(pair, *TEACHER))
+    model = models.build(spec, tok, _teacher_seed(cfg, pair, tseed), f"{pair}.teacher").to(dev)
+    run = RunKey(pair, TEACHER, "default", tseed)
     budget = cfg["training"]["teacher"]
     res, ckpt, pre_ckpt = None, None, None
     if not spec["finetuned"] and budget["epochs"] > 0:
         from kdbench.train import train
 
-        pre_ckpt = _pretrain(cfg, model, tok, cfg["training"]["teacher_pretrain"],
-                             C.derive_seed(cfg["seed"], pair, "teacher", "pretrain"), f"{pair} teacher pre-training",
-                             (pair, "teacher_pretrain"))
-        examples = _train_examples(cfg, tok)
-        seed = C.derive_seed(cfg["seed"], pair, "teacher", "train")
-        ckpt = _checkpoint(cfg, (pair, "teacher"), (budget, seed, cfg["evaluation"]), model, examples)
+        pre_ckpt = _pretrain(cfg, model, tok, cfg["training"]["teacher_pretrain"], _broad_corpus(cfg, tok),
+                             _teacher_seed(cfg, pair, tseed, "pretrain"), f"{pair} teacher seed{tseed} pre-training",
+                             (pair, "teacher_pretrain", f"seed{tseed}"))
+        examples = encode(tok, load_records(P.data(cfg["training"]["teacher_data"])), cfg["data"]["max_length"])
+        seed = _teacher_seed(cfg, pair, tseed, "train")
+        ckpt = _checkpoint(cfg, (pair, TEACHER, f"seed{tseed}"), (budget, seed, cfg["evaluation"]), model, examples)
         res = train(model, examples, budget, seed=seed, pad_id=tok.pad_token_id,
-                    validate=_validator(cfg, tok, pair, "teacher"), desc=f"{pair} teacher SFT", checkpoint=ckpt)
-    with io.staged(run_dir, marker="train.json") as tmp:  # a fine-tuned (or GGUF) teacher: empty tables
+                    validate=_validator(cfg, tok, pair, "teacher"), desc=f"{pair} teacher seed{tseed} SFT",
+                    checkpoint=ckpt)
+    with io.staged(P.run_dir(**run._asdict()), marker=RUN_FILES["train"]) as tmp:  # fine-tuned: empty tables
         _write_run_tables(tmp, res)
-        models.save(model, tok, tmp / "model")
-        io.write_json(tmp / "train.json", {**(res.stats if res else {}), **provenance(cfg),
-                                           "params": models.n_params(model)})
+        models.save(model, tok, tmp / RUN_FILES["model"])
+        io.write_json(tmp / RUN_FILES["train"], {**(res.stats if res else {}), **provenance(cfg),
+                                                 "params": models.n_params(model)})
     for c in (pre_ckpt, ckpt):
         if c is not None:
             c.remove()
@@ -196,7 +202,7 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
     s = C.derive_seed(cfg["seed"], pair, seed, "student")
     names = _model_name(cfg, pair, "teacher"), _model_name(cfg, pair, "student")
     if spec["init"] == "layers_from_teacher":  # the saved teacher (converted once by train_teacher)
-        teacher = models.load_model(P.teacher_model(pair))
+        teacher = models.load_model(P.teacher_model(pair, P.teacher_seed(seed)))
         t_vocab = teacher.config.vocab_size
         model = checkpoints.student_from_teacher_layers(teacher, spec["layers"])
         del teacher
@@ -211,8 +217,8 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
     model.to(dev)
     ckpt = None
     if spec["init"] == "scratch":
-        ckpt = _pretrain(cfg, model, tok, cfg["training"]["pretrain"], s, f"{pair} student pre-training seed{seed}",
-                         (pair, "student_init", f"seed{seed}"))
+        ckpt = _pretrain(cfg, model, tok, cfg["training"]["pretrain"], _train_examples(cfg, tok), s,
+                         f"{pair} student pre-training seed{seed}", (pair, "student_init", f"seed{seed}"))
     with io.atomic_path(P.student_init(pair, seed)) as tmp:
         models.save(model, tok, tmp)
         io.write_json(tmp / VOCAB_FILE, {"shared_vocab_size": shared, "teacher": names[0], "student": names[1]})
@@ -227,27 +233,30 @@ def _teacher_vocab_size(cfg: dict, pair: str, tok) -> int:
     return _config_vocab_size(t) if t["init"] == "pretrained" else len(tok)
 
 
-def _pretrain(cfg: dict, model, tok, budget: dict, seed: int, desc: str, parts: tuple):
-    """Language-model pre-training of a scratch model (every token carries the loss) on the
-    general corpus, data/pretrain.jsonl, as plain text; without one, on the training split.
+def _pretrain(cfg: dict, model, tok, budget: dict, examples, seed: int, desc: str, parts: tuple):
+    """Language-model pre-training of a scratch model: every token carries the loss.
 
     Its checkpoint (named by `parts`) is returned for the caller to remove once the stage's
     outputs are written: a job killed after pre-training resumes past it."""
     if budget["epochs"] == 0:
         return None
-    from kdbench.data import encode_corpus
     from kdbench.train import train
 
-    P = Paths(cfg)
-    corpus = Path(P.data("pretrain"))
-    if corpus.is_file() and corpus.stat().st_size > 0:  # the synthetic suite writes it empty when unsized
-        examples = encode_corpus(tok, load_records(corpus), cfg["data"]["max_length"])
-    else:
-        examples = _train_examples(cfg, tok)
     budget = {**budget, "loss_on": "all"}
     ckpt = _checkpoint(cfg, parts, (budget, seed), model, examples)
     train(model, examples, budget, seed=seed, pad_id=tok.pad_token_id, desc=desc, checkpoint=ckpt)
     return ckpt
+
+
+def _broad_corpus(cfg, tok):
+    """The teacher's pre-training text: the broad split as plain text where the profile has one
+    (the teacher's broader pre-training), else the training split in the prompt format."""
+    from kdbench.data import encode_corpus
+
+    broad = Path(Paths(cfg).data("broad"))
+    if broad.is_file():
+        return encode_corpus(tok, load_records(broad), cfg["data"]["max_length"])
+    return _train_examples(cfg, tok)
 
 
 def _train_examples(cfg, tok):
@@ -279,34 +288,36 @@ def _shared_vocab(cfg: dict, pair: str, seed: int, student) -> int:
     return shared
 
 
-def cache_teacher(cfg: dict, pair: str) -> None:
+def cache_teacher(cfg: dict, pair: str, tseed: int) -> None:
     from kdbench.teacher import build_cache
 
     P, dev = Paths(cfg), _setup(cfg)
-    teacher = models.load_model(P.teacher_model(pair)).to(dev)
-    tok = models.load_tokenizer(P.teacher_model(pair))
-    build_cache(teacher, _train_examples(cfg, tok), tok.pad_token_id, P.teacher_cache(pair),
+    teacher = models.load_model(P.teacher_model(pair, tseed)).to(dev)
+    tok = models.load_tokenizer(P.teacher_model(pair, tseed))
+    build_cache(teacher, _train_examples(cfg, tok), tok.pad_token_id, P.teacher_cache(pair, tseed),
                 cfg["training"]["student"]["precision"], dev)
 
 
-def teacher_samples(cfg: dict, pair: str) -> None:
-    """The teacher's own sampled answers to the training prompts (SeqKD's training targets)."""
+def teacher_samples(cfg: dict, pair: str, tseed: int) -> None:
+    """Teacher seed `tseed`'s own sampled answers to the training prompts (SeqKD's targets)."""
     from kdbench.generate import sample
 
     P, dev, ev = Paths(cfg), _setup(cfg), cfg["evaluation"]
-    teacher = models.load_model(P.teacher_model(pair)).to(dev)
-    tok = models.load_tokenizer(P.teacher_model(pair))
+    teacher = models.load_model(P.teacher_model(pair, tseed)).to(dev)
+    tok = models.load_tokenizer(P.teacher_model(pair, tseed))
     records = load_records(P.data("train"))
-    answers, _ = sample(teacher, tok, records, seed=C.derive_seed(cfg["seed"], pair, "teacher_samples"),
+    answers, _ = sample(teacher, tok, records, seed=_teacher_seed(cfg, pair, tseed, "teacher_samples"),
                         temperature=ev["temperature"], top_p=ev["top_p"], top_k=ev["top_k"],
                         max_length=cfg["data"]["max_length"], max_new_tokens=ev["max_new_tokens"],
                         batch_size=ev["batch_size"], precision=ev["precision"], desc=f"{pair} teacher samples")
-    io.write_jsonl(P.teacher_samples(pair), [{"id": r["id"], "answer": a} for r, a in zip(records, answers)])
+    io.write_jsonl(P.teacher_samples(pair, tseed), [{"id": r["id"], "answer": a} for r, a in zip(records, answers)])
 
 
 def score_difficulty(cfg: dict, pair: str) -> None:
     """Per training example: the initial student's NLL on the reference, the Rouge-L of its
-    near-greedy answer, their reciprocal-rank fusion (POCL), and the difficulty used."""
+    near-greedy answer, their reciprocal-rank fusion (POCL), and the difficulty used.
+    One profile per pair, shared by every seed: student seed 0 (and teacher seed 0 for a
+    scorer that needs the teacher)."""
     from kdbench.difficulty import score
 
     P, dev = Paths(cfg), _setup(cfg)
@@ -314,7 +325,7 @@ def score_difficulty(cfg: dict, pair: str) -> None:
     tok = models.load_tokenizer(P.student_init(pair, 0))
     teacher = None
     if cfg["difficulty"]["scorer"] == "teacher_student_kl":
-        teacher = models.load_model(P.teacher_model(pair)).to(dev)
+        teacher = models.load_model(P.teacher_model(pair, 0)).to(dev)
     records = load_records(P.data("train"))
     table = score(student, tok, records, cfg, teacher=teacher, seed=C.derive_seed(cfg["seed"], pair, "difficulty"))
     io.write_csv(P.difficulty(pair), table)
@@ -330,12 +341,14 @@ def load_difficulty(cfg: dict, pair: str) -> np.ndarray:
 # --- runs ------------------------------------------------------------------------------------
 
 def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
-    """Train one student run with one method, variant and seed."""
+    """Train one student run with one method, variant and seed (distilling from teacher seed
+    seed mod teacher_seeds)."""
     from kdbench.teacher import CachedTeacher, OnlineTeacher
     from kdbench.train import train
 
     P, dev = Paths(cfg), _setup(cfg)
     run = C.find_run(cfg, pair, method, variant, seed)
+    tseed = P.teacher_seed(seed)
     cls = M.get(method, cfg["methods_dir"])
     meth = M.instantiate(cls, run.params, method)
     student = models.load_model(P.student_init(pair, seed)).to(dev)
@@ -343,31 +356,33 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     records = load_records(P.data("train"))
     responses = None
     if cls.train_on == "teacher_samples":
-        answers = {r["id"]: r["answer"] for r in io.read_jsonl(P.teacher_samples(pair))}
+        answers = {r["id"]: r["answer"] for r in io.read_jsonl(P.teacher_samples(pair, tseed))}
         responses = [answers[r["id"]] for r in records]
     examples = encode(tok, records, cfg["data"]["max_length"], responses=responses)
     teacher, vocab = None, None
     if cls.needs_teacher:
         if cfg["distill"]["cache_teacher"]:
-            teacher = CachedTeacher(P.teacher_cache(pair), examples)
+            teacher = CachedTeacher(P.teacher_cache(pair, tseed), examples)
         else:
-            t_model = models.load_model(P.teacher_model(pair)).to(dev)
+            t_model = models.load_model(P.teacher_model(pair, tseed)).to(dev)
             teacher = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
             vocab = _shared_vocab(cfg, pair, seed, student)
-    difficulty = load_difficulty(cfg, pair) if cls.uses_difficulty else None
+    difficulty = load_difficulty(cfg, pair) if meth.uses_difficulty else None
     budget, train_seed = cfg["training"]["student"], C.derive_seed(cfg["seed"], pair, seed, "train")
     kd_ratio = cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0
     ckpt = _checkpoint(cfg, (pair, method, variant, f"seed{seed}"),
-                       (budget, train_seed, method, run.params, kd_ratio, vocab, cfg["evaluation"]), student, examples)
+                       (budget, train_seed, method, run.params, kd_ratio, vocab, tseed, cfg["evaluation"]),
+                       student, examples)
     res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
                 kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, validate=_validator(cfg, tok, pair, seed),
                 desc=f"{pair}/{method}/{variant}/seed{seed}", checkpoint=ckpt)
-    with io.staged(P.run_dir(pair, method, variant, seed), marker="train.json") as tmp:
+    with io.staged(P.run_dir(pair, method, variant, seed), marker=RUN_FILES["train"]) as tmp:
         _write_run_tables(tmp, res)
-        models.save(student, tok, tmp / "model")
-        io.write_json(tmp / "train.json", {**res.stats, "method": method, "variant": variant,
-                                           "method_params": {**M.defaults(cls), **run.params},
-                                           "params": models.n_params(student), **provenance(cfg)})
+        models.save(student, tok, tmp / RUN_FILES["model"])
+        io.write_json(tmp / RUN_FILES["train"], {**res.stats, "method": method, "variant": variant,
+                                                 "method_params": {**M.defaults(cls), **run.params},
+                                                 "teacher_seed": tseed if cls.needs_teacher else None,
+                                                 "params": models.n_params(student), **provenance(cfg)})
     if ckpt is not None:
         ckpt.remove()
 
@@ -385,20 +400,21 @@ def _checkpoint(cfg: dict, parts: tuple, settings: tuple, model, examples):
     return Checkpoint(Paths(cfg).checkpoint(*parts), ck["every_minutes"], key)
 
 
-def _write_run_tables(run_dir: Path, res) -> None:
-    """trace.csv, epochs.csv, bin_loss.csv of a training result (empty tables for None)."""
-    for name, table in (("trace.csv", "trace"), ("epochs.csv", "epochs"), ("bin_loss.csv", "bin_loss")):
-        io.write_csv(run_dir / name, getattr(res, table) if res is not None else pd.DataFrame())
+def _write_run_tables(folder: Path, res) -> None:
+    """The trace, epochs and bin_loss tables of a training result into `folder` (a run's
+    staging folder), empty for None."""
+    for name in ("trace", "epochs", "bin_loss"):
+        io.write_csv(Path(folder) / RUN_FILES[name], getattr(res, name) if res is not None else pd.DataFrame())
 
 
 def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
-    """Sample answers on every benchmark with every evaluation seed: answers/<benchmark>.jsonl."""
+    """Sample answers on every test set with every evaluation seed (`Paths.answers`)."""
     from kdbench.generate import sample
 
     P, dev, ev = Paths(cfg), _setup(cfg), cfg["evaluation"]
-    run_dir = Path(P.run_dir(pair, method, variant, seed))
-    model = models.load_model(run_dir / "model").to(dev)
-    tok = models.load_tokenizer(run_dir / "model")
+    key = dict(pair=pair, method=method, variant=variant, seed=seed)
+    model = models.load_model(P.run_file("model", **key)).to(dev)
+    tok = models.load_tokenizer(P.run_file("model", **key))
     outputs = {}
     for bench in cfg["data"]["benchmarks"]:
         records = load_records(P.data(bench))
@@ -411,11 +427,12 @@ def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None
             rows += [{"id": r["id"], "eval_seed": es, "answer": a} for r, a in zip(records, answers)]
             stats = {k: stats[k] + st[k] for k in stats}
         outputs[bench] = rows, stats
-    with io.atomic_path(run_dir / "answers") as out:  # every benchmark's answers, or none
+    answers_dir = Path(P.answers(next(iter(outputs)), **key)).parent
+    with io.atomic_path(answers_dir) as out:  # every test set's answers, or none
         out.mkdir()
         for bench, (rows, stats) in outputs.items():
-            io.write_jsonl(out / f"{bench}.jsonl", rows)
-            io.write_json(out / f"{bench}.json", stats)
+            io.write_jsonl(out / Path(P.answers(bench, **key)).name, rows)
+            io.write_json(out / Path(P.answer_stats(bench, **key)).name, stats)
 
 
 def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
@@ -423,11 +440,11 @@ def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     from kdbench.metrics import rouge_l_per_example
 
     P = Paths(cfg)
-    run_dir = Path(P.run_dir(pair, method, variant, seed))
+    key = dict(pair=pair, method=method, variant=variant, seed=seed)
     frames, summary = [], {}
     for bench in cfg["data"]["benchmarks"]:
         records = {r["id"]: r for r in load_records(P.data(bench))}
-        answers = pd.DataFrame(io.read_jsonl(run_dir / "answers" / f"{bench}.jsonl"))
+        answers = pd.DataFrame(io.read_jsonl(P.answers(bench, **key)))
         refs = [records[i]["output"] for i in answers["id"]]
         answers["rouge_l"] = rouge_l_per_example(answers["answer"].fillna("").tolist(), refs)
         answers["benchmark"] = bench
@@ -435,15 +452,14 @@ def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
         answers["difficulty"] = [records[i].get("difficulty") for i in answers["id"]]
         frames.append(answers.drop(columns="answer").rename(columns={"id": "example_id"}))
         per_seed = answers.groupby("eval_seed")["rouge_l"].mean()
-        gen = io.read_json(run_dir / "answers" / f"{bench}.json")
+        gen = io.read_json(P.answer_stats(bench, **key))
         summary[bench] = {"rouge_l": float(per_seed.mean()), "rouge_l_eval_std": float(per_seed.std(ddof=0)),
                           "n_eval_seeds": int(len(per_seed)), "n_examples": len(records),
                           "gen_tokens_per_s": gen["gen_tokens"] / max(gen["gen_wall_s"], 1e-9)}
-    train_info = io.read_json(run_dir / "train.json")
-    with io.staged(run_dir, marker="metrics.json") as tmp:
-        io.write_csv(tmp / "scores.csv", pd.concat(frames, ignore_index=True))
-        io.write_json(tmp / "metrics.json", {"pair": pair, "method": method, "variant": variant, "seed": seed,
-                                             "benchmarks": summary, "train": train_info})
+    train_info = io.read_json(P.run_file("train", **key))
+    with io.staged(P.run_dir(**key), marker=RUN_FILES["metrics"]) as tmp:
+        io.write_csv(tmp / RUN_FILES["scores"], pd.concat(frames, ignore_index=True))
+        io.write_json(tmp / RUN_FILES["metrics"], {**key, "benchmarks": summary, "train": train_info})
 
 
 def provenance(cfg: dict) -> dict:
@@ -464,41 +480,38 @@ def provenance(cfg: dict) -> dict:
 
 # --- the profile's tables ----------------------------------------------------------------------
 
-def all_runs(cfg: dict) -> list[tuple[str, str, str, int]]:
-    """(pair, method, variant, seed) of the teacher and every student run."""
-    out = [(pair, *TEACHER) for pair in cfg["pairs"]]
-    return out + [(r.pair, r.method, r.variant, r.seed) for r in C.runs(cfg)]
+def all_runs(cfg: dict) -> list[RunKey]:
+    """Every teacher seed's run and every student run of the profile."""
+    return Paths(cfg).teacher_runs() + [RunKey(r.pair, r.method, r.variant, r.seed) for r in C.runs(cfg)]
 
 
 def collect(cfg: dict) -> None:
-    """Gather every run into the long tables of results/<profile>/tables/ (see README)."""
+    """Gather every run into the long tables of results/<profile>/tables/ (`paths.LONG_TABLES`)."""
     P = Paths(cfg)
     runs, examples, traces, epochs, bins = [], [], [], [], []
-    for pair, method, variant, seed in all_runs(cfg):
-        keys = {"pair": pair, "method": method, "variant": variant, "seed": seed}
-        d = Path(P.run_dir(pair, method, variant, seed))
-        m = io.read_json(d / "metrics.json")
+    for run in all_runs(cfg):
+        keys = run._asdict()
+        m = io.read_json(P.run_file("metrics", **keys))
         t = m["train"]
         for bench, b in m["benchmarks"].items():
             runs.append({**keys, "benchmark": bench, **b, "train_wall_s": t.get("train_wall_s", np.nan),
                          "train_tokens": t.get("train_tokens", np.nan), "train_examples": t.get("train_examples", np.nan),
                          "train_tokens_per_s": t.get("train_tokens_per_s", np.nan), "student_params": t.get("params")})
-        examples.append(pd.read_csv(d / "scores.csv").assign(**keys))
-        for name, bucket in (("trace.csv", traces), ("epochs.csv", epochs), ("bin_loss.csv", bins)):
-            if (d / name).is_file() and (d / name).stat().st_size > 1:
-                bucket.append(pd.read_csv(d / name).assign(**keys))
-    key_cols = ["pair", "method", "variant", "seed"]
+        examples.append(pd.read_csv(P.run_file("scores", **keys)).assign(**keys))
+        for name, bucket in (("trace", traces), ("epochs", epochs), ("bin_loss", bins)):
+            path = Path(P.run_file(name, **keys))
+            if path.is_file() and path.stat().st_size > 1:
+                bucket.append(pd.read_csv(path).assign(**keys))
+    key_cols = list(RunKey._fields)
     front = lambda df: df[key_cols + [c for c in df.columns if c not in key_cols]]  # noqa: E731
-    io.write_csv(Path(P.tables) / "runs.csv", pd.DataFrame(runs))
-    io.write_csv(Path(P.tables) / "examples.csv.gz", front(pd.concat(examples, ignore_index=True)))
-    for name, bucket in (("trace.csv.gz", traces), ("epochs.csv", epochs), ("bin_loss.csv", bins)):
-        io.write_csv(Path(P.tables) / name, front(pd.concat(bucket, ignore_index=True)) if bucket
+    io.write_csv(P.long_table("runs"), pd.DataFrame(runs))
+    io.write_csv(P.long_table("examples"), front(pd.concat(examples, ignore_index=True)))
+    for name, bucket in (("trace", traces), ("epochs", epochs), ("bin_loss", bins)):
+        io.write_csv(P.long_table(name), front(pd.concat(bucket, ignore_index=True)) if bucket
                      else pd.DataFrame(columns=key_cols))
     abl = [{"ablation": row, "method": cfg["ablations"]["method"], "variant": slug}
            for row, (slug, _) in C.ablation_variants(cfg).items()]
-    io.write_csv(Path(P.tables) / "ablations.csv", pd.DataFrame(abl, columns=["ablation", "method", "variant"]))
-    io.write_json(Path(P.tables) / "methods.json", {n: M.get(n, cfg["methods_dir"]).references
-                                                    for n in C.method_names(cfg)})
+    io.write_csv(P.long_table("ablations"), pd.DataFrame(abl, columns=["ablation", "method", "variant"]))
 
 
 def tables(cfg: dict) -> None:
@@ -511,4 +524,4 @@ def figures(cfg: dict) -> None:
     from kdbench import plots
 
     P = Paths(cfg)
-    plots.build_all(P.tables, P.figures)
+    plots.build_all(P.tables, P.figures, method=cfg["ablations"]["method"])

@@ -19,7 +19,7 @@ Records (one JSON object per line of `{split}.jsonl`), fields in this order:
     input       str, the data (list, passage, ...) or "" when inlined / none
     output      list[str], the references. Evaluation splits hold every right answer
                 ("3" beside "three", "a, b and c" beside "a, b, c", "is" or "equals" in
-                worked arithmetic); `train` and `pretrain` hold ONE, drawn uniformly among
+                worked arithmetic); `train` and `broad` hold ONE, drawn uniformly among
                 them, as a person writing training data would pick one (and, with
                 `noise`, sometimes slip). Training uses output[0].
     task        str, the family name
@@ -31,9 +31,10 @@ same cells with the HELD-OUT phrasings only; `hard` draws levels 4-5 only, about
 it from the composition families. Eval examples never repeat a train (instruction, input)
 pair: every pair is hashed into 100 buckets, train keeps buckets 0-79, validation 80-89,
 the test benchmarks 90-99 (so the guarantee holds for any sizes and seeds).
-`pretrain` (empty unless sized) is the general corpus the scratch models are pre-trained on
-as language models before they see the instruction data: every family and level, training
-phrasings, clean single references, drawn from the training buckets.
+`broad` (empty unless sized) is the teacher's broader collection: another draw of every
+family and level from the training buckets, training phrasings, one clean reference each.
+The embedded default pre-trains and fine-tunes the teacher on it, so the teacher knows more
+than the noisy `train` references can teach (README, "The embedded default").
 """
 from __future__ import annotations
 
@@ -49,11 +50,11 @@ import numpy as np
 from kdbench import io
 from kdbench.errors import UserError
 
-SPLITS = ("train", "validation", "id", "paraphrase", "hard", "pretrain")
+SPLITS = ("train", "validation", "id", "paraphrase", "hard", "broad")
 TEST_BENCHMARKS = ("id", "paraphrase", "hard")
 LEVELS = (1, 2, 3, 4, 5)
-DEFAULT_SIZES = {"train": 3000, "validation": 200, "id": 200, "paraphrase": 200, "hard": 200, "pretrain": 0}
-SINGLE_REFERENCE = ("train", "pretrain")  # splits whose records keep one drawn reference
+DEFAULT_SIZES = {"train": 3000, "validation": 200, "id": 200, "paraphrase": 200, "hard": 200, "broad": 0}
+SINGLE_REFERENCE = ("train", "broad")  # splits whose records keep one drawn reference
 FIELDS = ("id", "instruction", "input", "output", "task", "difficulty")
 
 # --- closed vocabulary ----------------------------------------------------------------
@@ -207,18 +208,21 @@ def _list_forms(items) -> tuple[str, ...]:
 
 def _slip(rng, answer: str) -> str:
     """One mistake of the kind people make writing a reference: a word left out, two
-    neighbouring words swapped, or a word replaced by a word of the closed vocabulary."""
+    neighbouring words swapped, a word replaced by another word of the closed vocabulary, or
+    an answer that stops early (after a uniformly drawn word, never the last)."""
     words = answer.split(" ")
     if len(words) < 2:
         return _pick(rng, ITEMS)
     i = int(rng.integers(len(words) - 1))
-    kind = int(rng.integers(3))
+    kind = int(rng.integers(4))
     if kind == 0:
         del words[i]
     elif kind == 1:
         words[i], words[i + 1] = words[i + 1], words[i]
-    else:
+    elif kind == 2:
         words[i] = _pick(rng, ITEMS + _ONES[1:11])
+    else:
+        words = words[:i + 1]
     return " ".join(words)
 
 
@@ -514,7 +518,7 @@ def _extract_sort(rng, level):
 
 # --- splits ----------------------------------------------------------------------------
 
-_BUCKETS = {"train": (0, 80), "pretrain": (0, 80), "validation": (80, 90),
+_BUCKETS = {"train": (0, 80), "broad": (0, 80), "validation": (80, 90),
             "id": (90, 100), "paraphrase": (90, 100), "hard": (90, 100)}
 _FRESH_TRIES = 50       # draws spent looking for a pair not yet in the split before a repeat
 _MAX_TRIES = 5000       # draws before giving up on a (family, level) cell: a generator bug
@@ -558,8 +562,8 @@ def generate_split(split: str, n: int, seed: int, noise: float = 0.0) -> list[di
     balanced to within one round (75 cells; 46 for `hard`). Draws whose (instruction, input)
     hashes outside the split's buckets are rejected, which keeps eval splits disjoint from
     train; a pair already in the split is redrawn up to 50 times before it is allowed to repeat.
-    `train` and `pretrain` records keep one reference drawn among the right answers; `noise`
-    is the share of `train` references with one slip (the general corpus stays clean).
+    `train` and `broad` records keep one reference drawn among the right answers; `noise`
+    is the share of `train` references with one slip (`broad` stays clean).
     """
     _check_split(split)
     _check_int("n", n)

@@ -32,8 +32,8 @@ import pandas as pd
 
 from kdbench import io
 from kdbench.errors import UserError
+from kdbench.paths import ABLATION_TABLE, LONG_TABLES, MAIN_TABLE, RUNTIME_TABLE, TEACHER, per_pair
 
-TEACHER = "teacher"
 #: Methods shown first (after the teacher), in this order; every other method follows by name.
 LEAD_METHODS = ("sft", "seqkd", "kd")
 #: Significance level for the † mark.
@@ -48,14 +48,6 @@ BENCHMARK_NAMES = {
     "id": "ID", "paraphrase": "Paraphrase", "hard": "Hard",
 }
 
-TABLE_FILES = {
-    "runs": "runs.csv",
-    "examples": "examples.csv.gz",
-    "trace": "trace.csv.gz",
-    "epochs": "epochs.csv",
-    "bin_loss": "bin_loss.csv",
-    "ablations": "ablations.csv",
-}
 _STR_COLUMNS = {c: str for c in ("pair", "method", "variant", "benchmark", "ablation",
                                  "example_id", "task")}
 _KEY = ["method", "variant"]
@@ -66,13 +58,13 @@ def read_tables(tables_dir: str | Path, names: Sequence[str] | None = None
                 ) -> dict[str, pd.DataFrame | None]:
     """Read the DAG's long tables from `tables_dir`.
 
-    names: a subset of `TABLE_FILES` keys (default: all). A missing or empty file gives None.
+    names: a subset of `kdbench.paths.LONG_TABLES` keys (default: all). A missing or empty file gives None.
     Key columns (pair, method, variant, benchmark, ablation, example_id, task) are read as str.
     """
     tables_dir = Path(tables_dir)
     out: dict[str, pd.DataFrame | None] = {}
-    for name in names or TABLE_FILES:
-        path = tables_dir / TABLE_FILES[name]
+    for name in names or LONG_TABLES:
+        path = tables_dir / LONG_TABLES[name]
         if not path.exists() or path.stat().st_size == 0:
             out[name] = None
             continue
@@ -85,7 +77,7 @@ def read_tables(tables_dir: str | Path, names: Sequence[str] | None = None
 
 def require_columns(df: pd.DataFrame | None, columns: Sequence[str], what: str
                     ) -> pd.DataFrame:
-    """`df` itself if it has `columns`; UserError naming `what` (e.g. "runs.csv") if it is
+    """`df` itself if it has `columns`; UserError naming `what` (e.g. LONG_TABLES["runs"]) if it is
     None or lacks some."""
     if df is None:
         raise UserError(f"{what} is missing; run the DAG's collect step to write it.")
@@ -138,7 +130,7 @@ def order_key(method: str, variant: str) -> tuple:
 def _ablation_pairs(ablations: pd.DataFrame | None) -> set[tuple[str, str]]:
     if ablations is None or ablations.empty:
         return set()
-    require_columns(ablations, ["ablation", "method", "variant"], "ablations.csv")
+    require_columns(ablations, ["ablation", "method", "variant"], LONG_TABLES["ablations"])
     return set(zip(ablations["method"], ablations["variant"]))
 
 
@@ -247,7 +239,7 @@ def _p_two_sided(draws: np.ndarray, observed: float) -> float:
 def _per_example(examples: pd.DataFrame, keys: set[tuple[str, str]]) -> pd.Series:
     """Rouge-L per (method, variant, benchmark, example_id), averaged over training seeds and
     eval seeds."""
-    require_columns(examples, _KEY + ["benchmark", "example_id", "rouge_l"], "examples.csv.gz")
+    require_columns(examples, _KEY + ["benchmark", "example_id", "rouge_l"], LONG_TABLES["examples"])
     mv = pd.MultiIndex.from_frame(examples[_KEY])
     ex = examples[mv.isin(list(keys))]
     return ex.groupby(_KEY + ["benchmark", "example_id"], sort=True)["rouge_l"].mean()
@@ -289,6 +281,12 @@ def significance(examples: pd.DataFrame, rows: dict[str, tuple[str, str]], basel
 
 
 # --------------------------------------------------------------------------- tables
+def _over_seeds(n_seeds, kind: str) -> str:
+    """'mean ± sample std over 3 training seeds', or '1 training seed, no std'."""
+    n = _range_text(n_seeds)
+    return f"1 {kind} seed, no std" if n == "1" else f"mean ± sample std over {n} {kind} seeds"
+
+
 def _col_spec(key, header, fmt="{:.2f}", best="max", show_std=True) -> dict:
     """How `format_table` shows value column `key` (numeric columns key_mean/key_std/key_p).
 
@@ -323,12 +321,14 @@ def _score_table(runs, rows, index_name, examples, baseline, n_boot, seed,
     df = df[["pair", "method", "variant", "n_seeds"] + value]
 
     students = df[df["method"] != TEACHER]
+    teachers = df[df["method"] == TEACHER]
     n_eval = _range_text(runs["n_eval_seeds"]) if "n_eval_seeds" in runs.columns else "?"
     notes = [
-        f"Rouge-L F1 (×100), mean ± sample std over {_range_text(students['n_seeds'])} "
-        "training seeds; each run's score is its mean over "
+        f"Rouge-L F1 (×100), {_over_seeds(students['n_seeds'], 'training')}"
+        + (f" (teacher: {_over_seeds(teachers['n_seeds'], 'teacher')})" if len(teachers) else "")
+        + "; each run's score is its mean over "
         + ("its" if n_eval == "?" else n_eval) + " sampling seeds. avg: a run's mean over "
-        "the benchmarks, then mean ± std over seeds.",
+        "the test sets, then mean ± std over seeds.",
         "Bold: best student per column (ties at the shown precision all bold)"
         + ("; the teacher is set apart and never bold." if (df["method"] == TEACHER).any()
            else "."),
@@ -364,7 +364,7 @@ def main_table(runs: pd.DataFrame, ablations: pd.DataFrame | None = None,
     pair, method, variant, n_seeds, and for each benchmark and "avg": `_mean`, `_std`, `_p`.
     """
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
-                    "runs.csv")
+                    LONG_TABLES["runs"])
     if runs.empty:
         raise UserError("runs.csv has no rows; run the DAG (snakemake) before making tables.")
     examples = select_pair(examples, pair) if examples is not None else None
@@ -385,8 +385,8 @@ def ablation_table(runs: pd.DataFrame, ablations: pd.DataFrame,
     `reference` ("full") row. An ablation whose run is missing gives a NaN row (n_seeds 0).
     """
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
-                    "runs.csv")
-    ablations = require_columns(ablations, ["ablation", "method", "variant"], "ablations.csv")
+                    LONG_TABLES["runs"])
+    ablations = require_columns(ablations, ["ablation", "method", "variant"], LONG_TABLES["ablations"])
     if ablations.empty:
         raise UserError("ablations.csv has no rows; declare an ablation grid in the config.")
     examples = select_pair(examples, pair) if examples is not None else None
@@ -420,11 +420,11 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     The teacher is listed first only if it was trained in this profile (finite wall time).
     """
     values = ["train_wall_s", "train_tokens_per_s", "train_examples", "gen_tokens_per_s"]
-    runs = require_columns(select_pair(runs, pair), _KEY + ["seed"] + values, "runs.csv")
+    runs = require_columns(select_pair(runs, pair), _KEY + ["seed"] + values, LONG_TABLES["runs"])
     per_run = runs.groupby(_KEY + ["seed"])[values].mean()
     if epochs is not None and not select_pair(epochs, pair).empty:
         ep = require_columns(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
-                      "epochs.csv")
+                      LONG_TABLES["epochs"])
         full = ep["n_examples"].max()
         g = ep.groupby(_KEY + ["seed"])
         frac = g["n_examples"].sum() / (g["epoch"].nunique() * full)
@@ -460,8 +460,7 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     df = df[["pair", "method", "variant", "n_seeds"] + order]
     notes = [
         "Training wall time (s), training throughput (response tokens/s) and generation "
-        "throughput (generated tokens/s): mean ± sample std over "
-        f"{_range_text(df.loc[df['method'] != TEACHER, 'n_seeds'])} training seeds. "
+        f"throughput (generated tokens/s): {_over_seeds(df.loc[df['method'] != TEACHER, 'n_seeds'], 'training')}. "
         "Examples seen: summed over epochs.",
         f"time / {baseline}: mean wall time over {baseline}'s mean wall time"
         + ("." if np.isfinite(base) else f" (not available: no {baseline} row)."),
@@ -630,29 +629,31 @@ def build_all(tables_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> list
     """Read the long tables of `tables_dir` and write main.*, ablation.* (only if
     ablations.csv has rows) and runtime.* next to them; return the written paths.
 
-    With several teacher–student pairs in runs.csv, every table is written once per pair as
-    `{name}_{pair}.*` instead.
+    With several teacher–student pairs in runs.csv, every table is written once per pair
+    (file names: `kdbench.paths.per_pair`).
     """
     tables_dir = Path(tables_dir)
     t = read_tables(tables_dir, ["runs", "examples", "ablations", "epochs"])
     runs = require_columns(t["runs"], _KEY + ["pair", "seed", "benchmark", "rouge_l"],
-                    str(tables_dir / "runs.csv"))
+                    str(tables_dir / LONG_TABLES["runs"]))
     ablations = t["ablations"]
     has_abl = ablations is not None and not ablations.empty
     pairs = [str(p) for p in pd.unique(runs["pair"])]
     written: list[Path] = []
     for pair in pairs:
-        suffix = "" if len(pairs) == 1 else f"_{pair}"
+        def dest(stem):
+            return tables_dir / per_pair(stem, pair, pairs)
+
         r = runs[runs["pair"] == pair]
         ex = t["examples"]
         ex = ex[ex["pair"] == pair] if ex is not None else None
         ep = t["epochs"]
         ep = ep[ep["pair"] == pair] if ep is not None else None
         written += write_table(main_table(r, ablations, examples=ex, n_boot=n_boot, seed=seed),
-                               tables_dir / f"main{suffix}")
+                               dest(MAIN_TABLE))
         if has_abl:
             written += write_table(ablation_table(r, ablations, examples=ex, n_boot=n_boot,
-                                                  seed=seed), tables_dir / f"ablation{suffix}")
+                                                  seed=seed), dest(ABLATION_TABLE))
         written += write_table(runtime_table(r, ep, ablations=ablations),
-                               tables_dir / f"runtime{suffix}")
+                               dest(RUNTIME_TABLE))
     return written

@@ -65,7 +65,7 @@ def prepare_tree(tmp: Path, cfg: dict, stages=("prepare_data", "train_tokenizer"
     cfg = C.validate({**cfg, "results_dir": str(tmp / "results")})
     for stage in stages:
         if stage in ("train_teacher", "cache_teacher"):
-            getattr(S, stage)(cfg, "tiny")
+            getattr(S, stage)(cfg, "tiny", 0)
         elif stage == "init_student":
             S.init_student(cfg, "tiny", 0)
         else:

@@ -109,7 +109,7 @@ CASES = {
     "corrupted split file": (_data("train", b"\x00\x9f\x92\x96 garbage \xff\n"), "line 1, is not valid JSON"),
     "malformed JSONL line": (_data("train", (LINE * 2 + LINE[:20] + "\n").encode()), "line 3, is not valid JSON"),
     "record without output": (_data("train", b'{"id": "x", "instruction": "a"}\n'), "lacks ['output']"),
-    "empty training split": (_data("train", b"", ("train_teacher", "--pair", "tiny")), "holds no records"),
+    "empty training split": (_data("train", b"", ("train_teacher", "--pair", "tiny", "--tseed", "0")), "holds no records"),
     "missing data file": (_data("train", b"", ("generate", *TEACHER_RUN)), None),  # replaced below
     "corrupted model folder": (_corrupt_model, "is not a readable model"),
     "NaN gradients from a method": (_nan_gradient_method, "method 'kd' is the suspect"),
@@ -174,7 +174,7 @@ def test_refused_writes_give_one_sentence_and_leave_no_partial_outputs(kind, tre
     else:
         locked.chmod(0o555)
     try:
-        out = kdbench(tmp_path, "train_teacher", "--config", config, "--pair", "tiny", check=False, **popen)
+        out = kdbench(tmp_path, "train_teacher", "--config", config, "--pair", "tiny", "--tseed", "0", check=False, **popen)
     finally:
         if kind != "full disk":
             subprocess.run(["chattr", "-i", str(locked)], capture_output=True)

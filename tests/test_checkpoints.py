@@ -240,12 +240,12 @@ def test_gguf_teacher_is_converted_once_by_train_teacher(tmp_path):
     teacher = {"init": "pretrained", "path": str(tmp_path / "gguf"), "gguf_file": "tiny.gguf", "finetuned": True}
     cfg = fx.hub_cfg(tmp_path, teacher, {"init": "layers_from_teacher", "layers": [1]})
     P = Paths(cfg)
-    stages.train_teacher(cfg, "p")
-    saved = Path(P.teacher_model("p"))
+    stages.train_teacher(cfg, "p", 0)
+    saved = Path(P.teacher_model("p", 0))
     t = AutoModelForCausalLM.from_pretrained(saved)
     assert torch.equal(t.get_input_embeddings().weight, torch.from_numpy(embedding))
     assert "quantization_config" not in json_of(saved / "config.json")
-    assert (Path(P.run_dir("p", "teacher", "default", 0)) / "trace.csv").is_file()  # a rule output
+    assert Path(P.teacher_file("trace", "p", 0)).is_file()  # a rule output
     for seed in (0, 1):
         stages.init_student(cfg, "p", seed)
         s = AutoModelForCausalLM.from_pretrained(P.student_init("p", seed))

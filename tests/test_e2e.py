@@ -65,6 +65,23 @@ def test_rerun_of_an_up_to_date_dag_does_nothing(smoke_results):
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
+@pytest.mark.slow
+def test_a_changed_setting_reruns_its_rule_and_what_depends_on_it(smoke_results, tmp_path):
+    """cache_teacher's settings (precision) are part of what Snakemake compares: changing them
+    reruns the cache and the runs that read it, not the teacher."""
+    import yaml
+
+    raw = yaml.safe_load(open(REPO / "config" / "smoke.yaml"))
+    raw["training"]["student"]["precision"] = "auto"
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(raw))
+    out = snakemake(smoke_results.parents[1], "-n", "--cores", "1", configfile=tmp_path / "edited.yaml").stdout
+    jobs = out.split("\n\n")
+    cache = [j for j in jobs if "rule cache_teacher:" in j]
+    assert len(cache) == 1 and "params have changed" in cache[0].lower()
+    assert any("rule distill:" in j and "teacher_cache/seed0" in j for j in jobs)
+    assert "rule train_teacher:" not in out and "rule prepare_data:" not in out
+
+
 def test_new_method_file_shows_up_in_the_dag(tmp_path):
     import yaml
 

@@ -144,10 +144,11 @@ def _assert_files(paths, out):
 @pytest.mark.parametrize("name,table", [
     ("rouge_by_method", "runs"), ("train_time", "runs"), ("quality_vs_cost", "runs"),
     ("training_curves", "trace"), ("rouge_by_difficulty", "examples"),
-    ("cpd_schedule", "epochs"), ("bin_loss", "bin_loss")])
+    ("method_schedule", "epochs"), ("bin_loss", "bin_loss")])
 def test_figure_writes_png_and_pdf(small, tmp_path, name, table):
     out = tmp_path / "figs" / name
-    paths = getattr(P, name)(small[table], out)
+    kwargs = {"method": "cpd"} if name in ("method_schedule", "bin_loss") else {}
+    paths = getattr(P, name)(small[table], out, **kwargs)
     _assert_files(paths, out)
 
 
@@ -159,7 +160,7 @@ def test_rouge_by_difficulty_without_levels_returns_nothing(small, tmp_path):
 
 
 def test_schedule_and_bin_loss_skip_an_absent_method(small, tmp_path):
-    assert P.cpd_schedule(small["epochs"], tmp_path / "s", method="nosuch") == []
+    assert P.method_schedule(small["epochs"], tmp_path / "s", method="nosuch") == []
     assert P.bin_loss(small["bin_loss"], tmp_path / "b", method="nosuch") == []
 
 
@@ -192,7 +193,7 @@ def test_build_all_makes_every_figure(small, tmp_path, monkeypatch):
                         ("trace", "trace.csv.gz"), ("epochs", "epochs.csv"),
                         ("bin_loss", "bin_loss.csv"), ("ablations", "ablations.csv")]:
         small[name].to_csv(tables / fname, index=False)
-    paths = P.build_all(tables, tmp_path / "figures")
+    paths = P.build_all(tables, tmp_path / "figures", method="cpd")
     assert paths == saved
     assert sorted(p.name for p in paths) == sorted(
         ["rouge_by_method", "train_time", "quality_vs_cost", "training_curves",
@@ -203,7 +204,7 @@ def test_build_all_makes_every_figure(small, tmp_path, monkeypatch):
     (tables / "epochs.csv").unlink()
     (tables / "bin_loss.csv").unlink()
     (tables / "examples.csv.gz").unlink()
-    paths = P.build_all(tables, tmp_path / "figures2")
+    paths = P.build_all(tables, tmp_path / "figures2", method="cpd")
     assert sorted(p.name for p in paths) == ["quality_vs_cost", "rouge_by_method",
                                              "train_time"]
 
@@ -219,5 +220,5 @@ if __name__ == "__main__":  # full-size figures for eyeballing
                         ("trace", "trace.csv.gz"), ("epochs", "epochs.csv"),
                         ("bin_loss", "bin_loss.csv"), ("ablations", "ablations.csv")]:
         t[name].to_csv(out / "tables" / fname, index=False)
-    for p in P.build_all(out / "tables", out / "figures"):
+    for p in P.build_all(out / "tables", out / "figures", method="cpd"):
         print(p)

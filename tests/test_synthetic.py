@@ -13,7 +13,7 @@ import pytest
 from kdbench import synthetic as S
 from kdbench.errors import UserError
 
-SMALL = {"train": 150, "validation": 40, "id": 40, "paraphrase": 40, "hard": 40, "pretrain": 60}
+SMALL = {"train": 150, "validation": 40, "id": 40, "paraphrase": 40, "hard": 40, "broad": 60}
 
 
 def n_words(text: str) -> int:

@@ -269,3 +269,20 @@ def test_user_errors(tmp_path):
         T.main_table(runs.drop(columns="rouge_l"))
     with pytest.raises(UserError, match="missing"):
         T.build_all(tmp_path)
+
+
+def test_seed_counts_in_the_caption():
+    """One training seed: "no std", not "std over 1 seeds"; two teacher seeds: the teacher row
+    is their mean ± std (40/44 on a, 30/30 on b -> a 42 ± 2.83, avg 36 ± 1.41)."""
+    one = {m: {b: v[:1] for b, v in per.items()} for m, per in SCORES.items()}
+    df = T.main_table(make_runs(one), n_boot=N_BOOT)
+    notes = " ".join(df.attrs["footnote"])
+    assert "1 training seed, no std" in notes and "1 training seeds" not in notes
+    assert "teacher: 1 teacher seed, no std" in notes
+    two = {**SCORES, "teacher": {"a": [40, 44], "b": [30, 30]}}
+    df = T.main_table(make_runs(two), n_boot=N_BOOT).set_index("method")
+    assert df.loc["teacher", "n_seeds"] == 2
+    assert df.loc["teacher", "a_mean"] == pytest.approx(42) and df.loc["teacher", "a_std"] == pytest.approx(math.sqrt(8))
+    assert df.loc["teacher", "avg_std"] == pytest.approx(math.sqrt(2))
+    notes = " ".join(df.attrs["footnote"])
+    assert "mean ± sample std over 3 training seeds (teacher: mean ± sample std over 2 teacher seeds)" in notes

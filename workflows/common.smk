@@ -1,75 +1,96 @@
-# Validates the config, writes the resolved config every stage reads, and defines the helpers
-# the rules use to name their inputs. Nothing here trains or scores anything.
+# Reads and validates the profile, and defines what the rules share: the layout (kdbench.paths,
+# the one place that names runs and files), each rule's settings fingerprint, and the command
+# line of a stage. Nothing here trains or scores anything, and nothing here writes a file:
+# the resolved config is written by `onstart`, i.e. only when Snakemake executes, under its lock.
+import os
+import shlex
 import shutil
 import sys
+from pathlib import Path
+
+from snakemake.utils import update_config
 
 from kdbench import config as C
 from kdbench import method as M
 from kdbench.errors import UserError
-from kdbench.paths import Paths
+from kdbench.paths import SAFE_NAME, TEACHER, Paths
 
 # `--configfile X` replaces config/default.yaml rather than merging into it: a profile is
-# complete on its own (Snakemake would otherwise inherit the default's pairs and ablations).
-_cli = workflow.config_settings.overwrite_config
-_raw = _cli if workflow.overwrite_configfiles else config
-_source = ", ".join(map(str, workflow.overwrite_configfiles)) or "config/default.yaml"
-
+# complete on its own. The Snakefile therefore has no `configfile:` directive (Snakemake would
+# merge the default into X); `--config key=value` still overrides single keys.
+_settings = workflow.config_settings
 try:
+    if workflow.overwrite_configfiles:
+        _raw = _settings.overwrite_config
+        _source = ", ".join(map(str, workflow.overwrite_configfiles))
+    else:
+        _source = os.path.relpath(Path(workflow.main_snakefile).parent / "config" / "default.yaml")
+        _raw = C.read(_source)
+        update_config(_raw, _settings.overwrite_config or {})
     CFG = C.validate(_raw, source=_source)
     METHODS = M.discover(CFG["methods_dir"])
     RUNS = C.runs(CFG)
-    if "teacher" in METHODS:
-        raise UserError(f"{CFG['methods_dir']}/teacher.py: `teacher` is reserved for the teacher's runs; rename the file.")
+    if TEACHER in METHODS:
+        raise UserError(f"{CFG['methods_dir']}/{TEACHER}.py: `{TEACHER}` is reserved for the teachers' runs; rename the file.")
 except UserError as exc:
     sys.stderr.write(f"kdbench: error: {exc}\n")
     sys.exit(2)
 
 P = Paths(CFG)
 PAIRS = list(CFG["pairs"])
-BENCHMARKS = list(CFG["data"]["benchmarks"])
-SEEDS = list(range(CFG["training_seeds"]))
-KD = "python -m kdbench"
+TEST_SETS = list(CFG["data"]["benchmarks"])  # the evaluation sets (config key data.benchmarks)
 # GPU rules claim the one GPU only where there is one (profiles/default limits gpu to 1)
 GPU = 1 if shutil.which("nvidia-smi") else 0
-CONFIG = P.config  # the resolved config: every stage command reads it
-C.write_resolved(CFG, CONFIG)
+
+# The resolved config, keyed by its fingerprint: every job reads the config this Snakemake
+# decided with, and checks its fingerprint; another Snakemake (a dry run of an edited profile,
+# say) can neither rewrite it nor change which file the jobs of this one read.
+CONFIG_FP = C.fingerprint(CFG)
+CONFIG = P.resolved_config(CONFIG_FP)
+KD = "python -m kdbench"
+STAGE_ARGS = f"--config {shlex.quote(CONFIG)} --fingerprint {CONFIG_FP}"
+
+
+onstart:
+    C.write_resolved(CFG, CONFIG)
 
 
 def fp(*sections):
-    """Fingerprint of the config sections a rule depends on (a change reruns that rule)."""
+    """Fingerprint of the settings a rule's output depends on (a rule's `params`: when they
+    change, Snakemake reruns the rule and, their inputs updated, everything downstream)."""
     return C.fingerprint(sections)
-
-
-def method_cls(wc):
-    return METHODS[wc.method]
 
 
 RUN_INDEX = {(r.pair, r.method, r.variant, r.seed): r for r in RUNS}
 
 
+def run_of(wc):
+    return RUN_INDEX[(wc.pair, wc.method, wc.variant, int(wc.seed))]
+
+
+def method_of(wc):
+    """The run's method instance (its parameters may change what it needs, e.g. cpd without a
+    curriculum does not use the difficulty profile)."""
+    return M.instantiate(METHODS[wc.method], run_of(wc).params, wc.method)
+
+
 def run_key(wc):
-    return f"--pair {wc.pair} --method {wc.method} --variant {wc.variant} --seed {wc.seed}"
+    """Command-line words naming a run (quoted, although the schema already restricts names)."""
+    return " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in
+                    (("pair", wc.pair), ("method", wc.method), ("variant", wc.variant), ("seed", wc.seed)))
 
 
-def teacher_model(pair):
-    return P.teacher_model(pair)
-
-
-def corpus_inputs():
-    """The general pre-training corpus, where the profile has one (synthetic `pretrain` split)."""
-    return [P.data("pretrain")] if CFG["data"]["source"] == "synthetic" and CFG["data"]["synthetic_sizes"].get("pretrain") else []
+def broad_inputs():
+    """The teacher's broad collection, where the profile has one (synthetic `broad` split)."""
+    return [P.data("broad")] if CFG["data"]["source"] == "synthetic" and CFG["data"]["synthetic_sizes"].get("broad") else []
 
 
 def tokenizer_inputs():
     return [P.tokenizer] if CFG["tokenizer"]["train"] else []
 
 
-def run_dirs():
-    """(pair, method, variant, seed) of the teacher and every student run."""
-    return [(p, "teacher", "default", 0) for p in PAIRS] + [(r.pair, r.method, r.variant, r.seed) for r in RUNS]
-
-
 wildcard_constraints:
     pair="|".join(PAIRS),
     seed=r"\d+",
-    variant=r"[A-Za-z0-9_.\-]+",
+    tseed=r"\d+",
+    variant=SAFE_NAME.strip("^$"),

@@ -1,19 +1,25 @@
 # Data and tokenizer: built once per profile and shared by every pair and run.
 
 
+def data_settings():
+    # hub data: prompts are counted with the first pair's teacher tokenizer
+    teacher = CFG["pairs"][PAIRS[0]]["teacher"] if CFG["data"]["source"] == "hub" else None
+    return fp(CFG["data"], CFG["seed"], teacher)
+
+
 rule prepare_data:
     output:
         train=P.data("train"),
         validation=P.data("validation"),
-        benchmarks=[P.data(b) for b in BENCHMARKS],
-        corpus=corpus_inputs(),
+        test_sets=[P.data(b) for b in TEST_SETS],
+        broad=broad_inputs(),
         report=P.data_report,
     params:
-        fp=fp(CFG["data"], CFG["seed"]),
+        fp=data_settings(),
     log:
         P.log("prepare_data.log"),
     shell:
-        "{KD} prepare_data --config {CONFIG} 2> {log}"
+        "{KD} prepare_data {STAGE_ARGS} 2> {log:q}"
 
 
 rule train_tokenizer:
@@ -26,4 +32,4 @@ rule train_tokenizer:
     log:
         P.log("train_tokenizer.log"),
     shell:
-        "{KD} train_tokenizer --config {CONFIG} 2> {log}"
+        "{KD} train_tokenizer {STAGE_ARGS} 2> {log:q}"

@@ -1,36 +1,38 @@
-# Per pair: the teacher (trained once), the student initialisation of each seed, and what the
-# student runs share: cached teacher logits, the teacher's samples (SeqKD), the difficulty profile.
+# Per pair: the teachers (one per teacher seed), the student initialisation of each seed, and
+# what the student runs share: cached teacher logits and the teacher's samples (SeqKD) per
+# teacher seed, the difficulty profile.
+
+TRAIN_FILES = ("model", "train", "trace", "epochs", "bin_loss")  # what a training stage writes into a run
 
 
 rule train_teacher:
     input:
         tokenizer_inputs(),
-        corpus_inputs(),
+        broad_inputs(),
         train=P.data("train"),
         validation=P.data("validation"),
     output:
-        model=directory(P.teacher_model()),
-        info=P.run_file("train.json", method="teacher", variant="default", seed=0),
-        trace=P.run_file("trace.csv", method="teacher", variant="default", seed=0),
+        directory(P.teacher_model()),
+        *[P.teacher_file(name) for name in TRAIN_FILES[1:]],
     params:
         fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], CFG["training"]["teacher"], CFG["training"]["teacher_pretrain"],
-                         CFG["data"]["max_length"], CFG["evaluation"]),
-    threads: workflow.cores
+                         CFG["training"]["teacher_data"], CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"]),
+    threads: max(1, workflow.cores // CFG["teacher_seeds"])  # the teacher seeds share the cores
     priority: 10  # the critical path: every distillation waits for the teacher
     resources:
         gpu=GPU,
     log:
-        P.log("train_teacher", "{pair}.log"),
+        P.log("train_teacher", "{pair}", "seed{tseed}.log"),
     benchmark:
-        P.bench("train_teacher", "{pair}.tsv")
+        P.timing("train_teacher", "{pair}", "seed{tseed}.tsv")
     shell:
-        "{KD} train_teacher --config {CONFIG} --pair {wildcards.pair} --threads {threads} 2> {log}"
+        "{KD} train_teacher {STAGE_ARGS} --pair {wildcards.pair:q} --tseed {wildcards.tseed} --threads {threads} 2> {log:q}"
 
 
 def init_inputs(wc):
     student = CFG["pairs"][wc.pair]["student"]
-    extra = [teacher_model(wc.pair)] if student["init"] == "layers_from_teacher" else []
-    return tokenizer_inputs() + corpus_inputs() + extra + [P.data("train")]
+    extra = [P.teacher_model(wc.pair, P.teacher_seed(wc.seed))] if student["init"] == "layers_from_teacher" else []
+    return tokenizer_inputs() + extra + [P.data("train")]
 
 
 rule init_student:
@@ -39,56 +41,60 @@ rule init_student:
     output:
         directory(P.student_init()),
     params:
-        fp=lambda wc: fp(CFG["pairs"][wc.pair]["student"], CFG["training"]["pretrain"]),
+        fp=lambda wc: fp(CFG["pairs"][wc.pair]["student"], CFG["training"]["pretrain"], CFG["data"]["max_length"],
+                         CFG["seed"]),
     threads: CFG["threads"]
     resources:
         gpu=GPU,
     log:
         P.log("init_student", "{pair}", "seed{seed}.log"),
     benchmark:
-        P.bench("init_student", "{pair}", "seed{seed}.tsv")
+        P.timing("init_student", "{pair}", "seed{seed}.tsv")
     shell:
-        "{KD} init_student --config {CONFIG} --pair {wildcards.pair} --seed {wildcards.seed} --threads {threads} 2> {log}"
+        "{KD} init_student {STAGE_ARGS} --pair {wildcards.pair:q} --seed {wildcards.seed} --threads {threads} 2> {log:q}"
 
 
 rule cache_teacher:
     input:
-        teacher=lambda wc: teacher_model(wc.pair),
+        teacher=P.teacher_model(),
         train=P.data("train"),
     output:
         directory(P.teacher_cache()),
+    params:
+        fp=fp(CFG["training"]["student"]["precision"], CFG["data"]["max_length"]),
     threads: CFG["threads"]
     resources:
         gpu=GPU,
     log:
-        P.log("cache_teacher", "{pair}.log"),
+        P.log("cache_teacher", "{pair}", "seed{tseed}.log"),
     benchmark:
-        P.bench("cache_teacher", "{pair}.tsv")
+        P.timing("cache_teacher", "{pair}", "seed{tseed}.tsv")
     shell:
-        "{KD} cache_teacher --config {CONFIG} --pair {wildcards.pair} --threads {threads} 2> {log}"
+        "{KD} cache_teacher {STAGE_ARGS} --pair {wildcards.pair:q} --tseed {wildcards.tseed} --threads {threads} 2> {log:q}"
 
 
 rule teacher_samples:
     input:
-        teacher=lambda wc: teacher_model(wc.pair),
+        teacher=P.teacher_model(),
         train=P.data("train"),
     output:
         P.teacher_samples(),
     params:
-        fp=fp(CFG["evaluation"]),
+        fp=fp(CFG["evaluation"], CFG["data"]["max_length"], CFG["seed"]),
     threads: CFG["threads"]
     resources:
         gpu=GPU,
     log:
-        P.log("teacher_samples", "{pair}.log"),
+        P.log("teacher_samples", "{pair}", "seed{tseed}.log"),
     benchmark:
-        P.bench("teacher_samples", "{pair}.tsv")
+        P.timing("teacher_samples", "{pair}", "seed{tseed}.tsv")
     shell:
-        "{KD} teacher_samples --config {CONFIG} --pair {wildcards.pair} --threads {threads} 2> {log}"
+        "{KD} teacher_samples {STAGE_ARGS} --pair {wildcards.pair:q} --tseed {wildcards.tseed} --threads {threads} 2> {log:q}"
 
 
 def difficulty_inputs(wc):
-    extra = [teacher_model(wc.pair)] if CFG["difficulty"]["scorer"] == "teacher_student_kl" else []
+    # one profile per pair: student seed 0, and teacher seed 0 for a scorer that needs a teacher
+    extra = [P.teacher_model(wc.pair, 0)] if CFG["difficulty"]["scorer"] == "teacher_student_kl" else []
     return [P.student_init(wc.pair, 0), P.data("train")] + extra
 
 
@@ -98,13 +104,14 @@ rule score_difficulty:
     output:
         P.difficulty(),
     params:
-        fp=fp(CFG["difficulty"]),
+        fp=fp(CFG["difficulty"], CFG["evaluation"]["precision"], CFG["evaluation"]["max_new_tokens"],
+              CFG["data"]["max_length"], CFG["seed"]),
     threads: CFG["threads"]
     resources:
         gpu=GPU,
     log:
         P.log("score_difficulty", "{pair}.log"),
     benchmark:
-        P.bench("score_difficulty", "{pair}.tsv")
+        P.timing("score_difficulty", "{pair}.tsv")
     shell:
-        "{KD} score_difficulty --config {CONFIG} --pair {wildcards.pair} --threads {threads} 2> {log}"
+        "{KD} score_difficulty {STAGE_ARGS} --pair {wildcards.pair:q} --threads {threads} 2> {log:q}"

@@ -1,62 +1,66 @@
 # The profile's tables and figures (committed for the default profile).
+from kdbench.paths import ABLATION_TABLE, LONG_TABLES, MAIN_TABLE, RUNTIME_TABLE, RunKey
 
-TABLES = P.tables
-LONG_TABLES = [f"{TABLES}/{n}" for n in ("runs.csv", "examples.csv.gz", "trace.csv.gz", "epochs.csv",
-                                         "bin_loss.csv", "ablations.csv")]
-# one set of tables per pair, suffixed _<pair> when the profile has several (kdbench.tables.build_all)
-_SUFFIXES = [""] if len(PAIRS) == 1 else [f"_{p}" for p in PAIRS]
-TABLE_FILES = [f"{TABLES}/{stem}{sfx}.{ext}"
-               for stem in ("main", "runtime") + (("ablation",) if CFG["ablations"]["method"] else ())
-               for sfx in _SUFFIXES for ext in ("md", "csv", "tex")]
-FIGURES_DONE = f"{P.figures}/.done"
+ALL_RUNS = P.teacher_runs() + [RunKey(r.pair, r.method, r.variant, r.seed) for r in RUNS]
+METRICS = [P.run_file("metrics", **r._asdict()) for r in ALL_RUNS]
+LONG_TABLE_FILES = [P.long_table(name) for name in LONG_TABLES]
+TABLE_KINDS = (MAIN_TABLE, RUNTIME_TABLE) + ((ABLATION_TABLE,) if CFG["ablations"]["method"] else ())
 
 
 report: "report/workflow.rst"
 
 
-def _in_report(path):
-    """A table file flagged for `snakemake --report`: the .md (shown in its caption) and the
-    numeric .csv of each table, under "Tables"; the .tex stays out."""
-    stem, ext = path.rsplit("/", 1)[-1].split(".", 1)
-    kind = next((k for k in ("main", "ablation", "runtime") if stem.startswith(k)), None)
-    if ext == "tex" or kind is None:
-        return path
-    return report(path, caption=f"report/{kind}_table.rst", category="Tables",
-                  labels={"table": stem, "format": ext})
+def report_tables():
+    """The table files, the .md (shown in its caption) and numeric .csv of each flagged for
+    `snakemake --report` under "Tables"; the .tex stays out."""
+    out = []
+    for kind in TABLE_KINDS:
+        for pair in PAIRS:
+            stem = Path(P.table(kind, pair, "md")).stem
+            out.append(P.table(kind, pair, "tex"))
+            out += [report(P.table(kind, pair, ext), caption=f"report/{kind}_table.rst", category="Tables",
+                           labels={"table": stem, "format": ext}) for ext in ("md", "csv")]
+    return out
 
 
 rule collect:
     input:
-        [P.run_file("metrics.json", pair=p, method=m, variant=v, seed=s) for p, m, v, s in run_dirs()],
+        METRICS,
     output:
-        LONG_TABLES,
+        LONG_TABLE_FILES,
+    params:
+        # the ablation rows (ablations.csv); the runs themselves are the inputs
+        fp=fp(C.ablation_variants(CFG)),
     log:
         P.log("collect.log"),
     shell:
-        "{KD} collect --config {CONFIG} 2> {log}"
+        "{KD} collect {STAGE_ARGS} 2> {log:q}"
 
 
 rule tables:
     input:
-        LONG_TABLES,
+        LONG_TABLE_FILES,
     output:
-        [_in_report(f) for f in TABLE_FILES],
+        report_tables(),
     log:
         P.log("tables.log"),
     shell:
-        "{KD} tables --config {CONFIG} 2> {log}"
+        "{KD} tables {STAGE_ARGS} 2> {log:q}"
 
 
 rule figures:
     input:
-        LONG_TABLES,
+        LONG_TABLE_FILES,
     output:
-        # build_all skips a figure whose inputs are absent (e.g. cpd_schedule without cpd), so the
-        # rule declares the folder, not the PNGs; the report takes whatever PNGs are in it.
+        # build_all skips a figure whose inputs are absent (e.g. the schedule without an
+        # ablation method), so the rule declares the folder, not the PNGs; the report takes
+        # whatever PNGs are in it.
         report(directory(P.figures), patterns=["{name}.png"], caption="report/figures.rst",
                category="Figures", labels={"figure": "{name}"}),
-        touch(FIGURES_DONE),
+        touch(P.figures_done),
+    params:
+        fp=fp(CFG["ablations"]["method"]),
     log:
         P.log("figures.log"),
     shell:
-        "{KD} figures --config {CONFIG} 2> {log}"
+        "{KD} figures {STAGE_ARGS} 2> {log:q}"

@@ -1,38 +1,34 @@
-# Per run (pair, method, variant, seed): distil, sample answers on every benchmark, score them.
-# The teacher's run is teacher/default/seed0 and shares the generate and score rules.
-
-RUN = P.run_dir()
+# Per run (pair, method, variant, seed): distil, sample answers on every test set, score them.
+# The teachers' runs (teacher/default/seed<t>) share the generate and score rules.
 
 
 def distill_inputs(wc):
-    cls = method_cls(wc)
+    cls, meth, tseed = METHODS[wc.method], method_of(wc), P.teacher_seed(wc.seed)
     out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"), "validation": P.data("validation"),
            "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
-        out["teacher"] = P.teacher_cache(wc.pair) if CFG["distill"]["cache_teacher"] else teacher_model(wc.pair)
-    if cls.uses_difficulty:
+        out["teacher"] = (P.teacher_cache(wc.pair, tseed) if CFG["distill"]["cache_teacher"]
+                          else P.teacher_model(wc.pair, tseed))
+    if meth.uses_difficulty:
         out["difficulty"] = P.difficulty(wc.pair)
     if cls.train_on == "teacher_samples":
-        out["samples"] = P.teacher_samples(wc.pair)
+        out["samples"] = P.teacher_samples(wc.pair, tseed)
     return out
 
 
-def run_params(wc):
-    r = RUN_INDEX[(wc.pair, wc.method, wc.variant, int(wc.seed))]
-    return fp(r.params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"], CFG["evaluation"])
+def run_settings(wc):
+    return fp(run_of(wc).params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"],
+              CFG["evaluation"], CFG["seed"])
 
 
 rule distill:
     input:
         unpack(distill_inputs),
     output:
-        model=directory(f"{RUN}/model"),
-        info=f"{RUN}/train.json",
-        trace=f"{RUN}/trace.csv",
-        epochs=f"{RUN}/epochs.csv",
-        bin_loss=f"{RUN}/bin_loss.csv",
+        directory(P.run_file("model")),
+        *[P.run_file(name) for name in TRAIN_FILES[1:]],
     params:
-        fp=run_params,
+        fp=run_settings,
         key=run_key,
     wildcard_constraints:
         method="|".join(METHODS),
@@ -42,18 +38,18 @@ rule distill:
     log:
         P.log("distill", "{pair}", "{method}", "{variant}", "seed{seed}.log"),
     benchmark:
-        P.bench("distill", "{pair}", "{method}", "{variant}", "seed{seed}.tsv")
+        P.timing("distill", "{pair}", "{method}", "{variant}", "seed{seed}.tsv")
     shell:
-        "{KD} distill --config {CONFIG} {params.key} --threads {threads} 2> {log}"
+        "{KD} distill {STAGE_ARGS} {params.key} --threads {threads} 2> {log:q}"
 
 
 rule generate:
     input:
-        model=f"{RUN}/model",
-        benchmarks=[P.data(b) for b in BENCHMARKS],
+        model=P.run_file("model"),
+        test_sets=[P.data(b) for b in TEST_SETS],
     output:
-        answers=[f"{RUN}/answers/{b}.jsonl" for b in BENCHMARKS],
-        stats=[f"{RUN}/answers/{b}.json" for b in BENCHMARKS],
+        answers=[P.answers(b) for b in TEST_SETS],
+        stats=[P.answer_stats(b) for b in TEST_SETS],
     params:
         fp=fp(CFG["evaluation"], CFG["data"]["max_length"]),
         key=run_key,
@@ -63,21 +59,21 @@ rule generate:
     log:
         P.log("generate", "{pair}", "{method}", "{variant}", "seed{seed}.log"),
     benchmark:
-        P.bench("generate", "{pair}", "{method}", "{variant}", "seed{seed}.tsv")
+        P.timing("generate", "{pair}", "{method}", "{variant}", "seed{seed}.tsv")
     shell:
-        "{KD} generate --config {CONFIG} {params.key} --threads {threads} 2> {log}"
+        "{KD} generate {STAGE_ARGS} {params.key} --threads {threads} 2> {log:q}"
 
 
 rule score:
     input:
-        answers=[f"{RUN}/answers/{b}.jsonl" for b in BENCHMARKS],
-        info=f"{RUN}/train.json",
+        answers=[P.answers(b) for b in TEST_SETS],
+        info=P.run_file("train"),
     output:
-        scores=f"{RUN}/scores.csv",
-        metrics=f"{RUN}/metrics.json",
+        P.run_file("scores"),
+        P.run_file("metrics"),
     params:
         key=run_key,
     log:
         P.log("score", "{pair}", "{method}", "{variant}", "seed{seed}.log"),
     shell:
-        "{KD} score --config {CONFIG} {params.key} 2> {log}"
+        "{KD} score {STAGE_ARGS} {params.key} 2> {log:q}"
