@@ -254,7 +254,7 @@ def _broad_corpus(cfg, tok):
     from kdbench.data import encode_corpus
 
     broad = Path(Paths(cfg).data("broad"))
-    if broad.is_file():
+    if broad.is_file() and broad.stat().st_size > 0:  # the synthetic suite writes it empty when unsized
         return encode_corpus(tok, load_records(broad), cfg["data"]["max_length"])
     return _train_examples(cfg, tok)
 
