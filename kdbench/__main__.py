@@ -60,12 +60,17 @@ def main(argv=None) -> int:
             cfg["threads"] = args.threads
         offline.apply(cfg)  # before any stage imports the Hugging Face libraries
         if args.stage == "validate":
+            from kdbench import preflight
             from kdbench.models import check_scratch_config
 
             for pair, spec in cfg["pairs"].items():
                 for role in ("teacher", "student"):
                     if spec[role]["init"] == "scratch":
                         check_scratch_config(spec[role], f"{pair}.{role}")
+            for line in preflight.data_report(cfg):
+                print(line)
+            for warning in preflight.schedule_warnings(cfg):
+                print(f"kdbench validate: warning: {warning}", file=sys.stderr)
             n = len(C.runs(cfg))
             print(f"{args.config}: valid; profile {cfg['profile']!r}, {len(cfg['pairs'])} pair(s), {n} student runs.")
             return 0
@@ -97,7 +102,8 @@ def main(argv=None) -> int:
 # errno values and library messages (torch, safetensors) of a write the file system refused
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 _STORAGE_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large", "Read-only file system",
-                  "StorageFull", "Permission denied", "file write failed", "Operation not permitted")
+                  "StorageFull", "Permission denied", "file write failed", "Operation not permitted",
+                  "unexpected pos")  # torch.save's zip writer when a write came up short
 
 
 def storage_error(exc: BaseException) -> str | None:

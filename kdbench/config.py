@@ -117,6 +117,7 @@ def _check_semantics(cfg: dict, source: str) -> None:
                                 f"synthetic suite does not have; use one of {list(TEST_BENCHMARKS)}.")
     if cfg["data"]["source"] == "hub":
         for key, where in [("data.train", cfg["data"]["train"]),
+                           *([("data.validation", cfg["data"]["validation"])] if cfg["data"]["validation"] else []),
                            *((f"data.benchmarks.{k}", v) for k, v in cfg["data"]["benchmarks"].items())]:
             if _missing_local(where):
                 raise UserError(f"{source}: `{key}` names the local path {where}, which does not exist; "
@@ -142,10 +143,33 @@ def _check_semantics(cfg: dict, source: str) -> None:
         if spec["student"]["init"] == "layers_from_teacher" and not spec["student"]["layers"]:
             raise UserError(f"{source}: `pairs.{pair}.student.layers` is empty; list the teacher "
                             "layers to copy for init: layers_from_teacher.")
+    if cfg["training"]["teacher_data"] == "broad" and not (
+            cfg["data"]["source"] == "synthetic" and cfg["data"]["synthetic_sizes"].get("broad")):
+        raise UserError(f"{source}: `training.teacher_data: broad` needs the synthetic `broad` split; "
+                        "set `data.synthetic_sizes.broad` to a positive size or `teacher_data: train`.")
+    for name in cfg["training"]["per_method"]:
+        student_budget(cfg, name, source)
     # every method name, parameter and grid must resolve (also of methods not included)
     runs(cfg, source)
     for name in set(cfg["methods"]["params"]) | set(cfg["methods"]["grids"]):
         variants(cfg, name, source)
+
+
+def student_budget(cfg: dict, method: str, source: str = "the config") -> dict:
+    """The training budget of `method`'s runs: `training.student` with the method's
+    `training.per_method` overrides; UserError for an unknown method or a bad key or value."""
+    over = cfg["training"]["per_method"].get(method, {})
+    if over and method not in M.discover(cfg["methods_dir"]):
+        raise UserError(f"{source}: `training.per_method` names the unknown method {method!r}; "
+                        f"available: {', '.join(sorted(M.discover(cfg['methods_dir'])))}.")
+    budget = {**cfg["training"]["student"], **over}
+    sch = schema()
+    errors = list(jsonschema.Draft202012Validator({"$defs": sch["$defs"], "$ref": "#/$defs/budget"})
+                  .iter_errors(budget))
+    if errors:
+        raise UserError(f"{source}: `training.per_method.{method}` is invalid: {errors[0].message}; "
+                        "use the keys of a budget (see workflows/schemas/config.schema.yaml).")
+    return budget
 
 
 def _missing_local(path: str, file: str | None = None) -> bool:
@@ -201,18 +225,27 @@ def variants(cfg: dict, name: str, source: str = "the config") -> dict[str, dict
     return out
 
 
-def ablation_variants(cfg: dict, source: str = "the config") -> dict[str, tuple[str, dict]]:
-    """{row name: (slug, overrides)} of the ablation grid, in config order."""
-    name = cfg["ablations"]["method"]
-    if not name:
+def ablation_variants(cfg: dict, source: str = "the config") -> dict[str, tuple[str, str, dict]]:
+    """{row name: (method, slug, overrides)} of the ablation grid, in config order.
+
+    A row varies `ablations.method` unless it names another method under the key `method`
+    (a control such as budget-matched kd: `{method: kd, data_fraction: 0.8}`); its other keys
+    override that method's `methods.params`.
+    """
+    default = cfg["ablations"]["method"]
+    if not default:
         return {}
-    cls = M.discover(cfg["methods_dir"])[name]
-    base = dict(cfg["methods"]["params"].get(name, {}))
+    available = M.discover(cfg["methods_dir"])
     out = {}
     for row, over in cfg["ablations"]["variants"].items():
-        params = {**base, **over}
-        _check_params(cls, name, params, f"{source} (ablation {row!r})")
-        out[row] = (M.slug(params, cls), params)
+        over = dict(over)
+        name = over.pop("method", default)
+        if name not in available:
+            raise UserError(f"{source}: ablation {row!r} names the unknown method {name!r}; "
+                            f"available: {', '.join(sorted(available))}.")
+        params = {**cfg["methods"]["params"].get(name, {}), **over}
+        _check_params(available[name], name, params, f"{source} (ablation {row!r})")
+        out[row] = (name, M.slug(params, available[name]), params)
     return out
 
 
@@ -228,9 +261,8 @@ def runs(cfg: dict, source: str = "the config") -> list[Run]:
     out: dict[tuple, Run] = {}
     seeds = range(cfg["training_seeds"])
     per_method: dict[str, dict[str, dict]] = {n: variants(cfg, n, source) for n in method_names(cfg, source)}
-    abl = cfg["ablations"]["method"]
-    if abl:
-        per_method.setdefault(abl, {}).update({s: p for s, p in ablation_variants(cfg, source).values()})
+    for name, slug_, params in ablation_variants(cfg, source).values():
+        per_method.setdefault(name, {})[slug_] = params
     for pair in cfg["pairs"]:
         for name, vs in per_method.items():
             for slug_, params in vs.items():
@@ -246,6 +278,14 @@ def find_run(cfg: dict, pair: str, method: str, variant: str, seed: int) -> Run:
             return r
     raise UserError(f"the profile has no run {pair}/{method}/{variant}/seed{seed}; "
                     "check the pair, method, variant and seed against the config.")
+
+
+def uses_teacher_cache(cfg: dict, cls: type[M.Method]) -> bool:
+    """Whether a run of method class `cls` reads the cached teacher logits: the cache is on and
+    holds the sequences the method trains on (the references, also those of on-policy methods'
+    reference batches; a method trained on teacher samples, such as SeqKD, runs the teacher
+    online)."""
+    return bool(cfg["distill"]["cache_teacher"]) and cls.needs_teacher and cls.train_on in ("reference", "mixed")
 
 
 # --- seeds -----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ sort), so the same input always gives the same output.
 
 Two curricula, both cumulative (an epoch's subset contains every easier example):
 
-* `uniform_difficulty_subsets` — CPD's reading (REFERENCES.md): over E epochs with progress
+* `uniform_difficulty_subsets` — CPD's reading (methods/cpd.py): over E epochs with progress
   π_e = e/(E−1), the epoch's subset is the shortest easiest-first prefix whose mean
   difficulty reaches μ_e = μ_start + π_e·(μ_all − μ_start); μ_start is the mean of the
   easiest `start_fraction`, μ_all the mean of all. Equal steps in mean difficulty, not in
@@ -18,6 +18,15 @@ Two curricula, both cumulative (an epoch's subset contains every easier example)
 `order_profile` turns a profile into the one a curriculum is built from: as is
 ("easy_first"), negated ("hard_first", an anti-curriculum) or permuted with a seed
 ("shuffled", a control with the same subset sizes but no difficulty information).
+
+Scale. The uniform rule averages difficulty values, so it depends on their scale (stages
+only use ranks). `scale="raw"` uses d as scored; `scale="percentile"` first replaces d by its
+rank percentile in [0, 1] (`percentile`). On the percentile scale the prefix mean of the
+easiest k examples is (k−1)/(2(N−1)), so the subset size grows linearly from the start
+fraction f₀ to all data and the fraction of example-epochs seen over E ≥ 2 epochs is
+(1 + f₀)/2 whatever the data (`data_fraction`); on the raw scale it follows the shape of
+the scorer's distribution (a convex one such as a rescaled rank fusion gives small early
+subsets).
 
 Returned index arrays are int64 and easiest first. Nothing here plots or writes: the training
 engine logs each epoch's subset size and mean difficulty (a run's epochs.csv).
@@ -32,6 +41,7 @@ from kdbench.errors import UserError
 
 ORDERS = ("easy_first", "hard_first", "shuffled")
 CURRICULA = ("uniform", "stages", "none")
+SCALES = ("percentile", "raw")
 
 # Tolerance on prefix means, in units of the profile's range (max − min). Prefix means are
 # computed on the profile rescaled to [0, 1], so round-off is ~N·1e-16 there; 1e-9 absorbs it
@@ -71,6 +81,12 @@ def check_difficulty(difficulty, n_examples: int, method: str = "this method") -
     return d
 
 
+def check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise UserError(f"unknown difficulty scale {scale!r}; choose one of {', '.join(SCALES)}.")
+    return scale
+
+
 def _check_epochs(n_epochs) -> int:
     if int(n_epochs) != n_epochs or n_epochs < 1:
         raise UserError(f"n_epochs must be a positive integer (got {n_epochs!r}).")
@@ -107,6 +123,43 @@ def order_profile(difficulty, how: str = "easy_first", seed: int = 0) -> np.ndar
         perm = np.random.default_rng(int(seed) % 2**32).permutation(d.size)
         return d[perm]
     raise UserError(f"unknown curriculum order {how!r}; choose one of {', '.join(ORDERS)}.")
+
+
+def percentile(difficulty) -> np.ndarray:
+    """Rank percentile of each example in [0, 1], (N,): (rank − 1)/(N − 1), 0 = easiest.
+
+    Ties share their average rank, so equal difficulties stay equal (a constant profile
+    stays constant); N = 1 gives 0.
+    """
+    d = as_profile(difficulty)
+    if d.size == 1:
+        return np.zeros(1)
+    order = np.argsort(d, kind="stable")
+    ranks = np.empty(d.size)
+    ranks[order] = np.arange(d.size, dtype=np.float64)
+    # average the ranks of tied values: group by the sorted value
+    sorted_d = d[order]
+    starts = np.flatnonzero(np.r_[True, sorted_d[1:] != sorted_d[:-1]])
+    ends = np.r_[starts[1:], d.size]
+    mean_rank = (starts + ends - 1) / 2.0
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks / (d.size - 1)
+
+
+def on_scale(difficulty, scale: str) -> np.ndarray:
+    """The profile the uniform rule averages: d itself ("raw") or its `percentile`."""
+    return percentile(difficulty) if check_scale(scale) == "percentile" else as_profile(difficulty)
+
+
+def random_subset(n_examples: int, fraction: float, seed: int, epoch: int) -> np.ndarray:
+    """A fresh random `fraction` of range(n_examples) for one epoch, in random order (int64).
+
+    Size `start_count(n_examples, fraction)`; drawn from (seed, epoch) with a stream of its
+    own (tag 0xB0), so the budget-matched control sees different examples every epoch.
+    """
+    k = start_count(n_examples, fraction)
+    rng = np.random.default_rng([int(seed) % 2**32, 0xB0, int(epoch)])
+    return rng.permutation(n_examples)[:k].astype(np.int64)
 
 
 def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
@@ -240,20 +293,30 @@ def stage_subsets(difficulty, n_epochs: int, n_stages: int = 4) -> list[np.ndarr
 
 def build_subsets(difficulty, n_epochs: int, *, curriculum: str = "uniform",
                   order: str = "easy_first", seed: int = 0, start_fraction: float = 0.2,
-                  n_stages: int = 4) -> list[np.ndarray] | None:
+                  n_stages: int = 4, scale: str = "percentile") -> list[np.ndarray] | None:
     """The per-epoch subsets of a curriculum method; None for curriculum="none" (all data).
 
     `order` and `seed` go through `order_profile` first, so hard_first and shuffled reuse
-    the same subset rules.
+    the same subset rules; `scale` (see the module docstring) matters to "uniform" only.
     """
     if curriculum == "none":
         return None
     profile = order_profile(difficulty, order, seed)
     if curriculum == "uniform":
-        return uniform_difficulty_subsets(profile, n_epochs, start_fraction)
+        return uniform_difficulty_subsets(on_scale(profile, scale), n_epochs, start_fraction)
     if curriculum == "stages":
         return stage_subsets(profile, n_epochs, n_stages)
     raise UserError(f"unknown curriculum {curriculum!r}; choose one of {', '.join(CURRICULA)}.")
+
+
+def data_fraction(subsets, n_examples: int) -> float:
+    """Example-epochs seen over the run / those of training on all data every epoch.
+
+    subsets: the per-epoch index arrays (None = a curriculum-free run: 1.0).
+    """
+    if subsets is None:
+        return 1.0
+    return sum(len(s) for s in subsets) / (len(subsets) * n_examples)
 
 
 def subset_means(difficulty, subsets) -> np.ndarray:

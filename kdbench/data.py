@@ -129,15 +129,14 @@ def collate(examples: list[Encoded], pad_id: int, loss_on: str = "response") -> 
     """
     T = max(len(e.ids) for e in examples)
     B = len(examples)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, T), dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.bool)
-    for b, e in enumerate(examples):
-        n = len(e.ids)
-        ids[b, :n] = torch.tensor(e.ids)
-        attn[b, :n] = 1
-        first = 0 if loss_on == "all" else e.n_prompt - 1
-        mask[b, first:n - 1] = True
-    targets = torch.roll(ids, -1, dims=1)
-    return {"input_ids": ids, "attention_mask": attn, "mask": mask, "targets": targets,
+    lengths = np.array([len(e.ids) for e in examples])
+    first = np.zeros(B, dtype=np.int64) if loss_on == "all" else np.array([e.n_prompt - 1 for e in examples])
+    ids = np.full((B, T), pad_id, dtype=np.int64)
+    for b, e in enumerate(examples):  # numpy slice writes: ~1 us each, a torch write costs ~10
+        ids[b, :len(e.ids)] = e.ids
+    col = np.arange(T)
+    attn = col < lengths[:, None]
+    mask = (col >= first[:, None]) & (col < lengths[:, None] - 1)
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attn.astype(np.int64)),
+            "mask": torch.from_numpy(mask), "targets": torch.from_numpy(np.roll(ids, -1, axis=1)),
             "index": torch.tensor([e.index for e in examples])}

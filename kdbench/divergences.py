@@ -183,24 +183,33 @@ class _PerToken(torch.autograd.Function):
         cd = _compute_dtype(student, teacher)
         need_grad = ctx.needs_input_grad[0]
         n = idx.numel()
+        every_row = n == student.shape[0]  # indices are sorted and unique: idx is 0..M-1
         out = torch.empty(n, dtype=cd, device=student.device)
         jac = torch.empty((n, student.shape[-1]), dtype=student.dtype,
                           device=student.device) if need_grad else None
         for lo in range(0, n, rows):
-            sel = idx[lo:lo + rows]
-            # advanced indexing, not index_select: the latter is pathologically slow on the CPU
-            # with several threads and long rows (torch 2.13: 2 s instead of 0.03 s per chunk)
-            s = student[sel].to(cd)
-            t = teacher[sel].to(cd)
-            if need_grad:
-                s.requires_grad_(True)
+            if every_row:  # a view, no copy
+                s, t = student[lo:lo + rows].to(cd), teacher[lo:lo + rows].to(cd)
+            else:
+                # advanced indexing, not index_select: the latter is pathologically slow on the
+                # CPU with several threads and long rows (torch 2.13: 2 s instead of 0.03 s per chunk)
+                sel = idx[lo:lo + rows]
+                s, t = student[sel].to(cd), teacher[sel].to(cd)
+            closed = _CLOSED_FORM.get(kernel) if need_grad else None
+            vg = closed(s, t, temperature) if closed is not None else None
+            if vg is not None:
+                v, g = vg
+            elif need_grad:
+                s = s.detach().requires_grad_(True)
                 with torch.enable_grad():
                     v = _rows_value(kernel, s, t, temperature)
                     (g,) = torch.autograd.grad(v.sum(), s)
-                jac[lo:lo + rows] = g
-                out[lo:lo + rows] = v.detach()
+                v = v.detach()
             else:
-                out[lo:lo + rows] = _rows_value(kernel, s, t, temperature)
+                v, g = _rows_value(kernel, s, t, temperature), None
+            out[lo:lo + rows] = v
+            if g is not None:
+                jac[lo:lo + rows] = g
         if need_grad:
             ctx.save_for_backward(idx, jac)
             ctx.rows, ctx.flat_shape, ctx.cd = rows, student.shape, cd
@@ -210,14 +219,36 @@ class _PerToken(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         idx, jac = ctx.saved_tensors
-        every_row = idx.numel() == ctx.flat_shape[0]  # indices are unique: all rows written
-        grad = (torch.empty if every_row else torch.zeros)(ctx.flat_shape, dtype=jac.dtype,
-                                                             device=jac.device)
+        if idx.numel() == ctx.flat_shape[0]:  # every row, in order: a rescale, no scatter
+            return (jac.to(ctx.cd) * grad_out[:, None].to(ctx.cd)).to(jac.dtype), None, None, None, None, None
+        grad = torch.zeros(ctx.flat_shape, dtype=jac.dtype, device=jac.device)
         rows = ctx.rows
         for lo in range(0, idx.numel(), rows):
             g = jac[lo:lo + rows].to(ctx.cd) * grad_out[lo:lo + rows, None].to(ctx.cd)
             grad.index_copy_(0, idx[lo:lo + rows], g.to(jac.dtype))
         return grad, None, None, None, None, None
+
+
+def _forward_kl_value_grad(s: torch.Tensor, t: torch.Tensor, temperature: float):
+    """Forward KL × τ² per row of student rows `s` and teacher rows `t` (rows, V), and its
+    gradient with respect to `s`, τ (q − p), in one pass: about 3x fewer passes over the
+    rows than autograd. None when a value is not finite (the generic path handles those)."""
+    if temperature != 1.0:
+        s, t = s / temperature, t / temperature
+    log_q = torch.log_softmax(s, -1)
+    log_p = torch.log_softmax(t, -1)
+    p = log_p.exp()
+    value = (p * (log_p - log_q)).sum(-1)
+    if not bool(torch.isfinite(value).all()):
+        return None
+    grad = log_q.exp_().sub_(p)
+    if temperature != 1.0:
+        return value * temperature ** 2, grad.mul_(temperature)
+    return value, grad
+
+
+# row kernels with a closed-form gradient: value and gradient computed together
+_CLOSED_FORM = {_forward_kl_rows: _forward_kl_value_grad}
 
 
 def per_token(kernel: Kernel, student_logits: torch.Tensor, teacher_logits: torch.Tensor,

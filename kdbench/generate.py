@@ -1,7 +1,22 @@
 """Batched sampling with a KV cache, following the instruction-KD protocol: temperature 1,
 top_p 1, top_k 0 (pure sampling), prompt plus answer at most max_length tokens, answers cut
-at EOS and stripped. One seed per pass over a benchmark; results depend only on the seed,
-the model and the batch composition (prompts are batched in a fixed, length-sorted order)."""
+at EOS and stripped; a prompt longer than `max_prompt_tokens` is cut to its first
+`max_prompt_tokens` tokens and kept (the protocol keeps long test prompts). One seed per pass
+over a test set; results depend only on the seed, the model and the batch composition
+(prompts are batched in a fixed, length-sorted order).
+
+The number of new tokens of an answer never depends on the batch it is in: at most
+`max_new_tokens` (when null: max_length minus the longest prompt of `records`), and never
+past max_length for its own prompt.
+
+The loop is our own rather than `transformers`' `generate`: one forward per new token on the
+model's own KV cache, the output layer applied to the last position only, and the same
+sampling rules as `generate` (temperature, then top-k, then top-p, then a draw from the
+filtered distribution with the global torch generator; inverse-CDF rather than
+`torch.multinomial`, so the same distribution but not the same tokens for a seed). It skips
+`generate`'s per-step machinery (logits processors, stopping criteria, input preparation),
+which is most of the time for small models.
+"""
 from __future__ import annotations
 
 import sys
@@ -12,42 +27,115 @@ import torch
 from tqdm import tqdm
 
 from kdbench.data import encode_prompt
-from kdbench.models import autocast
+from kdbench.models import autocast, next_token_logits
 
 
 @torch.no_grad()
 def sample(model, tokenizer, records: list[dict], *, seed: int, temperature: float = 1.0,
            top_p: float = 1.0, top_k: int = 0, max_length: int = 512, max_new_tokens: int | None = None,
-           batch_size: int = 64, precision: str = "auto", desc: str = "generate") -> tuple[list[str], dict]:
-    """Answers (in record order) and {"gen_tokens", "gen_wall_s"}."""
+           max_prompt_tokens: int | None = None, batch_size: int = 64, precision: str = "auto",
+           desc: str = "generate") -> tuple[list[str], dict]:
+    """Answers (in record order) and {"gen_tokens", "gen_wall_s", "ended"}; ended[i] is True
+    when answer i stopped at EOS, False when it ran into the length cap (max_new_tokens or
+    max_length) without one."""
     dev = next(model.parameters()).device
-    prompts = [encode_prompt(tokenizer, r) for r in records]
+    prompts = [encode_prompt(tokenizer, r)[:max_prompt_tokens] for r in records]
     order = np.argsort([len(p) for p in prompts], kind="stable")
     answers: list[str] = [""] * len(records)
+    ended = [False] * len(records)
     n_tokens, t0 = 0, time.perf_counter()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    cap = new_token_cap(prompts, max_length, max_new_tokens)
     torch.manual_seed(seed)
     for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", file=sys.stderr, mininterval=5.0):
         idx = order[s:s + batch_size]
-        T = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), T), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for b, i in enumerate(idx):  # left padding: every prompt ends at the last column
-            ids[b, T - len(prompts[i]):] = torch.tensor(prompts[i])
-            attn[b, T - len(prompts[i]):] = 1
-        budget = max_length - T
-        if max_new_tokens is not None:
-            budget = min(budget, max_new_tokens)
-        if budget <= 0:
+        limits = [min(cap, max_length - len(prompts[i])) for i in idx]
+        if max(limits) <= 0:
             continue
         with autocast(precision, dev):
-            out = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), do_sample=True,
-                                 temperature=temperature, top_p=top_p, top_k=top_k,
-                                 max_new_tokens=budget, eos_token_id=eos, pad_token_id=pad)
+            new = sample_batch(model, [prompts[i] for i in idx], limits, eos=eos, pad=pad,
+                               temperature=temperature, top_p=top_p, top_k=top_k)
         for b, i in enumerate(idx):
-            new = out[b, T:].tolist()
-            if eos in new:
-                new = new[:new.index(eos)]
-            n_tokens += len(new) + 1
-            answers[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
-    return answers, {"gen_tokens": n_tokens, "gen_wall_s": time.perf_counter() - t0}
+            n_tokens += len(new[b]) + 1
+            ended[i] = len(new[b]) < limits[b]  # shorter than its cap: it stopped at EOS
+            answers[i] = tokenizer.decode(new[b], skip_special_tokens=True).strip()
+    return answers, {"gen_tokens": n_tokens, "gen_wall_s": time.perf_counter() - t0, "ended": ended}
+
+
+def new_token_cap(prompts: list[list[int]], max_length: int, max_new_tokens: int | None) -> int:
+    """New tokens allowed per answer: max_new_tokens, or (null) what max_length leaves after
+    the longest prompt. Either way the same for every batch."""
+    if max_new_tokens is not None:
+        return int(max_new_tokens)
+    return max_length - max((len(p) for p in prompts), default=0)
+
+
+def sample_batch(model, prompts: list[list[int]], limits: list[int], *, eos: int, pad: int,
+                 temperature: float, top_p: float, top_k: int) -> list[list[int]]:
+    """New tokens of each prompt, cut before EOS; row b gets at most limits[b] tokens
+    (EOS included). Prompts are left-padded so that each ends at the last column."""
+    dev = next(model.parameters()).device
+    B, T = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p):] = torch.tensor(p)
+        attn[b, T - len(p):] = 1
+    steps = max(limits)
+    # the attention mask of every step is a prefix of one preallocated (B, T + steps) mask
+    attn = torch.cat([attn, torch.ones((B, steps), dtype=attn.dtype)], dim=1).to(dev)
+    ids, limit = ids.to(dev), torch.tensor(limits, device=dev)
+    out = torch.full((B, steps), pad, dtype=torch.long, device=dev)
+    done = limit <= 0
+    # positions count real tokens only, as in `generate` (padding gets position 1)
+    prompt_attn = attn[:, :T]
+    pos = (prompt_attn.cumsum(-1) - 1).masked_fill_(prompt_attn == 0, 1)
+    logits, cache = next_token_logits(model, ids, prompt_attn, pos, None)
+    last_pos = pos[:, -1:]
+    for step in range(steps):
+        token = _draw(logits.float(), temperature, top_p, top_k)
+        token = token.masked_fill_(done, pad)
+        out[:, step] = token
+        done = done | (token == eos) | (limit <= step + 1)
+        if bool(done.all()):
+            break
+        last_pos = last_pos + 1
+        logits, cache = next_token_logits(model, token[:, None], attn[:, :T + step + 1], last_pos, cache)
+    rows = out.tolist()
+    return [r[:r.index(eos)] if eos in r else r[:lim] for r, lim in zip(rows, limits)]
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_p: float, top_k: int) -> torch.Tensor:
+    """One token per row from (B, V) logits: temperature, top-k, top-p (nucleus), then a
+    multinomial draw; the same filters in the same order as `transformers`' sampling."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum <= 1 - top_p
+        drop[:, -1] = False  # keep at least the most likely token
+        logits = logits.masked_fill(drop.scatter(1, sorted_idx, drop), -float("inf"))
+    # inverse-CDF draw: the same distribution as torch.multinomial, 25x faster on the CPU
+    # at (100, 1024); the uniform is scaled by the row total so rounding cannot overshoot
+    cdf = logits.softmax(-1).cumsum(-1)
+    u = torch.rand((cdf.shape[0], 1), device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
+
+
+@torch.no_grad()
+def sample_ids(model, prompts: list[list[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
+               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+               precision: str = "auto") -> list[list[int]]:
+    """One batch of prompts (token ids) -> each prompt's sampled continuation, at most
+    `max_new_tokens` tokens, ending with its EOS where one was drawn (on-policy training learns
+    to stop). The same loop as `sample`; uses the global torch RNG."""
+    dev = next(model.parameters()).device
+    limits = [max_new_tokens] * len(prompts)
+    with autocast(precision, dev):
+        news = sample_batch(model, prompts, limits, eos=eos_id, pad=pad_id,
+                            temperature=temperature, top_p=top_p, top_k=top_k)
+    return [new + [eos_id] if len(new) < limit else new for new, limit in zip(news, limits)]

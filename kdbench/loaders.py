@@ -34,10 +34,13 @@ checkpoints (vocabulary check, layer-cut students, GGUF) are `kdbench.checkpoint
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+import numpy as np
 
 from kdbench.data import PROMPT, PROMPT_WITH_INPUT, encode_prompt
 from kdbench.errors import UserError
@@ -105,14 +108,18 @@ def _bucket_splits(buckets: Iterable[str]) -> dict[str, SplitFile]:
     return {b: SplitFile(f"{b}/valid.jsonl") for b in buckets}
 
 
+#: MiniLLM's training layout (MiniLLM/dolly, or any folder holding raw.jsonl): raw.jsonl is
+#: the training pool, its first lines the validation set (MiniLLM's own processing script:
+#: `dev_num` 1,000 for Dolly), the rest the training set; valid.jsonl is the test set.
+#: prepare_data holds out the first min(1000, n/10) lines (`read_training`), which is these
+#: splits for Dolly and keeps a small pool mostly for training.
+MINILLM_TRAINING = {"train": SplitFile("raw.jsonl", 1000, None),
+                    "validation": SplitFile("raw.jsonl", 0, 1000),
+                    "raw": SplitFile("raw.jsonl"),
+                    "test": SplitFile("valid.jsonl")}
+
 BENCHMARKS: dict[str, Benchmark] = {
-    "dolly": Benchmark(
-        "dolly", "MiniLLM/dolly", "DollyEval",
-        {"train": SplitFile("raw.jsonl", 1000, None),
-         "validation": SplitFile("raw.jsonl", 0, 1000),
-         "raw": SplitFile("raw.jsonl"),
-         "test": SplitFile("valid.jsonl")},
-    ),
+    "dolly": Benchmark("dolly", "MiniLLM/dolly", "DollyEval", MINILLM_TRAINING),
     "self-inst": Benchmark("self-inst", "MiniLLM/self-inst", "SelfInst", {"test": SplitFile("valid.jsonl")}),
     "vicuna": Benchmark("vicuna", "MiniLLM/Vicuna", "Vicuna", {"test": SplitFile("valid.jsonl")}),
     "sinst": Benchmark(
@@ -145,24 +152,88 @@ def benchmark_for(source: str) -> Benchmark | None:
     return None
 
 
-def has_protocol_split(source: str | os.PathLike, split: str) -> bool:
-    """Whether `source` is a registered benchmark in its hub layout that defines `split`.
+# --------------------------------------------------------------------------------------
+# Layouts: what a local folder holds, recognised by its files (never by its name)
+# --------------------------------------------------------------------------------------
 
-    True for the benchmark's own hub id, a local copy of the repo that holds the split's file,
-    or that file itself; e.g. ("MiniLLM/dolly", "validation") -> True (the first 1,000 lines of
-    raw.jsonl). Needs no network: prepare_data uses it to take the protocol's validation split
-    instead of a random hold-out.
+_VALIDATION_NAMES = ("valid", "validation", "dev")
+_RAW_READING = "raw.jsonl is the training pool, its first lines held out for validation (MiniLLM's rule)"
+_TEST_NAMES = ("test", "valid", "validation")
+
+
+def _json_file(folder: Path, stem: str) -> str | None:
+    for ext in (".jsonl", ".json"):
+        if (folder / f"{stem}{ext}").is_file():
+            return f"{stem}{ext}"
+    return None
+
+
+def folder_layout(folder: Path) -> tuple[str, dict[str, SplitFile]]:
+    """(description, {split: file}) of a local data folder, by the files it holds:
+
+    - raw.jsonl: MiniLLM's training layout (`MINILLM_TRAINING`; valid.jsonl is its test set);
+    - `<bucket>/valid.jsonl` folders (0_2, ..., 11_): MiniLLM's S-NI/UnNI layout, test = 11_;
+    - otherwise split files: train, valid/validation/dev (validation), test/valid (test), and
+      any other `<name>.jsonl` as split `<name>`;
+    - a folder with a single JSON file: that file for every split.
     """
+    if (folder / "raw.jsonl").is_file():
+        splits = {k: v for k, v in MINILLM_TRAINING.items() if (folder / v.file).is_file()}
+        return "MiniLLM's layout: " + _RAW_READING + (
+            "; valid.jsonl beside it is a test set" if "test" in splits else ""), splits
+    buckets = sorted(p.parent.name for p in folder.glob("*/valid.jsonl"))
+    if "11_" in buckets:
+        return f"MiniLLM length buckets {', '.join(buckets)} (test: 11_/valid.jsonl)", \
+            {"test": SplitFile("11_/valid.jsonl"), **_bucket_splits(buckets)}
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.json*")
+                   if p.suffix in (".jsonl", ".json"))
+    if len(files) == 1:
+        return f"a folder with one file, {files[0]}", {"all": SplitFile(files[0])}
+    splits = {Path(f).stem: SplitFile(f) for f in files if "/" not in f}
+    for split, names in (("validation", _VALIDATION_NAMES), ("test", _TEST_NAMES)):
+        found = next((f for f in map(lambda n: _json_file(folder, n), names) if f), None)
+        if found:
+            splits[split] = SplitFile(found)
+    shown = ", ".join(f"{k}: {v.file}" for k, v in sorted(splits.items()) if k in ("train", "validation", "test"))
+    return f"split files ({shown or 'none of train/valid/test'})", splits
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingReading:
+    """How `data.train` is read (`training_reading`); prepare_data prints `layout`.
+
+    pool: the split holding every training example; train / validation: the layout's own
+    split pair, if it has one (None: hold `holdout` examples out of the pool); holdout:
+    "first" (the pool's first lines, MiniLLM's rule) or "random" (seeded).
+    """
+
+    layout: str
+    pool: str
+    train: str | None = None
+    validation: str | None = None
+    holdout: str = "random"
+
+
+def training_reading(source: str | os.PathLike) -> TrainingReading:
+    """The reading of a training source: a hub id (MiniLLM/dolly has MiniLLM's split), a
+    local file (one pool), or a local folder (see `folder_layout`). Reads no data."""
     source_str = os.fspath(source)
-    bench = benchmark_for(source_str)
-    if bench is None or split not in bench.splits:
-        return False
     path = Path(source_str).expanduser()
     if path.is_dir():
-        return (path / bench.splits[split].file).is_file()
+        layout, splits = folder_layout(path)
+        if "raw" in splits:
+            return TrainingReading(layout, "raw", holdout="first")
+        if "train" in splits and "validation" in splits:
+            return TrainingReading(layout, "train", "train", "validation")
+        return TrainingReading(layout, "train" if "train" in splits else "all")
     if path.is_file():
-        return path.name == Path(bench.splits[split].file).name
-    return source_str.lower() == bench.hub_id.lower()
+        if path.name == "raw.jsonl":
+            return TrainingReading(_RAW_READING, "raw", holdout="first")
+        return TrainingReading(f"one file, {path.name}", "train")
+    bench = benchmark_for(source_str)
+    if bench is not None and bench.hub_id.lower() == source_str.lower() and "validation" in bench.splits:
+        return TrainingReading(f"hub dataset {bench.hub_id}, {_RAW_READING}", "raw", holdout="first")
+    return TrainingReading(f"hub dataset {source_str}", "train")
 
 
 # --------------------------------------------------------------------------------------
@@ -228,48 +299,59 @@ def _load_hub_rows(hub_id: str, data_file: str | None, split: str | None, revisi
     return ds, split
 
 
-def _local_split_file(folder: Path, bench: Benchmark | None, split: str) -> SplitFile:
-    """Which file of a local folder holds `split` (a registered layout first, then by name)."""
-    if bench is not None and split in bench.splits and (folder / bench.splits[split].file).is_file():
-        return bench.splits[split]
-    names = [split]
-    if split in ("test", "validation", "valid"):
-        names += ["valid", "validation", "test"]
-    for name in names:
-        for ext in (".jsonl", ".json"):
-            if (folder / f"{name}{ext}").is_file():
-                return SplitFile(f"{name}{ext}")
-    found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.json*"))
-    if len(found) == 1:
-        return SplitFile(found[0])
-    expected = bench.splits[split].file if bench is not None and split in bench.splits else f"{split}.jsonl"
-    raise UserError(f"folder {folder} has no file for split '{split}' (expected {expected}; "
-                    f"JSON files found: {found[:10] or 'none'}); point the config at the file itself")
+def _local_split_file(folder: Path, split: str) -> SplitFile:
+    """Which file (and rows) of a local folder hold `split` (see `folder_layout`)."""
+    layout, splits = folder_layout(folder)
+    if split in splits:
+        return splits[split]
+    if "all" in splits:
+        return splits["all"]
+    raise UserError(f"folder {folder} has no file for split '{split}' (read as {layout}; splits: "
+                    f"{sorted(splits) or 'none'}); add {split}.jsonl, or point the config at the file itself")
 
 
-def normalise_record(row: dict[str, Any], *, task: str, rid: str) -> dict[str, Any]:
-    """One raw row -> the suite's record schema.
+#: The fields each record field is read from, first present wins (`data.fields` goes first).
+FIELD_ALIASES = {"instruction": ("instruction",), "input": ("input", "context"),
+                 "output": ("output", "response", "outputs")}
 
-    Field aliases: input <- input | context; output <- output | response | outputs. A row
-    with no `instruction` but an Alpaca `prompt` is parsed back into instruction and input.
-    A single reference becomes a one-element list; empty references are dropped.
+
+def field_mapping(row: dict[str, Any], fields: dict[str, str | None] | None = None) -> dict[str, str | None]:
+    """{record field: the row's field it is read from, or None} for one raw row: `fields`
+    (the config's `data.fields`) first, then `FIELD_ALIASES`; "prompt" for an instruction
+    parsed back from an Alpaca `prompt`."""
+    out: dict[str, str | None] = {}
+    for name, aliases in FIELD_ALIASES.items():
+        chosen = (fields or {}).get(name)
+        names = ([chosen] if chosen else []) + list(aliases)
+        out[name] = next((k for k in names if row.get(k) is not None), None)
+    if out["instruction"] is None and isinstance(row.get("prompt"), str) and parse_prompt(row["prompt"]):
+        out["instruction"] = "prompt"
+        out["input"] = out["input"] or "prompt"
+    return out
+
+
+def normalise_record(row: dict[str, Any], *, task: str, rid: str,
+                     fields: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """One raw row -> the suite's record schema, reading each field as `field_mapping` says.
+
+    A row with no instruction field but an Alpaca `prompt` is parsed back into instruction
+    and input. A single reference becomes a one-element list; empty references are dropped.
     """
-    instruction, inp = row.get("instruction"), None
-    if instruction is None and isinstance(row.get("prompt"), str):
-        parsed = parse_prompt(row["prompt"])
-        if parsed:
-            instruction, inp = parsed
+    where = field_mapping(row, fields)
+    instruction, inp = (row[where["instruction"]] if where["instruction"] else None), None
+    if where["instruction"] == "prompt":
+        instruction, inp = parse_prompt(row["prompt"])
     if not isinstance(instruction, str):
-        raise UserError(f"example {rid} has no 'instruction' field (fields: {sorted(row)}); "
-                        f"instruction data needs instruction/input/output fields")
+        raise UserError(f"example {rid} has no instruction field (fields: {sorted(row)}); name the field "
+                        f"that holds it in the config's data.fields.instruction (see docs/data.md)")
     if inp is None:
-        inp = next((row[k] for k in ("input", "context") if row.get(k) is not None), "")
-    out = next((row[k] for k in ("output", "response", "outputs") if row.get(k) is not None), None)
+        inp = row[where["input"]] if where["input"] else ""
+    out = row[where["output"]] if where["output"] else None
     refs = [out] if isinstance(out, str) else list(out) if isinstance(out, (list, tuple)) else []
     refs = [str(r) for r in refs if r is not None and str(r).strip()]
     if not refs:
-        raise UserError(f"example {rid} has no reference answer in 'output' (fields: {sorted(row)}); "
-                        f"every example needs at least one non-empty reference")
+        raise UserError(f"example {rid} has no reference answer (fields: {sorted(row)}); every example "
+                        f"needs a non-empty one: name its field in the config's data.fields.output (see docs/data.md)")
     return {"id": rid, "instruction": instruction, "input": str(inp), "output": refs,
             "task": task, "difficulty": None}
 
@@ -282,23 +364,26 @@ def load_instruction_split(
     revision: str | None = None,
     task: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    fields: dict[str, str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Load one split of an instruction benchmark as normalised records (see module doc).
 
-    source: a hub id (`MiniLLM/sinst`), or a local folder (a download of such a repo, or any
-        folder with `<split>.jsonl`), or a `.jsonl`/`.json` file.
+    source: a hub id (`MiniLLM/sinst`), or a local folder (read by its files: `folder_layout`),
+        or a `.jsonl`/`.json` file.
     split: `test` (default) for the evaluation sets; Dolly also has `train` (raw.jsonl from
         line 1,000), `validation` (its first 1,000 lines) and `raw`; S-NI/UnNI also take a
         length bucket (`0_2`, ..., `11_`). For an unregistered hub repo, one of its splits
         (default: its only split).
-        Ignored for a file, except that a registered row range is applied when the file is the
-        split's file (e.g. `dolly/raw.jsonl` with split `train`).
+        Ignored for a file, except MiniLLM's raw.jsonl, whose splits are row ranges
+        (`raw.jsonl` with split `train`: from line 1,000).
     limit: None -> the protocol's cut (UnNI: first 10,000, others: all); an int -> the first
         `limit` rows; "all" -> every row.
     revision: hub revision (branch, tag or commit); ignored for local paths.
-    task: benchmark name for the records' `task` field and the layout; inferred from the hub
-        id or path when omitted (`sinst`), else the file or folder name.
+    task: benchmark name for the records' `task` field and the protocol's default limit;
+        inferred from the hub id or path when omitted (`sinst`), else the file or folder name.
     cache_dir: `datasets` cache folder (default: the HF cache).
+    fields: {record field: source field} read first (`field_mapping`), e.g. the config's
+        `data.fields`.
 
     Record ids are `<task>-<split>-<row>` with the row number in the source file, so they are
     stable across limits and filters. Raises UserError when the hub cannot be reached and
@@ -314,12 +399,12 @@ def load_instruction_split(
 
     if path.exists():
         if path.is_dir():
-            spec = _local_split_file(path, bench, split)
+            spec = _local_split_file(path, split)
             file = path / spec.file
-        else:
+        else:  # a file: all of it, except MiniLLM's raw.jsonl, whose row ranges are its splits
             file = path
-            registered = bench.splits.get(split) if bench else None
-            spec = registered if registered and Path(registered.file).name == path.name else SplitFile(path.name)
+            spec = MINILLM_TRAINING.get(split) if path.name == "raw.jsonl" else None
+            spec = spec if spec and spec.file == path.name else SplitFile(path.name)
         if file.suffix not in (".jsonl", ".json"):
             raise UserError(f"{file} is not a .jsonl or .json file; instruction data is read from JSON lines")
         ds = _read_json_rows(file, cache_dir)
@@ -350,7 +435,73 @@ def load_instruction_split(
     if limit is not None:
         stop = min(stop, start + limit)
     rows = ds.select(range(start, stop)).to_list() if (start, stop) != (0, n) else ds.to_list()
-    return [normalise_record(row, task=name, rid=f"{name}-{split}-{start + i}") for i, row in enumerate(rows)]
+    return [normalise_record(row, task=name, rid=f"{name}-{split}-{start + i}", fields=fields)
+            for i, row in enumerate(rows)]
+
+
+def read_training(d: dict, seed: int) -> tuple[str, list[dict], list[dict]]:
+    """(the reading in words, training records, validation records) of the config's `data`
+    section `d` (`train`, `validation`, `validation_size`, `fields`), before the
+    prompt-length filter and `train_limit`:
+
+    - `data.validation` names a source: it is the validation set (its `validation` split),
+      and all of the training source's pool is training data;
+    - else, without `data.validation_size`, a folder with train.jsonl and a valid.jsonl
+      (or validation/dev) file reads those;
+    - otherwise `validation_size` examples (default min(1000, n/10)) are held out of the pool:
+      its first lines for MiniLLM's raw.jsonl (its own rule), a seeded random choice else.
+    """
+    from kdbench.config import derive_seed
+
+    reading = training_reading(d["train"])
+    load = lambda source, split: load_instruction_split(source, split, limit="all", fields=d["fields"])  # noqa: E731
+    if d["validation"]:
+        train, validation = load(d["train"], reading.pool), load(d["validation"], "validation")
+        how = f"training: all of {reading.pool}; validation: {d['validation']}"
+    elif reading.validation and d["validation_size"] is None:
+        train, validation = load(d["train"], reading.train), load(d["train"], reading.validation)
+        how = f"training: split {reading.train}; validation: split {reading.validation}"
+    else:
+        pool = load(d["train"], reading.pool)
+        n_val = d["validation_size"] if d["validation_size"] is not None else min(1000, len(pool) // 10)
+        if not 0 < n_val < len(pool):
+            raise UserError(f"cannot hold out {n_val} of the {len(pool)} training examples of {d['train']} for "
+                            "validation; set data.validation_size between 1 and the pool size minus one, or name "
+                            "a validation set in data.validation.")
+        if reading.holdout == "first":
+            validation, train = pool[:n_val], pool[n_val:]
+            how = f"validation: the first {n_val} examples; training: the other {len(train)}"
+        else:
+            rng = np.random.default_rng(derive_seed(seed, "validation"))
+            held = set(rng.permutation(len(pool))[:n_val].tolist())
+            validation = [r for i, r in enumerate(pool) if i in held]
+            train = [r for i, r in enumerate(pool) if i not in held]
+            how = f"validation: {n_val} examples held out at random (seeded); training: the other {len(train)}"
+    return f"data.train {d['train']} read as {reading.layout}; {how}", train, validation
+
+
+def local_file(source: str | os.PathLike, split: str | None) -> Path | None:
+    """The local file `load_instruction_split(source, split)` reads, or None for a hub id."""
+    path = Path(os.fspath(source)).expanduser()
+    if path.is_dir():
+        return path / _local_split_file(path, split or "test").file
+    return path if path.is_file() else None
+
+
+def first_row(file: Path) -> dict[str, Any]:
+    """The first raw row of a JSON-lines file (or of a JSON array), for reports."""
+    with open(file, encoding="utf-8") as f:
+        if file.suffix == ".json" and f.read(1) == "[":
+            f.seek(0)
+            rows = json.load(f)
+            return rows[0] if rows else {}
+        f.seek(0)
+        line = next((ln for ln in f if ln.strip()), "{}")
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"the first line of {file} is not JSON ({e}); every line must be one JSON object") from e
+    return row if isinstance(row, dict) else {}
 
 
 def filter_by_prompt_length(

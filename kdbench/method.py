@@ -5,15 +5,26 @@ The file stem is the method's name. Files starting with `_` or `template` are sk
 
 Hooks (all optional except `loss`):
     loss(student_logits, teacher_logits, mask, progress) -> scalar tensor
+        logits (N, V) at the N tokens that carry the loss, mask (N,) all true;
         the distillation term only; the engine adds CE and weights by kd_ratio. The engine
         always calls `schedule` first in the same step, so progress.values holds its result.
     epoch_indices(epoch, ctx) -> np.ndarray | None
         the training examples for this epoch (None: all, shuffled). Curricula live here.
     schedule(progress) -> dict[str, float]
         values scheduled for this step (alpha, temperature, kd_ratio, ...); logged every step.
+        Methods with train_on = "mixed" schedule "on_policy" and "replay" here, the shares of
+        steps trained on fresh / replayed student samples (see kdbench/onpolicy.py).
     state_dict() -> dict / load_state_dict(state)
-        state the method changes while training (TAID's t and momentum), saved in the run's
-        checkpoint so that a resumed run continues exactly; the default is no state.
+        state the method changes while training (TAID's t and momentum, DistiLLM's adaptive
+        threshold), saved in the run's checkpoint so that a resumed run continues exactly;
+        the default is no state.
+    restarts(n_epochs) -> list[int]
+        epochs (> 0) at which training restarts: a fresh optimizer and learning-rate schedule
+        (warm-up and cosine over the segment's steps), from the weights of the previous
+        segment's best epoch by validation (POCL's stages). Default: none.
+    observe_validation_loss(loss)
+        called before training and after every epoch with the student's validation
+        cross-entropy, for methods with uses_validation_loss = True (DistiLLM's adaptive schedule).
 Parameters are the keyword arguments of `__init__` (their defaults are the method's); a bad
 value is rejected there with `check`, `check_temperature`, `check_unit` or `check_choice`
 below, which raise UserError naming the parameter, its valid values and the value given
@@ -22,7 +33,15 @@ Class attributes the engine and the DAG read:
     needs_teacher     False for SFT-style methods: the teacher is never loaded.
     uses_difficulty   True if epoch_indices reads ctx.difficulty (the DAG then scores it); an
                       instance may override it from its parameters (cpd without a curriculum).
-    train_on          "reference" (the dataset's outputs) or "teacher_samples" (SeqKD).
+    train_on          "reference" (the dataset's outputs), "teacher_samples" (SeqKD) or
+                      "mixed" (references, and the student's own samples where its schedule
+                      says so; the teacher then runs online on those).
+    uses_validation_loss   True if the engine must measure the validation loss for
+                      observe_validation_loss.
+Attributes that "mixed" methods may set (usually from __init__ parameters):
+    replay_capacity   student samples kept for replay (0: no replay buffer).
+    max_new_tokens    cap on a student sample's new tokens; None: the profile's
+                      evaluation.max_new_tokens.
 """
 from __future__ import annotations
 
@@ -38,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from kdbench.curriculum import epoch_progress
 from kdbench.errors import UserError
 from kdbench.paths import SAFE_NAME
 
@@ -66,8 +86,10 @@ class Progress:
 
     @property
     def epoch_fraction(self) -> float:
-        """e / (E - 1): 0 in the first epoch, 1 in the last (0 when there is one epoch)."""
-        return self.epoch / (self.n_epochs - 1) if self.n_epochs > 1 else 0.0
+        """π_e = e / (E - 1): 0 in the first epoch, 1 in the last. A single epoch is the last
+        one (π = 1), the same π the curricula use (`kdbench.curriculum.epoch_progress`), so
+        a one-epoch run trains on all data with the schedules' end values."""
+        return epoch_progress(self.epoch, self.n_epochs)
 
 
 @dataclasses.dataclass
@@ -89,6 +111,9 @@ class Method:
     needs_teacher: bool = True
     uses_difficulty: bool = False
     train_on: str = "reference"
+    uses_validation_loss: bool = False
+    replay_capacity: int = 0
+    max_new_tokens: int | None = None
     references: list[str] = []
 
     def loss(self, student_logits, teacher_logits, mask, progress: Progress):
@@ -105,6 +130,12 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def restarts(self, n_epochs: int) -> list[int]:
+        return []
+
+    def observe_validation_loss(self, loss: float) -> None:
+        return None
 
 
 # --- parameter checks (the one convention for a bad method parameter) -----------------------

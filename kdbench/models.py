@@ -139,5 +139,39 @@ def save(model, tokenizer, out_dir: str | Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
+# Architectures whose causal-LM logits are the output layer applied to the base model's last
+# hidden state, nothing else (no soft-capping or scaling): for these the engine projects only
+# the positions that carry the loss.
+PLAIN_HEAD = frozenset({"llama", "gpt2", "opt", "qwen2", "qwen3", "mistral"})
+
+
+def rows_logits(model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits (N, V) at the N true positions of `mask` (B, T), in row-major order.
+
+    For PLAIN_HEAD architectures the output layer runs on those N hidden states only, so the
+    (B, T, V) logits are never formed (on the default profile N is about 1/8 of B * T, and the
+    output layer is most of the step's arithmetic). Other architectures: full logits, then the
+    rows.
+    """
+    body = getattr(model, model.base_model_prefix, None)
+    if model.config.model_type not in PLAIN_HEAD or body is None:
+        return model(input_ids=input_ids, use_cache=False).logits[mask]
+    hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
+    return model.get_output_embeddings()(hidden[mask])
+
+
+def next_token_logits(model, input_ids, attention_mask, position_ids, cache):
+    """(B, V) logits of the last position and the updated KV cache (a new one when `cache` is
+    None). input_ids, position_ids: (B, t) new tokens; attention_mask: (B, past + t)."""
+    body = getattr(model, model.base_model_prefix, None)
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+              "cache": cache, "use_cache": True}
+    if model.config.model_type not in PLAIN_HEAD or body is None:
+        out = model(**kwargs)
+        return out.logits[:, -1], out.cache
+    out = body(**kwargs)
+    return model.get_output_embeddings()(out.last_hidden_state[:, -1]), out.cache
+
+
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())

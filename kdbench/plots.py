@@ -177,6 +177,17 @@ def _epoch_axis(e: pd.Series, first: int) -> pd.Series:
     return e - first + 1
 
 
+def _integer_epoch_axis(ax, shown: pd.Series) -> None:
+    """Whole-number epoch ticks; a lone epoch sits in the middle of a unit-wide axis instead
+    of matplotlib's ±5% range with fractional ticks."""
+    lo, hi = int(shown.min()), int(shown.max())
+    if hi - lo < 12:
+        ax.set_xticks(range(lo, hi + 1))
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlim(lo - 0.5, hi + 0.5)
+
+
 def _place_labels(fig: Figure, ax, xs, ys, texts, colors, xerr=None, yerr=None,
                   fontsize=9) -> None:
     """Label points without overlaps where possible.
@@ -411,13 +422,61 @@ def quality_vs_cost(runs: pd.DataFrame, out: str | Path,
         if t in score.index.droplevel("seed"):
             ax.axhline(score.loc[t].mean(), color="black", ls="--", lw=1.0,
                        label="teacher")
-        ax.set_xlabel(f"training wall time ({unit}), lower is better")
+        ax.set_xlabel(f"training wall time ({unit}, on-policy sampling included), lower is better")
         ax.set_ylabel("average Rouge-L, higher is better")
         ax.margins(x=0.12, y=0.12)
         ax.legend(loc="lower right")
         ax.set_title("Quality vs training cost (mean ± std over seeds)")
         _place_labels(fig, ax, x, y, [looks[k]["label"] for k in rows],
                       [_text_color(looks[k]["color"]) for k in rows], xerr=xe, yerr=ye)
+        return save(fig, out)
+
+
+def rouge_vs_length(runs: pd.DataFrame, out: str | Path,
+                    ablations: pd.DataFrame | None = None) -> list[Path]:
+    """Average Rouge-L against answer length / reference length (log scale), one point per
+    row including the teacher (mean over seeds and benchmarks); rows where at least half of
+    the answers hit the generation cap without EOS are ringed in red. Word salad sits far to
+    the right: long, capped, whatever its Rouge-L. Returns [] for runs scored before the
+    answer-shape columns existed (kdbench.stages.score)."""
+    runs = _one_pair(runs)
+    if runs is None or runs.empty or not {"length_ratio", "capped"} <= set(runs.columns):
+        return []
+    score = T.run_scores(runs, T.benchmarks_of(runs))["avg"]
+    shape = runs.groupby(["method", "variant", "seed"])[["length_ratio", "capped"]].mean()
+    both = pd.concat([score.rename("avg"), shape], axis=1).dropna(subset=["avg", "length_ratio"])
+    rows = [k for k in _rows(runs, ablations, teacher=True) if k in both.index.droplevel("seed")]
+    if not rows:
+        return []
+    looks = _style_of(rows)
+    mean = both.groupby(level=["method", "variant"]).mean()
+    x = np.array([max(mean.loc[k, "length_ratio"], 1e-2) for k in rows])
+    y = np.array([mean.loc[k, "avg"] for k in rows])
+    capped = np.array([mean.loc[k, "capped"] for k in rows])
+    with style():
+        fig = new_figure(6.6, 4.6)
+        ax = fig.subplots()
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="0.35", ls=":", lw=1.0, label="as long as the reference")
+        ringed = False
+        for i, k in enumerate(rows):
+            lk = looks[k]
+            ax.plot(x[i], y[i], lk["marker"], ms=9 if k[0] == T.TEACHER else 7, color=lk["color"],
+                    mec="black", mew=0.6, zorder=3)
+            if np.isfinite(capped[i]) and capped[i] >= 0.5:
+                ax.plot(x[i], y[i], "o", ms=16, mfc="none", mec="#CC3311", mew=1.6, zorder=4,
+                        label=None if ringed else "≥ half the answers hit the cap without EOS")
+                ringed = True
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(2.0 ** np.arange(-7, 8)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("mean answer length / mean reference length (words, log scale)")
+        ax.set_ylabel("average Rouge-L")
+        ax.margins(x=0.15, y=0.15)
+        ax.legend(loc="best")
+        ax.set_title("Rouge-L against answer length (mean over seeds)")
+        _place_labels(fig, ax, x, y, [looks[k]["label"] for k in rows],
+                      [_text_color(looks[k]["color"]) for k in rows])
         return save(fig, out)
 
 
@@ -563,6 +622,7 @@ def method_schedule(epochs: pd.DataFrame, out: str | Path, method: str, variant:
     with style():
         fig = new_figure(7.4, 5.6)
         axes = fig.subplots(2, 2, sharex=True).ravel()
+        drawn_epochs: set[int] = set()
         for ax, (col, title) in zip(axes, _SCHEDULE_PANELS):
             ax.set_title(title)
             shown = [(method, variant)]
@@ -574,11 +634,15 @@ def method_schedule(epochs: pd.DataFrame, out: str | Path, method: str, variant:
                 if run.empty or col not in numeric or run[col].isna().all():
                     continue
                 s = run.groupby("epoch")[col].mean()
+                drawn_epochs.update(int(e) for e in s.index)
                 main = (m, v) == (method, variant)
+                # comparisons: hollow and on top, so one that coincides with the main run
+                # (e.g. all data in a one-epoch run) rings its marker instead of hiding under it
                 ax.plot(_epoch_axis(s.index.to_series(), first), s.to_numpy(),
                         color=method_color(m), marker=method_marker(m),
-                        lw=2.0 if main else 1.2, ms=6 if main else 4,
-                        ls="-" if main else "--", zorder=3 if main else 2,
+                        mfc=method_color(m) if main else "none", mew=1.0 if main else 1.4,
+                        lw=2.0 if main else 1.2, ms=6 if main else 9,
+                        ls="-" if main else "--", zorder=2 if main else 3,
                         label=T.row_label(m, v) + (" (all data)" if m == reference else ""))
                 drew = True
             if not drew:
@@ -586,7 +650,8 @@ def method_schedule(epochs: pd.DataFrame, out: str | Path, method: str, variant:
                         va="center", color="0.4")
             elif col == "n_examples":
                 ax.set_ylim(bottom=0)
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        shown_epochs = _epoch_axis(pd.Series(sorted(drawn_epochs or {first})), first)
+        _integer_epoch_axis(axes[0], shown_epochs)  # axes share x
         for ax in axes[2:]:
             ax.set_xlabel("epoch")
         handles = {}
@@ -594,7 +659,8 @@ def method_schedule(epochs: pd.DataFrame, out: str | Path, method: str, variant:
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(lab, h)
         _legend_below(fig, list(handles.values()), list(handles))
-        fig.suptitle(f"Schedule of {T.row_label(method, variant)} per epoch (mean over seeds)")
+        one = "\none epoch: π = 1, all data at the schedule's end values" if len(shown_epochs) == 1 else ""
+        fig.suptitle(f"Schedule of {T.row_label(method, variant)} per epoch (mean over seeds){one}")
         return save(fig, out)
 
 
@@ -644,12 +710,121 @@ def bin_loss(bin_loss: pd.DataFrame, out: str | Path, method: str,
         return save(fig, out)
 
 
+def _ablation_names(ablations: pd.DataFrame | None) -> dict[tuple[str, str], list[str]]:
+    names: dict[tuple[str, str], list[str]] = {}
+    if ablations is not None and not ablations.empty:
+        for a, m, v in ablations[["ablation", "method", "variant"]].itertuples(index=False):
+            names.setdefault((m, v), []).append(a)
+    return names
+
+
+def data_fraction_pareto(runs: pd.DataFrame, out: str | Path,
+                         ablations: pd.DataFrame | None = None,
+                         baseline: str = "kd") -> list[Path]:
+    """What a curriculum buys per example seen: average Rouge-L (mean ± std over seeds)
+    against the data fraction, examples seen / `baseline`'s (default variant), for every
+    row that trains on less than all of it (curricula, budget-matched kd), every ablation
+    row and every `baseline` variant (joined by a line: kd at reduced budgets); the Pareto
+    front (no other row sees fewer examples and scores higher) as a step line."""
+    runs = _one_pair(runs)
+    if runs is None or runs.empty or "train_examples" not in runs.columns:
+        return []
+    score = T.run_scores(runs, T.benchmarks_of(runs))["avg"]
+    seen = runs.groupby(["method", "variant", "seed"])["train_examples"].mean()
+    both = pd.concat([score.rename("avg"), seen.rename("seen")], axis=1).dropna()
+    g = both.groupby(level=["method", "variant"])
+    mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
+    if (baseline, "default") not in mean.index:
+        return []
+    frac = mean["seen"] / mean.loc[(baseline, "default"), "seen"]
+    names = _ablation_names(ablations)
+    rows = [k for k in sorted(mean.index, key=lambda mv: T.order_key(*mv))
+            if k[0] != T.TEACHER and (frac[k] < 1 - 1e-9 or k in names or k[0] == baseline)]
+    x = frac.reindex(rows).to_numpy()
+    y = mean.loc[rows, "avg"].to_numpy()
+    ye = std.loc[rows, "avg"].to_numpy()
+    labels = [T.row_label(m, v, names.get((m, v), ())) for m, v in rows]
+    front = pareto_front(x, y)
+    with style():
+        fig = new_figure(6.8, 4.8)
+        ax = fig.subplots()
+        ax.step(x[front], y[front], where="post", color="0.35", lw=1.2, zorder=1,
+                label="Pareto front")
+        kd = [i for i, k in enumerate(rows) if k[0] == baseline]
+        kd.sort(key=lambda i: x[i])
+        ax.plot(x[kd], y[kd], color=method_color(baseline), lw=1.2, ls=":", zorder=2,
+                label=f"{baseline} at reduced budgets")
+        for i, (m, _) in enumerate(rows):
+            ax.errorbar(x[i], y[i], yerr=ye[i], fmt=method_marker(m), ms=7,
+                        color=method_color(m), mec="black", mew=1.4 if i in front else 0.6,
+                        elinewidth=0.9, zorder=3)
+        ax.set_xlabel(f"data fraction (examples seen / {baseline}'s)")
+        ax.set_ylabel("average Rouge-L, higher is better")
+        ax.margins(x=0.12, y=0.12)
+        ax.legend(loc="lower right")
+        ax.set_title("Rouge-L per example seen (mean ± std over seeds)")
+        _place_labels(fig, ax, x, y, labels,
+                      [_text_color(method_color(m)) for m, _ in rows], yerr=ye)
+        return save(fig, out)
+
+
+def curriculum_subsets(epochs: pd.DataFrame, out: str | Path,
+                       ablations: pd.DataFrame | None = None) -> list[Path]:
+    """The subsets the curriculum runs train on, per epoch (mean over seeds): their size as a
+    fraction of the training set, and their mean difficulty on the profile's own (raw) scale
+    with the full set's mean dashed. One line per distinct sequence of subsets (runs whose
+    epochs differ in size: cpd's scales and orders, curriculum_kd, pocl), labelled by every
+    row that trains on it (ablation rows by their names)."""
+    epochs = _one_pair(epochs)
+    if epochs is None or epochs.empty or "mean_difficulty" not in epochs.columns:
+        return []
+    T.require_columns(epochs, ["method", "variant", "seed", "epoch", "n_examples"], "epochs.csv")
+    names = _ablation_names(ablations)
+    curves: dict[tuple, list[str]] = {}  # rounded (sizes, means) -> labels
+    per_key = {}
+    for k, run in epochs.groupby(["method", "variant"], sort=False):
+        per = run.groupby("epoch")[["n_examples", "mean_difficulty"]].mean()
+        if per["n_examples"].nunique() < 2:
+            continue  # all data every epoch: no curriculum
+        sig = tuple(np.round(per.to_numpy(dtype=float), 6).ravel())
+        per_key.setdefault(sig, per)
+        curves.setdefault(sig, []).append(T.row_label(*k, names.get(k, ())))
+    if not curves:
+        return []
+    full = epochs["n_examples"].max()
+    first = int(epochs["epoch"].min())
+    whole = epochs.loc[epochs["n_examples"] == full, "mean_difficulty"].mean()
+    palette = [METHOD_COLORS["cpd"], METHOD_COLORS["pocl"], *EXTRA_COLORS]
+    with style():
+        fig = new_figure(7.6, 4.2)
+        ax_n, ax_d = fig.subplots(1, 2, sharex=True)
+        for i, (sig, labels) in enumerate(curves.items()):
+            per = per_key[sig]
+            e = _epoch_axis(per.index.to_series(), first)
+            kw = dict(color=palette[i % len(palette)], marker=EXTRA_MARKERS[i % len(EXTRA_MARKERS)],
+                      ms=4.5, label=", ".join(labels))
+            ax_n.plot(e, per["n_examples"] / full, **kw)
+            ax_d.plot(e, per["mean_difficulty"], **kw)
+        ax_d.axhline(whole, color="0.3", ls="--", lw=1.0, label="all data")
+        ax_n.set_ylim(0, 1.05)
+        ax_n.set_ylabel("subset size / training set")
+        ax_d.set_ylabel("mean difficulty (raw scale)")
+        for ax in (ax_n, ax_d):
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        h, lab = ax_d.get_legend_handles_labels()
+        _legend_below(fig, h, lab, ncol=1 if max(map(len, lab)) > 40 else 2)
+        fig.suptitle("Curriculum subsets per epoch (mean over seeds)")
+        return save(fig, out)
+
+
 # --------------------------------------------------------------------------- all
 def build_all(tables_dir: str | Path, figures_dir: str | Path, method: str | None = None) -> list[Path]:
     """Make every figure whose input tables exist in `tables_dir`, into `figures_dir`;
     return the written paths. Names: rouge_by_method, train_time, quality_vs_cost,
-    training_curves, rouge_by_difficulty and, for `method` (the profile's
-    `ablations.method`), <method>_schedule and bin_loss; per pair as `kdbench.paths.per_pair`."""
+    rouge_vs_length, training_curves, rouge_by_difficulty, data_fraction_pareto,
+    curriculum_subsets and, for `method` (the profile's `ablations.method`), <method>_schedule
+    and bin_loss; per pair as `kdbench.paths.per_pair`."""
     t = T.read_tables(tables_dir)
     figures_dir = Path(figures_dir)
     abl = t["ablations"]
@@ -671,10 +846,14 @@ def build_all(tables_dir: str | Path, figures_dir: str | Path, method: str | Non
             if "train_wall_s" in runs.columns:
                 written += train_time(runs, dest("train_time"), abl)
                 written += quality_vs_cost(runs, dest("quality_vs_cost"), abl)
+            written += rouge_vs_length(runs, dest("rouge_vs_length"), abl)
+            written += data_fraction_pareto(runs, dest("data_fraction_pareto"), abl)
         if trace is not None:
             written += training_curves(trace, dest("training_curves"), abl)
         if ex is not None:
             written += rouge_by_difficulty(ex, dest("rouge_by_difficulty"), abl)
+        if epochs is not None:
+            written += curriculum_subsets(epochs, dest("curriculum_subsets"), abl)
         if method and epochs is not None:
             written += method_schedule(epochs, dest(f"{method}_schedule"), method)
         if method and bins is not None:
@@ -683,6 +862,6 @@ def build_all(tables_dir: str | Path, figures_dir: str | Path, method: str | Non
 
 
 __all__ = ["RC", "style", "method_color", "method_marker", "new_figure", "save",
-           "pareto_front", "rouge_by_method", "train_time", "quality_vs_cost",
+           "pareto_front", "rouge_by_method", "train_time", "quality_vs_cost", "rouge_vs_length",
            "training_curves", "rouge_by_difficulty", "method_schedule", "bin_loss",
-           "build_all"]
+           "data_fraction_pareto", "curriculum_subsets", "build_all"]

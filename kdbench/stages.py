@@ -52,46 +52,47 @@ def prepare_data(cfg: dict) -> None:
 
 def _prepare_hub_data(cfg: dict) -> None:
     """Hub or local instruction data: the training split, its validation split and every
-    benchmark, normalised to the record schema, with prompts over `data.max_prompt_tokens`
-    dropped (counted with the first pair's teacher tokenizer, as the engine encodes them).
+    benchmark, normalised to the record schema (fields as `data.fields` says). Prompts over
+    `data.max_prompt_tokens` (counted with the first pair's teacher tokenizer, as the engine
+    encodes them) are dropped from the training and validation splits and kept in the test
+    sets, where generation cuts them to their first `max_prompt_tokens` tokens (the protocol's
+    rule, docs/protocol.md).
 
-    Validation: the protocol's own split when the training source has one (MiniLLM/dolly: the
-    first 1,000 lines of raw.jsonl, the training split being the rest); otherwise a seeded
-    random hold-out of min(1000, n/10) training examples. Dropped prompts are counted per split
-    in data/report.json and logged to stderr.
+    The reading of `data.train` is printed (see `kdbench.loaders.read_training`). Dropped and
+    truncated prompts are
+    counted per split in data/report.json and logged to stderr.
     """
     import sys
 
     from kdbench import loaders
 
     P, d = Paths(cfg), cfg["data"]
-    tok = teacher_tokenizer(cfg, next(iter(cfg["pairs"])))
+    tok = None if cfg["tokenizer"]["train"] else teacher_tokenizer(cfg, next(iter(cfg["pairs"])))
     report = {}
+    say = lambda msg: print(f"prepare_data: {msg}", file=sys.stderr)  # noqa: E731
 
-    def load(name, source, split, limit):
-        rows = loaders.load_instruction_split(source, split, limit=limit)
-        kept, dropped = loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"])
-        report[name] = {"source": source, "split": split, "n": len(kept), "dropped_long_prompts": dropped}
-        print(f"prepare_data: {name} ({source}, split {split or 'default'}): kept {len(kept)}, dropped "
-              f"{dropped} prompt(s) longer than {d['max_prompt_tokens']} tokens", file=sys.stderr)
+    def keep(name, rows, source, split, test=False):
+        kept, n_long = loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"]) if tok else (rows, 0)
+        if test:
+            kept = rows
+        report[name] = {"source": source, "split": split, "n": len(kept),
+                        "dropped_long_prompts": 0 if test else n_long,
+                        "truncated_long_prompts": n_long if test else 0}
+        say(f"{name} ({source}, {split}): kept {len(kept)}, {'truncated' if test else 'dropped'} {n_long} "
+            f"prompt(s) longer than {d['max_prompt_tokens']} tokens"
+            + ("" if tok else " (not counted: the tokenizer is trained later)"))
         return kept
 
-    train = load("train", d["train"], "train", d["train_limit"])
-    if loaders.has_protocol_split(d["train"], "validation"):
-        validation = load("validation", d["train"], "validation", None)
-    else:  # no protocol split: hold out a seeded random validation set
-        rng = np.random.default_rng(C.derive_seed(cfg["seed"], "validation"))
-        perm = rng.permutation(len(train))
-        n_val = min(1000, len(train) // 10)
-        validation = [train[i] for i in sorted(perm[:n_val])]
-        train = [train[i] for i in sorted(perm[n_val:])]
-        report["validation"] = {"source": d["train"], "split": f"random hold-out of {n_val}", "n": n_val,
-                                "dropped_long_prompts": 0}
-        report["train"]["n"] = len(train)
+    plan, train, validation = loaders.read_training(d, cfg["seed"])
+    say(plan)
+    train = keep("train", train[:d["train_limit"]] if d["train_limit"] else train, d["train"], "train")
+    validation = keep("validation", validation, d["validation"] or d["train"], "validation")
     io.write_jsonl(P.data("train"), train)
     io.write_jsonl(P.data("validation"), validation)
     for name, source in d["benchmarks"].items():
-        io.write_jsonl(P.data(name), load(name, source, None, d["benchmark_limit"]))
+        rows = loaders.load_instruction_split(source, None, limit=d["benchmark_limit"], fields=d["fields"])
+        io.write_jsonl(P.data(name), keep(name, rows, source, "test", test=True))
+    report["train"]["reading"] = plan
     io.write_json(P.data_report, report)
 
 
@@ -253,9 +254,8 @@ def _broad_corpus(cfg, tok):
     (the teacher's broader pre-training), else the training split in the prompt format."""
     from kdbench.data import encode_corpus
 
-    broad = Path(Paths(cfg).data("broad"))
-    if broad.is_file() and broad.stat().st_size > 0:  # the synthetic suite writes it empty when unsized
-        return encode_corpus(tok, load_records(broad), cfg["data"]["max_length"])
+    if cfg["data"]["source"] == "synthetic" and cfg["data"]["synthetic_sizes"].get("broad"):
+        return encode_corpus(tok, load_records(Paths(cfg).data("broad")), cfg["data"]["max_length"])
     return _train_examples(cfg, tok)
 
 
@@ -359,22 +359,27 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
         answers = {r["id"]: r["answer"] for r in io.read_jsonl(P.teacher_samples(pair, tseed))}
         responses = [answers[r["id"]] for r in records]
     examples = encode(tok, records, cfg["data"]["max_length"], responses=responses)
-    teacher, vocab = None, None
+    teacher, vocab, online = None, None, None
     if cls.needs_teacher:
-        if cfg["distill"]["cache_teacher"]:
-            teacher = CachedTeacher(P.teacher_cache(pair, tseed), examples)
-        else:
+        if cls.train_on == "mixed" or not C.uses_teacher_cache(cfg, cls):
             t_model = models.load_model(P.teacher_model(pair, tseed)).to(dev)
-            teacher = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
+            online = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
             vocab = _shared_vocab(cfg, pair, seed, student)
+        teacher = CachedTeacher(P.teacher_cache(pair, tseed), examples) if C.uses_teacher_cache(cfg, cls) else online
     difficulty = load_difficulty(cfg, pair) if meth.uses_difficulty else None
-    budget, train_seed = cfg["training"]["student"], C.derive_seed(cfg["seed"], pair, seed, "train")
+    budget, train_seed = C.student_budget(cfg, method), C.derive_seed(cfg["seed"], pair, seed, "train")
     kd_ratio = cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0
+    on_policy = _on_policy(cfg, meth, examples, tok, student, train_seed) if cls.train_on == "mixed" else None
+    if on_policy is not None and teacher is not online:
+        from kdbench.onpolicy import Teacher
+
+        teacher = Teacher(teacher, online)
     ckpt = _checkpoint(cfg, (pair, method, variant, f"seed{seed}"),
                        (budget, train_seed, method, run.params, kd_ratio, vocab, tseed, cfg["evaluation"]),
                        student, examples)
     res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
-                kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, validate=_validator(cfg, tok, pair, seed),
+                kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, on_policy=on_policy,
+                validate=_validator(cfg, tok, pair, seed),
                 desc=f"{pair}/{method}/{variant}/seed{seed}", checkpoint=ckpt)
     with io.staged(P.run_dir(pair, method, variant, seed), marker=RUN_FILES["train"]) as tmp:
         _write_run_tables(tmp, res)
@@ -385,6 +390,19 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
                                                  "params": models.n_params(student), **provenance(cfg)})
     if ckpt is not None:
         ckpt.remove()
+
+
+def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
+    """The student sampler of a train_on = "mixed" method (kdbench/onpolicy.py)."""
+    from kdbench.onpolicy import OnPolicy
+
+    validation = None
+    if meth.uses_validation_loss:
+        validation = encode(tok, load_records(Paths(cfg).data("validation")), cfg["data"]["max_length"])
+    return OnPolicy(meth, examples, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
+                    max_length=cfg["data"]["max_length"], max_new_tokens=cfg["evaluation"]["max_new_tokens"],
+                    precision=cfg["training"]["student"]["precision"], seed=seed,
+                    validation=validation, model=student)
 
 
 def _checkpoint(cfg: dict, parts: tuple, settings: tuple, model, examples):
@@ -422,9 +440,11 @@ def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None
         for es in ev["seeds"]:
             answers, st = sample(model, tok, records, seed=es, temperature=ev["temperature"], top_p=ev["top_p"],
                                  top_k=ev["top_k"], max_length=cfg["data"]["max_length"],
+                                 max_prompt_tokens=cfg["data"]["max_prompt_tokens"],
                                  max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
                                  precision=ev["precision"], desc=f"{method}/{variant}/seed{seed} {bench} s{es}")
-            rows += [{"id": r["id"], "eval_seed": es, "answer": a} for r, a in zip(records, answers)]
+            rows += [{"id": r["id"], "eval_seed": es, "answer": a, "ended": e}
+                     for r, a, e in zip(records, answers, st["ended"])]
             stats = {k: stats[k] + st[k] for k in stats}
         outputs[bench] = rows, stats
     answers_dir = Path(P.answers(next(iter(outputs)), **key)).parent
@@ -436,8 +456,11 @@ def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None
 
 
 def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
-    """Rouge-L of every answer (scores.csv) and the run's metrics.json with provenance."""
-    from kdbench.metrics import rouge_l_per_example
+    """Rouge-L and the shape of every answer (scores.csv; `kdbench.metrics.answer_shape`) and
+    the run's metrics.json with provenance. Per benchmark: Rouge-L (mean over eval seeds),
+    length_ratio (mean answer words / mean reference words), capped (share of answers that
+    hit the length cap without EOS) and repetition (mean repeated-trigram share)."""
+    from kdbench.metrics import answer_shape, rouge_l_per_example
 
     P = Paths(cfg)
     key = dict(pair=pair, method=method, variant=variant, seed=seed)
@@ -446,16 +469,23 @@ def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
         records = {r["id"]: r for r in load_records(P.data(bench))}
         answers = pd.DataFrame(io.read_jsonl(P.answers(bench, **key)))
         refs = [records[i]["output"] for i in answers["id"]]
-        answers["rouge_l"] = rouge_l_per_example(answers["answer"].fillna("").tolist(), refs)
+        texts = answers["answer"].fillna("").tolist()
+        answers["rouge_l"] = rouge_l_per_example(texts, refs)
+        ended = answers["ended"].tolist() if "ended" in answers else [None] * len(answers)
+        answers = pd.concat([answers, answer_shape(texts, refs, ended)], axis=1)
         answers["benchmark"] = bench
         answers["task"] = [records[i].get("task") for i in answers["id"]]
         answers["difficulty"] = [records[i].get("difficulty") for i in answers["id"]]
-        frames.append(answers.drop(columns="answer").rename(columns={"id": "example_id"}))
+        frames.append(answers.drop(columns=["answer", "ended"], errors="ignore").rename(columns={"id": "example_id"}))
         per_seed = answers.groupby("eval_seed")["rouge_l"].mean()
         gen = io.read_json(P.answer_stats(bench, **key))
         summary[bench] = {"rouge_l": float(per_seed.mean()), "rouge_l_eval_std": float(per_seed.std(ddof=0)),
                           "n_eval_seeds": int(len(per_seed)), "n_examples": len(records),
-                          "gen_tokens_per_s": gen["gen_tokens"] / max(gen["gen_wall_s"], 1e-9)}
+                          "gen_tokens_per_s": gen["gen_tokens"] / max(gen["gen_wall_s"], 1e-9),
+                          "answer_words": float(answers["answer_words"].mean()),
+                          "length_ratio": float(answers["answer_words"].mean() / max(answers["reference_words"].mean(), 1e-9)),
+                          "capped": float(answers["capped"].mean()),
+                          "repetition": float(answers["repetition"].mean())}
     train_info = io.read_json(P.run_file("train", **key))
     with io.staged(P.run_dir(**key), marker=RUN_FILES["metrics"]) as tmp:
         io.write_csv(tmp / RUN_FILES["scores"], pd.concat(frames, ignore_index=True))
@@ -496,7 +526,8 @@ def collect(cfg: dict) -> None:
         for bench, b in m["benchmarks"].items():
             runs.append({**keys, "benchmark": bench, **b, "train_wall_s": t.get("train_wall_s", np.nan),
                          "train_tokens": t.get("train_tokens", np.nan), "train_examples": t.get("train_examples", np.nan),
-                         "train_tokens_per_s": t.get("train_tokens_per_s", np.nan), "student_params": t.get("params")})
+                         "train_tokens_per_s": t.get("train_tokens_per_s", np.nan),
+                         "train_gen_s": t.get("train_gen_s", 0.0), "student_params": t.get("params")})
         examples.append(pd.read_csv(P.run_file("scores", **keys)).assign(**keys))
         for name, bucket in (("trace", traces), ("epochs", epochs), ("bin_loss", bins)):
             path = Path(P.run_file(name, **keys))
@@ -509,8 +540,8 @@ def collect(cfg: dict) -> None:
     for name, bucket in (("trace", traces), ("epochs", epochs), ("bin_loss", bins)):
         io.write_csv(P.long_table(name), front(pd.concat(bucket, ignore_index=True)) if bucket
                      else pd.DataFrame(columns=key_cols))
-    abl = [{"ablation": row, "method": cfg["ablations"]["method"], "variant": slug}
-           for row, (slug, _) in C.ablation_variants(cfg).items()]
+    abl = [{"ablation": row, "method": method, "variant": slug}
+           for row, (method, slug, _) in C.ablation_variants(cfg).items()]
     io.write_csv(P.long_table("ablations"), pd.DataFrame(abl, columns=["ablation", "method", "variant"]))
 
 

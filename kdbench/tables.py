@@ -6,24 +6,30 @@ epochs.csv, ablations.csv; see `read_tables`). Outputs:
 * `main_table`     teacher first, then every student (method, variant) of the main grid;
                    one column per benchmark plus "avg"; Rouge-L mean ± std over training seeds.
 * `ablation_table` one row per ablation name (config order), tested against "full".
-* `runtime_table`  training wall time, throughput, examples seen, time relative to kd.
+* `runtime_table`  training wall time, throughput, examples seen, time relative to kd, and
+                   the shape of the answers (length against the reference, share capped
+                   without EOS, repetition), which exposes degenerate answers.
 * `write_table`    writes `{stem}.md`, `{stem}.csv` (numeric) and `{stem}.tex` (booktabs).
 * `build_all`      everything above from a tables directory (what the DAG rule calls).
 
 The table functions return *numeric* frames: one row per table row (index = row label),
 columns `pair, method, variant, n_seeds` and, for every value column `c`, `c_mean`, `c_std`
-and (where tested) `c_p`. Formatting (± std, bold best, † for p < 0.05) happens only in
+and (main and ablation tables) `c_lo`, `c_hi`, `c_diff_lo`, `c_diff_hi`, `c_p`, `c_p_holm`.
+Formatting (± std, bold best, † for a Holm-adjusted p < 0.05) happens only in
 `format_table` / `write_table`; what to format is described in `df.attrs` ("columns",
 "caption", "footnote", "index_header").
 
-Significance: a two-sided paired bootstrap over test examples (see `paired_bootstrap`).
-Per example, a row's score is its Rouge-L averaged over training seeds and sampling (eval)
-seeds; examples are resampled with replacement `n_boot` times; for "avg" every benchmark is
-resampled separately and the per-benchmark mean differences are averaged, matching how a
-run's avg is defined (the unweighted mean over benchmarks).
+Significance (`significance`, `crossed_mean_test`, `holm`): every row against a baseline row,
+runs paired by training seed and test examples by id, with a variance that counts both the
+training seeds and the test examples, so that a difference that a new training seed could
+undo is not marked; Holm's correction over all the tests of one table. Why not a bootstrap:
+with the usual three training seeds, resampling seeds sees two degrees of freedom and
+underestimates their variance, and a two-level bootstrap marked differences in about half of
+simulated null tables where the seeds dominate the noise (docs/protocol.md, "Statistics").
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -188,95 +194,193 @@ def _seed_summary(per_run: pd.DataFrame, rows: dict[str, tuple[str, str]]) -> pd
     return out
 
 
-def paired_bootstrap(diffs: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0
-                     ) -> tuple[list[float], float]:
-    """Two-sided paired bootstrap p-values for mean differences.
+def crossed_mean_test(blocks: Sequence[np.ndarray], level: float = 0.95
+                      ) -> tuple[float, float, float, float, float]:
+    """Test and interval for the mean of seed × example scores, counting both levels of
+    sampling: the training seeds and the test examples.
 
-    diffs: one array per benchmark of per-example differences (method − baseline).
-    Each benchmark's examples are resampled with replacement `n_boot` times (stratified);
-    the statistic is the mean difference per benchmark and, for "avg", the unweighted mean
-    of the per-benchmark means. The bootstrap distribution is centred on zero (the null of
-    no difference): p = (1 + #{|θ* − θ̂| ≥ |θ̂|}) / (n_boot + 1). Identical systems give
-    p = 1; a constant non-zero difference gives the smallest value, 1 / (n_boot + 1).
-    Returns (p per benchmark, p of avg); NaN where a benchmark has no examples.
+    blocks: one (S, N_b) array per benchmark, rows = training seeds (the same S seeds, in the
+    same order, in every block), columns = test examples (the mean over sampling seeds).
+    The estimate is the mean over benchmarks of each block's mean (a run's "avg" for several
+    blocks, the benchmark's score for one). Its variance is estimated by the variance
+    components of the crossed seed × example design (two-way ANOVA without replication):
+
+        V = s²(a_k) / S + Σ_b (MS_ex,b − MS_res,b) / (S · N_b · J²)
+
+    with a_k the seed's mean over the J benchmarks, MS_ex,b = S · var(example means) and
+    MS_res,b the residual mean square of block b; a negative example component is set to 0.
+    The first term is the seed-level variance (as in a paired t-test over seeds), the second
+    the sampling variance of the test examples that the seed means share. Degrees of freedom
+    by Satterthwaite: close to S − 1 when seeds dominate, large when examples do. Applied to
+    paired differences (method − baseline, seeds paired by index, examples by id) this is a
+    seed-level paired t-test that also counts the test examples.
+
+    Returns (estimate, standard error, degrees of freedom, two-sided p of estimate = 0,
+    half-width of the `level` interval); NaN standard error, p and interval with fewer than
+    two seeds (the seed-level variance is unknown). A zero variance gives p = 1 for a zero
+    estimate and p = 0 otherwise.
     """
-    if n_boot < 1:
-        raise UserError(f"n_boot must be at least 1 (got {n_boot}); use e.g. 1000.")
-    rng = np.random.default_rng(seed)
-    ps, draws_all, observed_all = [], [], []
-    for d in diffs:
-        d = np.asarray(d, dtype=float)
-        if d.size == 0:
-            ps.append(float("nan"))
+    blocks = [np.asarray(x, dtype=float) for x in blocks]
+    J, S = len(blocks), blocks[0].shape[0]
+    seed_means = np.mean([x.mean(axis=1) for x in blocks], axis=0)  # a_k, (S,)
+    estimate = float(seed_means.mean())
+    if S < 2:
+        return estimate, math.nan, math.nan, math.nan, math.nan
+    terms = [(float(seed_means.var(ddof=1)) / S, S - 1)]  # (variance term, its df)
+    for x in blocks:
+        N = x.shape[1]
+        if N < 2:
             continue
-        draws = _bootstrap_means(d, n_boot, rng)
-        observed = float(d.mean())
-        ps.append(_p_two_sided(draws, observed))
-        draws_all.append(draws)
-        observed_all.append(observed)
-    if not diffs or len(draws_all) < len(diffs):
-        return ps, float("nan")
-    p_avg = _p_two_sided(np.mean(draws_all, axis=0), float(np.mean(observed_all)))
-    return ps, p_avg
+        ex = x.mean(axis=0)
+        ms_ex = S * float(ex.var(ddof=1))
+        resid = x - x.mean(axis=1, keepdims=True) - ex[None, :] + x.mean()
+        ms_res = float((resid ** 2).sum()) / ((S - 1) * (N - 1))
+        scale = S * N * J * J
+        if ms_ex > ms_res:
+            terms += [(ms_ex / scale, N - 1), (-ms_res / scale, (S - 1) * (N - 1))]
+    var = sum(v for v, _ in terms)
+    if var <= 1e-24 * max(1.0, estimate * estimate):
+        return estimate, 0.0, math.inf, float(estimate == 0.0), 0.0
+    df = var ** 2 / sum(v * v / d for v, d in terms)
+    se = math.sqrt(var)
+    return estimate, se, df, 2 * t_sf(abs(estimate) / se, df), t_quantile(0.5 + level / 2, df) * se
 
 
-def _bootstrap_means(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of `n_boot` resamples of `d`, drawn in chunks of ≤ 2M indices (bounded memory)."""
-    n = d.size
-    out = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // n)
-    for start in range(0, n_boot, chunk):
-        k = min(chunk, n_boot - start)
-        out[start:start + k] = d[rng.integers(0, n, size=(k, n))].mean(axis=1)
-    return out
+def t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with `df` (> 0, real) degrees of freedom; the normal tail
+    for df = inf. Through the regularised incomplete beta function:
+    P(T > t) = ½ I_{df/(df+t²)}(df/2, ½) for t ≥ 0."""
+    if math.isinf(df) or df > 1e7:
+        return 0.5 * math.erfc(t / math.sqrt(2))
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+    return tail if t >= 0 else 1 - tail
 
 
-def _p_two_sided(draws: np.ndarray, observed: float) -> float:
-    extreme = np.abs(draws - observed) >= abs(observed) - 1e-12
-    return float((1 + extreme.sum()) / (draws.size + 1))
+def t_quantile(q: float, df: float) -> float:
+    """The q-quantile (0.5 ≤ q < 1) of Student's t with `df` degrees of freedom: Newton's method
+    on `t_sf` from 0 (the tail is convex for t > 0, so the steps rise monotonically to the
+    root), to 1e-12 relative."""
+    if math.isinf(df) or df > 1e7:
+        log_norm = -0.5 * math.log(2 * math.pi)
+        density = lambda x: math.exp(log_norm - x * x / 2)  # noqa: E731
+    else:
+        log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+        density = lambda x: math.exp(log_norm - (df + 1) / 2 * math.log1p(x * x / df))  # noqa: E731
+    t = 0.0
+    for _ in range(200):
+        step = (t_sf(t, df) - (1 - q)) / density(t)
+        t += step
+        if abs(step) <= 1e-12 * max(t, 1.0):
+            break
+    return t
 
 
-def _per_example(examples: pd.DataFrame, keys: set[tuple[str, str]]) -> pd.Series:
-    """Rouge-L per (method, variant, benchmark, example_id), averaged over training seeds and
-    eval seeds."""
-    require_columns(examples, _KEY + ["benchmark", "example_id", "rouge_l"], LONG_TABLES["examples"])
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b), by its continued fraction (modified Lentz), on
+    the side of x where the fraction converges fast."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = a * math.log(x) + b * math.log1p(-x) + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(log_front) * _beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    tiny = 1e-300
+
+    def clamp(v):
+        return v if abs(v) > tiny else tiny
+
+    c, d = 1.0, 1.0 / clamp(1.0 - (a + b) * x / (a + 1))
+    h = d
+    for m in range(1, 10_000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 / clamp(1.0 + num * d)
+            c = clamp(1.0 + num / c)
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of the p-values `p` (any shape; NaN entries are left out
+    of the family and stay NaN): the family-wise error rate of `adjusted < α` is at most α."""
+    p = np.asarray(p, dtype=float)
+    flat = p.ravel()
+    idx = np.flatnonzero(np.isfinite(flat))
+    out = np.full(flat.shape, np.nan)
+    order = idx[np.argsort(flat[idx], kind="stable")]
+    m = len(order)
+    adjusted = np.minimum(1.0, (m - np.arange(m)) * flat[order])
+    out[order] = np.maximum.accumulate(adjusted)
+    return out.reshape(p.shape)
+
+
+def _seed_example_scores(examples: pd.DataFrame, keys: set[tuple[str, str]]) -> pd.Series:
+    """Rouge-L per (method, variant, benchmark, seed, example_id), averaged over sampling
+    (eval) seeds."""
+    require_columns(examples, _KEY + ["benchmark", "seed", "example_id", "rouge_l"],
+                    LONG_TABLES["examples"])
     mv = pd.MultiIndex.from_frame(examples[_KEY])
     ex = examples[mv.isin(list(keys))]
-    return ex.groupby(_KEY + ["benchmark", "example_id"], sort=True)["rouge_l"].mean()
+    return ex.groupby(_KEY + ["benchmark", "seed", "example_id"], sort=True)["rouge_l"].mean()
+
+
+def _blocks(per: pd.Series) -> dict[tuple[str, str, str], pd.DataFrame]:
+    """Seeds × examples frame of every (method, variant, benchmark) of `per`."""
+    return {key: g.droplevel([0, 1, 2]).unstack("example_id")
+            for key, g in per.groupby(level=[0, 1, 2], sort=False)}
 
 
 def significance(examples: pd.DataFrame, rows: dict[str, tuple[str, str]], baseline: str,
-                 benchmarks: Sequence[str], n_boot: int = 1000, seed: int = 0
-                 ) -> pd.DataFrame:
-    """p-values of every row against row `baseline` (a label of `rows`).
+                 benchmarks: Sequence[str], level: float = 0.95) -> pd.DataFrame:
+    """Intervals of every row and tests of every row against row `baseline` (a label of `rows`).
 
-    Returns a frame indexed by label with columns `benchmarks` + "avg"; NaN for the baseline
-    itself, the teacher, and where either side lacks per-example scores. Examples are paired
-    by example_id (inner join). Every row uses the same random stream (common random
-    numbers), so rows with equal example sets see identical resamples.
+    Returns a frame indexed by label with, for each c in `benchmarks` + "avg": `c_lo`, `c_hi`
+    (the `level` interval of the row's mean), `c_diff_lo`, `c_diff_hi` (of its difference to
+    the baseline), `c_p` (two-sided p of no difference) and `c_p_holm` (Holm-adjusted over
+    every p of the frame: the table is the family). All by `crossed_mean_test`: a row's runs
+    are paired with the baseline's by training-seed index (runs of seed k share the student
+    initialisation and, with several teacher seeds, the teacher) and examples by example_id
+    (inner joins). NaN for the baseline itself, the teacher, where a side lacks per-example
+    scores, and with fewer than two common seeds.
     """
     cols = list(benchmarks) + ["avg"]
-    out = pd.DataFrame(np.nan, index=pd.Index(list(rows)), columns=cols)
-    if baseline not in rows:
-        return out
-    per = _per_example(examples, set(rows.values()))
-    base_key = rows[baseline]
+    stats_ = ("lo", "hi", "diff_lo", "diff_hi", "p")
+    out = pd.DataFrame(np.nan, index=pd.Index(list(rows)),
+                       columns=[f"{c}_{s}" for c in cols for s in stats_])
+    blocks_of = _blocks(_seed_example_scores(examples, set(rows.values())))
+    base = {b: blocks_of.get(rows[baseline] + (b,)) for b in benchmarks} if baseline in rows else {}
     for label, key in rows.items():
-        if label == baseline or key[0] == TEACHER:
+        own = {b: blocks_of.get(key + (b,)) for b in benchmarks}
+        if all(x is not None for x in own.values()):
+            seeds = sorted(set.intersection(*(set(x.index) for x in own.values())))
+            blocks = [own[b].loc[seeds].dropna(axis=1).to_numpy() for b in benchmarks]
+            for c, bl in zip(cols, [[x] for x in blocks] + [blocks]):
+                est, _, _, _, half = crossed_mean_test(bl, level)
+                out.loc[label, [f"{c}_lo", f"{c}_hi"]] = est - half, est + half
+        if label == baseline or key[0] == TEACHER or not base:
             continue
+        if any(x is None for x in list(own.values()) + list(base.values())):
+            continue
+        seeds = sorted(set.intersection(*(set(x.index) for x in list(own.values()) + list(base.values()))))
         diffs = []
         for b in benchmarks:
-            try:
-                a = per.loc[key + (b,)]
-                ref = per.loc[base_key + (b,)]
-            except KeyError:
-                diffs.append(np.array([]))
-                continue
-            both = pd.concat([a, ref], axis=1, join="inner").dropna()
-            diffs.append((both.iloc[:, 0] - both.iloc[:, 1]).to_numpy())
-        ps, p_avg = paired_bootstrap(diffs, n_boot=n_boot, seed=seed)
-        out.loc[label, list(benchmarks)] = ps
-        out.loc[label, "avg"] = p_avg
+            a, r = own[b].loc[seeds], base[b].loc[seeds]
+            common = a.columns.intersection(r.columns)
+            diffs.append((a[common] - r[common]).dropna(axis=1).to_numpy())
+        for c, bl in zip(cols, [[d] for d in diffs] + [diffs]):
+            est, _, _, p, half = crossed_mean_test(bl, level)
+            out.loc[label, [f"{c}_diff_lo", f"{c}_diff_hi", f"{c}_p"]] = est - half, est + half, p
+    p_cols = [f"{c}_p" for c in cols]
+    adjusted = holm(out[p_cols].to_numpy())
+    for j, c in enumerate(cols):
+        out[f"{c}_p_holm"] = adjusted[:, j]
     return out
 
 
@@ -288,7 +392,7 @@ def _over_seeds(n_seeds, kind: str) -> str:
 
 
 def _col_spec(key, header, fmt="{:.2f}", best="max", show_std=True) -> dict:
-    """How `format_table` shows value column `key` (numeric columns key_mean/key_std/key_p).
+    """How `format_table` shows value column `key` (numeric columns key_mean/key_std/key_p_holm).
 
     best: "max", "min" or None — which mean is bold among students.
     """
@@ -302,23 +406,27 @@ def _range_text(values) -> str:
     return str(vals[0]) if vals[0] == vals[-1] else f"{vals[0]}–{vals[-1]}"
 
 
-def _score_table(runs, rows, index_name, examples, baseline, n_boot, seed,
-                 caption, baseline_role) -> pd.DataFrame:
+def _score_table(runs, rows, index_name, examples, baseline, caption, baseline_role
+                 ) -> pd.DataFrame:
     """Shared body of the main and ablation tables."""
     benchmarks = benchmarks_of(runs)
     per_run = run_scores(runs, benchmarks)
     df = _seed_summary(per_run, rows)
     cols = benchmarks + ["avg"]
-    if examples is not None and baseline in rows:
-        p = significance(examples, rows, baseline, benchmarks, n_boot=n_boot, seed=seed)
+    tested = examples is not None and baseline in rows
+    stats_ = ("lo", "hi", "diff_lo", "diff_hi", "p", "p_holm")
+    if tested:
+        sig = significance(examples, rows, baseline, benchmarks)
     else:
-        p = pd.DataFrame(np.nan, index=df.index, columns=cols)
+        sig = pd.DataFrame(np.nan, index=df.index, columns=[f"{c}_{s}" for c in cols for s in stats_])
     for c in cols:
-        df[f"{c}_p"] = p[c].reindex(df.index).to_numpy()
+        for s_ in stats_:
+            df[f"{c}_{s_}"] = sig[f"{c}_{s_}"].reindex(df.index).to_numpy()
     df.insert(0, "pair", runs["pair"].iloc[0] if "pair" in runs.columns and len(runs) else "")
-    # Reorder to key columns, then mean/std/p per value column.
-    value = [f"{c}_{s}" for c in cols for s in ("mean", "std", "p")]
+    # Reorder to key columns, then mean/std/intervals/p per value column.
+    value = [f"{c}_{s}" for c in cols for s in ("mean", "std") + stats_]
     df = df[["pair", "method", "variant", "n_seeds"] + value]
+    n_tests = int(np.isfinite(df[[f"{c}_p" for c in cols]].to_numpy()).sum())
 
     students = df[df["method"] != TEACHER]
     teachers = df[df["method"] == TEACHER]
@@ -341,9 +449,13 @@ def _score_table(runs, rows, index_name, examples, baseline, n_boot, seed,
                      "missing.")
     else:
         notes.append(
-            f"{DAGGER}: differs from {baseline} at p < {ALPHA:g}, two-sided paired bootstrap "
-            f"over test examples ({n_boot:,} resamples; per example, Rouge-L averaged over "
-            "training and sampling seeds; for avg each benchmark is resampled separately).")
+            f"{DAGGER}: differs from {baseline} at p < {ALPHA:g} after Holm's correction over the "
+            f"{n_tests} tests of this table. Test: two-sided paired t-test on the mean difference, "
+            "runs paired by training seed and test examples by id, its variance counting both the "
+            "training seeds and the test examples (seed × example variance components, "
+            "Satterthwaite degrees of freedom); with one seed no test is made. 95% intervals of "
+            "every mean and difference are in the CSV (columns _lo/_hi, _diff_lo/_diff_hi).")
+        caption = caption.rstrip(".") + f" († Holm-corrected paired test against {baseline})."
     df.attrs.update(
         columns=[_col_spec(c, BENCHMARK_NAMES.get(c.lower(), c)) for c in cols],
         caption=caption, footnote=notes, index_header=index_name)
@@ -351,17 +463,17 @@ def _score_table(runs, rows, index_name, examples, baseline, n_boot, seed,
 
 
 def main_table(runs: pd.DataFrame, ablations: pd.DataFrame | None = None,
-               baseline: str = "kd", n_boot: int = 1000,
-               examples: pd.DataFrame | None = None, seed: int = 0,
+               baseline: str = "kd", examples: pd.DataFrame | None = None,
                pair: str | None = None) -> pd.DataFrame:
     """The main results table (numeric).
 
     runs: runs.csv (one row per run × benchmark); ablations: ablations.csv, used only to
     drop ablation-only variants (see `main_rows`); examples: examples.csv.gz for the paired
-    bootstrap against row `baseline` (None: no test, said in the footnote); pair: which
+    test against row `baseline` (None: no test, said in the footnote); pair: which
     teacher–student pair (needed only when runs holds several).
     Rows: teacher first, then sft, seqkd, kd, then the other methods by name. Columns:
-    pair, method, variant, n_seeds, and for each benchmark and "avg": `_mean`, `_std`, `_p`.
+    pair, method, variant, n_seeds, and for each benchmark and "avg": `_mean`, `_std`, `_lo`,
+    `_hi`, `_diff_lo`, `_diff_hi`, `_p`, `_p_holm` (see `significance`).
     """
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
                     LONG_TABLES["runs"])
@@ -369,15 +481,14 @@ def main_table(runs: pd.DataFrame, ablations: pd.DataFrame | None = None,
         raise UserError("runs.csv has no rows; run the DAG (snakemake) before making tables.")
     examples = select_pair(examples, pair) if examples is not None else None
     rows = {row_label(m, v): (m, v) for m, v in main_rows(runs, ablations)}
-    return _score_table(runs, rows, "method", examples, baseline, n_boot, seed,
+    return _score_table(runs, rows, "method", examples, baseline,
                         caption="Rouge-L of every distillation method.",
                         baseline_role="baseline")
 
 
 def ablation_table(runs: pd.DataFrame, ablations: pd.DataFrame,
                    examples: pd.DataFrame | None = None, reference: str = "full",
-                   n_boot: int = 1000, seed: int = 0, pair: str | None = None
-                   ) -> pd.DataFrame:
+                   pair: str | None = None) -> pd.DataFrame:
     """The ablation table (numeric): one row per ablation name, in config order.
 
     ablations: ablations.csv (ablation, method, variant); several names may share a run.
@@ -393,9 +504,33 @@ def ablation_table(runs: pd.DataFrame, ablations: pd.DataFrame,
     rows: dict[str, tuple[str, str]] = {}
     for a, m, v in ablations[["ablation", "method", "variant"]].itertuples(index=False):
         rows.setdefault(a, (m, v))
-    return _score_table(runs, rows, "ablation", examples, reference, n_boot, seed,
-                        caption="Ablations: Rouge-L of each variant.",
-                        baseline_role="reference")
+    df = _score_table(runs, rows, "ablation", examples, reference,
+                      caption="Ablations: Rouge-L of each variant.",
+                      baseline_role="reference")
+    return _with_cost_ratios(df, runs)
+
+
+def _with_cost_ratios(df: pd.DataFrame, runs: pd.DataFrame, baseline: str = "kd") -> pd.DataFrame:
+    """Add `examples_ratio` and `time_ratio` (ratios of seed means to `baseline`'s default
+    run) after the Rouge-L columns of an ablation table, when runs.csv has the cost columns:
+    what each row pays for its score."""
+    cost = {"train_examples": "examples_ratio", "train_wall_s": "time_ratio"}
+    if not set(cost) <= set(runs.columns):
+        return df
+    per = runs.groupby(_KEY)[list(cost)].mean()  # values repeat per benchmark and seed
+    base = per.loc[(baseline, "default")] if (baseline, "default") in per.index else None
+    keys = list(zip(df["method"], df["variant"]))
+    for src, key in cost.items():
+        vals = per[src].reindex(pd.MultiIndex.from_tuples(keys, names=_KEY)).to_numpy(dtype=float)
+        df[f"{key}_mean"] = vals / base[src] if base is not None else np.nan
+    df.attrs["columns"] = df.attrs["columns"] + [
+        _col_spec("examples_ratio", f"examples / {baseline}", best=None, show_std=False),
+        _col_spec("time_ratio", f"time / {baseline}", best=None, show_std=False)]
+    df.attrs["footnote"] = df.attrs["footnote"] + [
+        f"examples / {baseline}, time / {baseline}: examples seen and training wall time over "
+        f"those of {baseline} (default variant), ratios of means over seeds"
+        + ("." if base is not None else f" (not available: no {baseline} run).")]
+    return df
 
 
 def _magnitude_fmt(values) -> str:
@@ -403,6 +538,10 @@ def _magnitude_fmt(values) -> str:
     vals = np.abs(np.asarray(values, dtype=float))
     top = np.nanmax(vals) if np.isfinite(vals).any() else 0.0
     return "{:,.0f}" if top >= 1000 else "{:.1f}" if top >= 10 else "{:.2f}"
+
+
+#: Answer-shape columns of runs.csv (`kdbench.stages.score`) shown in the runtime table.
+ANSWER_SHAPE = {"length_ratio": "answer/ref", "capped": "capped", "repetition": "repeat"}
 
 
 def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
@@ -414,6 +553,8 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     benchmarks): train_wall_s (s), train_tokens_per_s, train_examples (examples seen, all
     epochs), gen_tokens_per_s; then mean ± sample std over seeds. `time_ratio` = mean wall
     time of the row / mean wall time of `baseline` (a ratio of means; no std).
+    With train_gen_s in runs.csv: `gen_share` = the share of the training wall time spent
+    sampling the student's own answers (on-policy methods; 0 for the others).
     With `epochs` (epochs.csv): `data_fraction` = examples seen / (epochs × training-set
     size), the size being the largest epoch of the pair — below 1 for curricula that train
     on subsets. With `ablations`: non-default variants are labelled by ablation name.
@@ -421,7 +562,11 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     """
     values = ["train_wall_s", "train_tokens_per_s", "train_examples", "gen_tokens_per_s"]
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed"] + values, LONG_TABLES["runs"])
+    values += [c for c in ANSWER_SHAPE if c in runs.columns]  # runs scored before they existed lack them
     per_run = runs.groupby(_KEY + ["seed"])[values].mean()
+    if "train_gen_s" in runs.columns:
+        gen = runs.groupby(_KEY + ["seed"])["train_gen_s"].mean().fillna(0.0)
+        per_run["gen_share"] = gen / per_run["train_wall_s"]
     if epochs is not None and not select_pair(epochs, pair).empty:
         ep = require_columns(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
                       LONG_TABLES["epochs"])
@@ -456,6 +601,11 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     if "data_fraction_mean" in df.columns:
         cols.insert(3, _col_spec("data_fraction", "data fraction", "{:.2f}", best=None,
                                  show_std=False))
+    if "gen_share_mean" in df.columns:
+        cols.insert(-1, _col_spec("gen_share", "on-policy gen share", "{:.2f}", best=None,
+                                  show_std=False))
+    cols += [_col_spec(key, header, "{:.2f}", best=None) for key, header in ANSWER_SHAPE.items()
+             if f"{key}_mean" in df.columns]
     order = [f"{c['key']}_{s}" for c in cols for s in ("mean", "std")]
     df = df[["pair", "method", "variant", "n_seeds"] + order]
     notes = [
@@ -468,6 +618,14 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     ]
     if "data_fraction_mean" in df.columns:
         notes.insert(2, "Data fraction: examples seen / (epochs × training-set size).")
+    if "gen_share_mean" in df.columns:
+        notes.insert(-1, "On-policy gen share: share of the training time spent sampling the "
+                         "student's own answers (included in train time).")
+    if "length_ratio_mean" in df.columns:
+        notes.append("Answer shape, mean over benchmarks (kdbench/metrics.py): answer/ref = mean answer "
+                     "length / mean reference length, in words; capped = share of answers that hit the "
+                     "generation cap without EOS; repeat = share of an answer's word trigrams that repeat "
+                     "an earlier one. High values flag babbling that Rouge-L can reward.")
     df.attrs.update(columns=cols, caption="Training and generation cost per method.",
                     footnote=notes, index_header="method")
     return df
@@ -514,7 +672,7 @@ def format_table(df: pd.DataFrame, target: str = "md") -> pd.DataFrame:
         mean = df[f"{key}_mean"].to_numpy(dtype=float)
         std = df[f"{key}_std"].to_numpy(dtype=float) if f"{key}_std" in df else \
             np.full(len(df), np.nan)
-        pval = df[f"{key}_p"].to_numpy(dtype=float) if f"{key}_p" in df else \
+        pval = df[f"{key}_p_holm"].to_numpy(dtype=float) if f"{key}_p_holm" in df else \
             np.full(len(df), np.nan)
         shown = [fmt.format(m) if np.isfinite(m) else None for m in mean]
         best_text = None
@@ -598,7 +756,7 @@ def write_table(df_or_formatted: pd.DataFrame, out_stem: str | Path,
 
     A numeric frame from main_table/ablation_table/runtime_table is formatted here (caption
     and footnote default to its .attrs) and its CSV keeps the numbers: the row label, pair,
-    method, variant, n_seeds and `<column>_mean/_std/_p`. Any other frame is written as it
+    method, variant, n_seeds and `<column>_mean/_std/...` as the table has them. Any other frame is written as it
     is (its cells escaped for LaTeX).
     """
     stem = Path(out_stem)
@@ -625,7 +783,7 @@ def write_table(df_or_formatted: pd.DataFrame, out_stem: str | Path,
 
 
 # --------------------------------------------------------------------------- all
-def build_all(tables_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> list[Path]:
+def build_all(tables_dir: str | Path) -> list[Path]:
     """Read the long tables of `tables_dir` and write main.*, ablation.* (only if
     ablations.csv has rows) and runtime.* next to them; return the written paths.
 
@@ -649,11 +807,9 @@ def build_all(tables_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> list
         ex = ex[ex["pair"] == pair] if ex is not None else None
         ep = t["epochs"]
         ep = ep[ep["pair"] == pair] if ep is not None else None
-        written += write_table(main_table(r, ablations, examples=ex, n_boot=n_boot, seed=seed),
-                               dest(MAIN_TABLE))
+        written += write_table(main_table(r, ablations, examples=ex), dest(MAIN_TABLE))
         if has_abl:
-            written += write_table(ablation_table(r, ablations, examples=ex, n_boot=n_boot,
-                                                  seed=seed), dest(ABLATION_TABLE))
+            written += write_table(ablation_table(r, ablations, examples=ex), dest(ABLATION_TABLE))
         written += write_table(runtime_table(r, ep, ablations=ablations),
                                dest(RUNTIME_TABLE))
     return written

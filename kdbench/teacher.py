@@ -16,11 +16,12 @@ from tqdm import tqdm
 from kdbench import io
 from kdbench.data import Encoded, collate
 from kdbench.errors import UserError
-from kdbench.models import autocast
+from kdbench.models import autocast, rows_logits
 
 
 class OnlineTeacher:
-    """Runs the teacher on each batch. Returns (B, T, V) logits (bf16 or fp32)."""
+    """Runs the teacher on each batch. Returns (N, V) logits (bf16 or fp32) at the N true
+    entries of batch["mask"], row-major."""
 
     def __init__(self, model, precision: str, dev):
         self.model = model.eval().requires_grad_(False).to(dev)
@@ -29,11 +30,12 @@ class OnlineTeacher:
     @torch.no_grad()
     def __call__(self, batch: dict) -> torch.Tensor:
         with autocast(self.precision, self.dev):
-            return self.model(input_ids=batch["input_ids"]).logits
+            return rows_logits(self.model, batch["input_ids"], batch["mask"])
 
 
 class CachedTeacher:
-    """Reads cached response-position logits into a (B, T, V) bf16 tensor (zeros elsewhere)."""
+    """Reads cached response-position logits: (N, V) bf16 rows at the N true entries of
+    batch["mask"], which must mark the response positions (loss_on: response)."""
 
     def __init__(self, cache_dir: str | Path, examples: list[Encoded]):
         cache_dir = Path(cache_dir)
@@ -43,18 +45,22 @@ class CachedTeacher:
         except (OSError, ValueError) as exc:
             raise UserError(f"teacher cache {cache_dir} is unreadable ({type(exc).__name__}: {exc}); delete it "
                             "and rerun the cache_teacher stage.") from exc
-        if len(self.offsets) != len(examples) + 1 or self.offsets[-1] != len(self.logits):
-            raise UserError(f"teacher cache {cache_dir} does not match the training split ({len(self.offsets) - 1} "
-                            f"examples cached, {len(examples)} in the split); delete it and rerun cache_teacher.")
-        self.examples = {e.index: e for e in examples}
+        counts = np.diff(self.offsets)
+        if (len(self.offsets) == 0 or self.offsets[-1] != len(self.logits)
+                or any(e.index >= len(counts) or counts[e.index] != e.n_response for e in examples)):
+            raise UserError(f"the teacher cache {cache_dir} does not match the training examples "
+                            "(other data or max_length); delete it and rerun the cache_teacher stage.")
 
     def __call__(self, batch: dict) -> torch.Tensor:
-        B, T = batch["input_ids"].shape
-        out = torch.zeros((B, T, self.logits.shape[1]), dtype=torch.bfloat16)
-        for b, i in enumerate(batch["index"].tolist()):
-            e = self.examples[i]
-            rows = np.array(self.logits[self.offsets[i]:self.offsets[i + 1]])
-            out[b, e.n_prompt - 1:e.n_prompt - 1 + len(rows)] = torch.from_numpy(rows.view(np.int16)).view(torch.bfloat16)
+        # the cache rows of an example are its response positions in order, which is the
+        # order of its true mask entries: one gather of the concatenated row ranges
+        index = batch["index"].tolist()
+        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index])
+        if len(rows) != int(batch["mask"].sum()):
+            raise UserError("the teacher cache holds response positions only, but the batch's loss "
+                            "covers other tokens; use loss_on: response for distillation or set "
+                            "distill.cache_teacher: false.")
+        out = torch.from_numpy(self.logits[rows].view(np.int16)).view(torch.bfloat16)
         return out.to(batch["input_ids"].device)
 
 
@@ -72,10 +78,11 @@ def build_cache(model, examples: list[Encoded], pad_id: int, out_dir, precision:
         for s in tqdm(range(0, len(examples), batch_size), desc="cache teacher logits", unit="batch"):
             chunk = examples[s:s + batch_size]
             batch = {k: v.to(dev) for k, v in collate(chunk, pad_id).items()}
-            logits = teacher(batch).to(torch.bfloat16)
-            for b, e in enumerate(chunk):
-                rows = logits[b, e.n_prompt - 1:len(e.ids) - 1].cpu()
-                arr[offsets[e.index]:offsets[e.index + 1]] = rows.view(torch.int16).numpy().view(np.uint16)
+            rows = teacher(batch).to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
+            at = 0  # the rows are the chunk's response positions, example after example
+            for e in chunk:
+                arr[offsets[e.index]:offsets[e.index + 1]] = rows[at:at + e.n_response]
+                at += e.n_response
         arr.flush()
         del arr
         np.save(tmp / "offsets.npy", offsets)

@@ -13,6 +13,11 @@ Model selection (docs/protocol.md): with a `validate(model) -> {"val_loss", "val
 callback, every epoch ends with a validation pass; `budget["selection"] == "best"` keeps the
 weights of the epoch with the highest validation Rouge-L (ties: the earlier epoch), as the
 instruction-KD papers do, and "last" keeps the final weights.
+
+Restarts (`Method.restarts`, POCL's stages): the run is cut into segments at the given epochs;
+each segment gets a fresh optimizer and its own warm-up + cosine schedule over its steps, and
+starts from the previous segment's best epoch by validation Rouge-L (its last epoch without a
+`validate` callback). Selection then looks at the last segment's epochs only.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from tqdm import tqdm
 from kdbench.data import Encoded, collate, make_batches
 from kdbench.errors import UserError
 from kdbench.method import EpochContext, Method, Progress
-from kdbench.models import autocast
+from kdbench.models import autocast, rows_logits
 from kdbench.resume import Checkpoint
 
 
@@ -67,9 +72,11 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
 def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: int,
           method: Method | None = None, teacher=None, kd_ratio: float = 0.0,
           difficulty: np.ndarray | None = None, vocab_size: int | None = None,
-          validate=None, desc: str = "train", checkpoint: Checkpoint | None = None) -> Result:
-    """Train `model` in place. `teacher(batch) -> (B, T, V) logits` is needed when kd_ratio > 0.
+          on_policy=None, validate=None, desc: str = "train", checkpoint: Checkpoint | None = None) -> Result:
+    """Train `model` in place. `teacher(batch) -> (N, V)` logits at the N true entries of
+    batch["mask"] (row-major) are needed when kd_ratio > 0.
 
+    `on_policy` (a kdbench.onpolicy.OnPolicy) swaps in student samples for methods that ask.
     `validate(model) -> dict` (optional) runs after every epoch; its values join the epoch's
     row, and `budget["selection"]` decides which epoch's weights the model ends with.
 
@@ -90,12 +97,12 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     total = max(1, sum(steps_per_epoch))
     uses_teacher = method is not None and method.needs_teacher and teacher is not None
 
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": budget["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=budget["lr"])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, budget["warmup"], budget["min_lr_ratio"]))
+    restarts = sorted({e for e in (method.restarts(len(plan)) if method is not None else [])
+                       if 0 < e < len(plan)})
+    bounds = [0, *restarts, len(plan)]
+    segment_steps = {bounds[i]: sum(steps_per_epoch[bounds[i]:bounds[i + 1]])
+                     for i in range(len(bounds) - 1)}  # first epoch -> optimizer steps
+    opt, sched = _optimizer(model, budget, segment_steps[0])
     bins = _quintiles(difficulty) if difficulty is not None else None
     suspect = _Suspect(desc, type(method).__module__.rpartition(".")[2] if method is not None else None, budget)
 
@@ -103,54 +110,63 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     # method: the position (epoch, step k inside it, global step) and what was accumulated.
     loop = {"epoch": 0, "k": 0, "step": 0, "tokens": 0, "seen": 0, "elapsed_s": 0.0,
             "trace": [], "epochs": [], "bin_rows": [], "ep_start_s": 0.0, "ep_tokens": 0,
-            "ce_sum": np.zeros(len(examples)), "ce_n": np.zeros(len(examples)),
-            "best": None,  # (val_rouge_l, epoch, state_dict copy) of the best epoch so far
-            "val_wall_s": 0.0}  # seconds spent validating (kept out of the training time)
-    if checkpoint is not None:
-        loop = checkpoint.restore(model, opt, sched, method) or loop
+            # per-example response-token CE sums and counts of the epoch, for the difficulty bins
+            "ce_sum": torch.zeros(len(examples), dtype=torch.float64, device=dev),
+            "ce_n": torch.zeros(len(examples), dtype=torch.float64, device=dev),
+            "best": None,  # (val_rouge_l, epoch, state_dict copy) of the segment's best epoch so far
+            "val_wall_s": 0.0,  # seconds spent validating (kept out of the training time)
+            "on_policy": None}  # the sampler's generator and replay buffer (OnPolicy.state_dict)
+    if checkpoint is not None and (restored := checkpoint.restore(model, opt, sched, method)) is not None:
+        loop = restored
+        loop["ce_sum"], loop["ce_n"] = loop["ce_sum"].to(dev), loop["ce_n"].to(dev)
+        if on_policy is not None and loop["on_policy"] is not None:
+            on_policy.load_state_dict(loop["on_policy"])
+        segment = max(b for b in bounds[:-1] if b <= loop["epoch"])
+        if segment > 0:  # a schedule's lambda is not in its state: rebuild it over this segment's steps
+            opt, sched = _reload(_optimizer(model, budget, segment_steps[segment]), opt, sched)
 
     model.train()
     t0 = time.perf_counter() - loop["elapsed_s"]
     bar = tqdm(total=total, initial=loop["step"], desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
     while loop["epoch"] < len(epoch_batches):
         epoch, batches = loop["epoch"], epoch_batches[loop["epoch"]]
+        if epoch in restarts and loop["k"] == 0:
+            if loop["best"] is not None:
+                model.load_state_dict(loop["best"][2])
+            loop["best"] = None
+            opt, sched = _optimizer(model, budget, segment_steps[epoch])
         ce_sum, ce_n = loop["ce_sum"], loop["ce_n"]
         while loop["k"] < steps_per_epoch[epoch]:
             k, step = loop["k"], loop["step"]
             window = [collate([examples[i] for i in b], pad_id, budget["loss_on"])
                       for b in batches[k * accum:(k + 1) * accum]]
-            n_window = sum(int(b["mask"].sum()) for b in window)
             progress = Progress(epoch=epoch, n_epochs=len(epoch_batches), step=step, total_steps=total,
                                 epoch_step=k, epoch_steps=steps_per_epoch[epoch])
             progress.values = dict(method.schedule(progress)) if method is not None else {}
+            window, gen_row = on_policy.window(window, progress, model) if on_policy is not None else (window, {})
+            n_window = sum(int(b["mask"].sum()) for b in window)
             ratio = float(progress.values.get("kd_ratio", kd_ratio)) if uses_teacher else 0.0
             sums = {"loss": 0.0, "ce": 0.0, "distill": 0.0}
             for batch in window:
-                batch = {k_: v.to(dev) for k_, v in batch.items()}
-                mask, n_micro = batch["mask"], int(batch["mask"].sum())
+                n_micro = int(batch["mask"].sum())
                 if n_micro == 0:
                     continue
-                with autocast(budget["precision"], dev):
-                    logits = model(input_ids=batch["input_ids"]).logits
-                tok_ce = F.cross_entropy(logits[mask].float(), batch["targets"][mask], reduction="none")
-                ce = tok_ce.mean()
-                loss = (1 - ratio) * ce if ratio < 1 else ce * 0
-                distill = torch.zeros(())
-                if ratio > 0:
-                    t_logits = teacher(batch)
-                    V = vocab_size or t_logits.shape[-1]
-                    distill = method.loss(logits[..., :V], t_logits[..., :V], mask, progress)
-                    loss = loss + ratio * distill
+                batch = {k_: v.to(dev) for k_, v in batch.items()}
+                loss, ce, distill, tok_ce = _micro_step(model, batch, budget["precision"], ratio,
+                                                        method, teacher, vocab_size, progress)
                 w = n_micro / n_window
-                if not torch.isfinite(loss):
-                    raise suspect.loss(step, epoch, float(ce.detach()), float(distill.detach()))
+                # one host read per micro-batch for the trace and the finiteness check
+                loss_v, ce_v, distill_v = torch.stack([loss.detach(), ce.detach(), distill.detach()]).tolist()
+                if not math.isfinite(loss_v):
+                    raise suspect.loss(step, epoch, ce_v, distill_v)
                 (loss * w).backward()
-                sums["loss"] += loss.item() * w
-                sums["ce"] += ce.item() * w
-                sums["distill"] += float(distill.detach()) * w
-                rows = batch["index"].unsqueeze(1).expand_as(mask)[mask].cpu().numpy()
-                np.add.at(ce_sum, rows, tok_ce.detach().cpu().numpy())
-                np.add.at(ce_n, rows, 1)
+                sums["loss"] += loss_v * w
+                sums["ce"] += ce_v * w
+                sums["distill"] += distill_v * w
+                if bins is not None and "on_policy" not in batch:  # per-example CE: references only
+                    rows = batch["index"].repeat_interleave(batch["mask"].sum(1))
+                    ce_sum.index_add_(0, rows, tok_ce.detach().double())
+                    ce_n.index_add_(0, rows, torch.ones_like(ce_n[rows]))
             # the global gradient norm (clipped when grad_clip > 0): finite, or stop before the step
             params = [p for p in model.parameters() if p.grad is not None]
             norm = (torch.nn.utils.clip_grad_norm_(params, budget["grad_clip"]) if budget["grad_clip"] > 0
@@ -166,14 +182,16 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
             loop["seen"] += n_examples
             row = {"step": step, "epoch": epoch, **sums, "lr": opt.param_groups[0]["lr"],
                    "tokens": loop["tokens"], "examples": loop["seen"], "wall_s": time.perf_counter() - t0 - loop["val_wall_s"],
-                   **{k_: float(v) for k_, v in progress.values.items()}, "kd_ratio": ratio}
+                   **{k_: float(v) for k_, v in progress.values.items()}, "kd_ratio": ratio, **gen_row}
             loop["trace"].append(row)
             loop["step"], loop["k"] = step + 1, k + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss']:.3f}", epoch=epoch)
+            bar.set_postfix(loss=f"{sums['loss']:.3f}", epoch=epoch, refresh=False)
             if checkpoint is not None and checkpoint.due() and loop["k"] < steps_per_epoch[epoch]:
                 loop["elapsed_s"] = time.perf_counter() - t0
-                checkpoint.save(model, opt, sched, method, loop)
+                _save(checkpoint, model, opt, sched, method, on_policy, loop)
+        if on_policy is not None:
+            on_policy.epoch_end(model)
         ep_extra, ep_end_s = {}, time.perf_counter() - t0
         if validate is not None:
             v_t0 = time.perf_counter()
@@ -185,7 +203,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
         _end_epoch(loop, plan[epoch], difficulty, bins, ep_end_s, ep_extra)
         loop["ep_start_s"] = loop["elapsed_s"] = time.perf_counter() - t0  # the next epoch starts after validation
         if checkpoint is not None:
-            checkpoint.save(model, opt, sched, method, loop)
+            _save(checkpoint, model, opt, sched, method, on_policy, loop)
     bar.close()
     wall = time.perf_counter() - t0 - loop["val_wall_s"]
     selected, best = len(epoch_batches) - 1, loop["best"]
@@ -202,8 +220,20 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
              "val_rouge_l_selected": float(ep_df["val_rouge_l"].iloc[selected]) if "val_rouge_l" in ep_df else None,
              "val_wall_s": loop["val_wall_s"], "train_wall_s": wall, "train_tokens": tokens, "train_examples": seen,
              "train_steps": loop["step"], "train_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
+             "train_gen_s": sum(r.get("gen_s", 0.0) for r in loop["trace"]),
              "examples_per_epoch": [len(p) for p in plan]}
     return Result(pd.DataFrame(loop["trace"]), ep_df, pd.DataFrame(loop["bin_rows"]), stats)
+
+
+def _optimizer(model, budget: dict, total: int):
+    """AdamW (no decay on biases and norms) and its warm-up + cosine schedule over `total` steps."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": budget["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=budget["lr"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, max(1, total), budget["warmup"], budget["min_lr_ratio"]))
+    return opt, sched
 
 
 def val_loss_change(epochs: pd.DataFrame, steps_per_epoch: list[int]) -> float | None:
@@ -233,7 +263,7 @@ def _end_epoch(loop: dict, idx: np.ndarray, difficulty, bins, now_s: float, extr
             ep[key] = float(np.mean([r[key] for r in ep_rows]))
     ep.update(extra)
     loop["epochs"].append(ep)
-    ce_sum, ce_n = loop["ce_sum"], loop["ce_n"]
+    ce_sum, ce_n = loop["ce_sum"].cpu().numpy(), loop["ce_n"].cpu().numpy()
     if bins is not None:
         for q in range(1, 6):
             sel = (bins == q) & (ce_n > 0)
@@ -241,7 +271,21 @@ def _end_epoch(loop: dict, idx: np.ndarray, difficulty, bins, now_s: float, extr
                 loop["bin_rows"].append({"epoch": epoch, "bin": q, "n_examples": int(sel.sum()),
                                          "ce": float(ce_sum[sel].sum() / ce_n[sel].sum())})
     loop.update(epoch=epoch + 1, k=0, ep_tokens=0, ep_start_s=now_s, elapsed_s=now_s,
-                ce_sum=np.zeros_like(ce_sum), ce_n=np.zeros_like(ce_n))
+                ce_sum=torch.zeros_like(loop["ce_sum"]), ce_n=torch.zeros_like(loop["ce_n"]))
+
+
+def _save(checkpoint: Checkpoint, model, opt, sched, method, on_policy, loop: dict) -> None:
+    """Save the run's state; the on-policy sampler's generator and replay buffer go in `loop`."""
+    loop["on_policy"] = on_policy.state_dict() if on_policy is not None else None
+    checkpoint.save(model, opt, sched, method, loop)
+
+
+def _reload(fresh, opt, sched):
+    """`fresh` (optimizer, schedule) with the state of `opt` and `sched` loaded into it."""
+    new_opt, new_sched = fresh
+    new_opt.load_state_dict(opt.state_dict())
+    new_sched.load_state_dict(sched.state_dict())
+    return new_opt, new_sched
 
 
 class _Suspect:
@@ -286,6 +330,30 @@ class _Suspect:
         if bad:
             raise UserError(f"{self.desc}: training ended with non-finite weights ({bad[0]}, {len(bad)} tensor(s)); "
                             f"nothing was saved: lower the learning rate or set the budget's precision to fp32.")
+
+
+def _micro_step(model, batch: dict, precision: str, ratio: float, method, teacher,
+                vocab_size: int | None, progress: Progress):
+    """The losses of one micro-batch, computed at its N loss positions only.
+
+    Returns (loss, ce, distill) as 0-d float32 tensors (loss carries the graph) and the
+    per-token CE (N,). The student's logits and the teacher's are (N, V) rows at the true
+    entries of batch["mask"] in row-major order, so the method sees an all-true (N,) mask.
+    """
+    mask = batch["mask"]
+    with autocast(precision, mask.device):
+        logits = rows_logits(model, batch["input_ids"], mask)
+    tok_ce = F.cross_entropy(logits.float(), batch["targets"][mask], reduction="none")
+    ce = tok_ce.mean()
+    loss = (1 - ratio) * ce if ratio < 1 else ce * 0
+    distill = torch.zeros((), device=mask.device)
+    if ratio > 0:
+        t_logits = teacher(batch)
+        V = vocab_size or t_logits.shape[-1]
+        distill = method.loss(logits[:, :V], t_logits[:, :V],
+                              torch.ones(len(logits), dtype=torch.bool, device=mask.device), progress)
+        loss = loss + ratio * distill
+    return loss, ce, distill.float(), tok_ce
 
 
 def _quintiles(difficulty: np.ndarray) -> np.ndarray:

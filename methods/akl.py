@@ -1,17 +1,17 @@
 """AKL: adaptive KL, forward and reverse KL weighted by where the teacher-student gap lies.
 
 Per token, with p the teacher's and q the student's distribution at temperature τ:
-    head   = the smallest set of the teacher's most probable tokens (sorted descending) whose
-             cumulative mass exceeds μ; the top token is always in it. tail = the rest.
+    sort the teacher's probabilities descending and take cumulative sums (each token's own
+    mass included): tail = the tokens whose cumulative mass exceeds μ, except the top token,
+    which is always in the head; head = the rest. The token that crosses μ is in the tail.
     g      = |p − q| with the student detached
     h      = Σ_head g / Σ g,   l = Σ_tail g / Σ g          (constants: no gradient)
     L      = τ² · token mean of [h · KL(p ‖ q) + l · KL(q ‖ p)]
 Forward KL fits the head first, reverse KL the tail, so the weights follow the gap. The head
 mask is built in sorted order and scattered back to vocabulary order before it meets g.
 Where p = q (Σ g = 0) both KLs are 0 and h = l = ½.
-Where the public code differs: it puts the token whose cumulative mass first exceeds μ in the
-tail (head = tokens with cumulative mass ≤ μ, plus the top token); the suite follows the
-"smallest prefix with mass > μ" definition of REFERENCES.md, which puts it in the head.
+This is the authors' split (their `get_ratio`), boundary token included; docs/protocol.md
+lists it with the other method constants.
 Reference: Wu et al., Rethinking Kullback-Leibler Divergence in Knowledge Distillation for
 Large Language Models, COLING 2025 (arXiv:2404.02657).
 """
@@ -24,11 +24,12 @@ from kdbench.method import Method as Base, check_temperature, check_unit
 
 
 def head_mask(p: torch.Tensor, mu: float) -> torch.Tensor:
-    """Bool (rows, V), in vocabulary order: the smallest top-probability prefix of mass > mu."""
+    """Bool (rows, V), in vocabulary order: the teacher's tokens whose cumulative mass (sorted
+    descending, own mass included) is at most mu, plus the top token."""
     sorted_p, order = p.sort(-1, descending=True)
-    cum = sorted_p.cumsum(-1)
-    before = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], -1)  # mass ranked above
-    return torch.zeros_like(p, dtype=torch.bool).scatter_(-1, order, before <= mu)
+    head_sorted = sorted_p.cumsum(-1) <= mu
+    head_sorted[:, 0] = True  # the top token is always in the head
+    return torch.zeros_like(p, dtype=torch.bool).scatter_(-1, order, head_sorted)
 
 
 def akl_rows(log_q, log_p, *, mu):

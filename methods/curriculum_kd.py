@@ -13,8 +13,9 @@ class Method(Base):
 
     Epoch e trains on the shortest easiest-first prefix whose mean difficulty reaches
     μ_e = μ_start + e/(E−1)·(μ_all − μ_start) (`kdbench.curriculum.uniform_difficulty_subsets`),
-    shuffled within the epoch. Nothing else changes over training. Read beside `kd` (same
-    loss, all data) and `cpd` (same curriculum, scheduled skew target), it separates what
+    shuffled within the epoch; `scale` and `start_fraction` as in `cpd` (same defaults, so
+    the same subsets: (1 + start_fraction)/2 of the data on the percentile scale). Nothing
+    else changes over training. Read beside `kd` (same loss, all data) and `cpd` (same curriculum, scheduled skew target), it separates what
     the curriculum brings from what the target schedule brings.
     """
 
@@ -22,17 +23,20 @@ class Method(Base):
                   "(curriculum only)", "Hinton et al., Distilling the Knowledge in a Neural Network, 2015"]
     uses_difficulty = True
 
-    def __init__(self, temperature: float = 1.0, start_fraction: float = 0.2,
-                 order: str = "easy_first", shuffle: bool = True):
+    def __init__(self, temperature: float = 1.0, start_fraction: float = 0.6,
+                 scale: str = "percentile", order: str = "easy_first", shuffle: bool = True):
         check_choice("order", order, C.ORDERS)
+        check_choice("scale", scale, C.SCALES)
         check(0.0 < start_fraction <= 1.0, "start_fraction", start_fraction, "in (0, 1]")
         self.temperature, self.start_fraction = check_temperature(temperature), float(start_fraction)
+        self.scale = scale
         self.order, self.shuffle = order, shuffle
 
     def epoch_indices(self, epoch: int, ctx: EpochContext) -> np.ndarray:
         d = C.check_difficulty(ctx.difficulty, ctx.n_examples, "curriculum_kd")
         subsets = C.build_subsets(d, ctx.n_epochs, curriculum="uniform", order=self.order,
-                                  seed=ctx.seed, start_fraction=self.start_fraction)
+                                  seed=ctx.seed, start_fraction=self.start_fraction,
+                                  scale=self.scale)
         return C.epoch_order(subsets[epoch], ctx.seed, epoch, self.shuffle)
 
     def schedule(self, progress: Progress) -> dict[str, float]:

@@ -3,7 +3,9 @@
 The target interpolates the logits of the (detached) student and of the teacher:
     r_t = softmax(((1−t)·stopgrad(z_S) + t·z_T) / τ),   L = τ² · token mean of KL(r_t ‖ q)
 t starts at t_start (0.4) and rises to t_end (1.0, plain forward KL). After each loss call,
-with L the detached loss value and L_prev the previous one:
+with L the detached cross-entropy τ² · token mean of −Σ r_t log q = KL(r_t ‖ q) + H(r_t) (the
+value the reference code's loss returns and feeds its schedule; the suite reports the true KL
+as the loss but feeds the schedule the same cross-entropy) and L_prev the previous one:
     m      ← β m + (1−β) (L_prev − L) / L_prev              (β = momentum_decay = 0.99)
     t_lin  = t_start + (t_end − t_start) · progress.fraction
     t      ← min(t_end, max(t_lin, t + step_size · sigmoid(m) · (1 − t)))   (step_size 5e-4)
@@ -22,16 +24,26 @@ from kdbench import divergences as D
 from kdbench.method import Method as Base, check, check_temperature, check_unit
 
 
-def taid_rows(log_q, log_p, *, t):
-    """KL(r_t ‖ q) per row; log-probabilities differ from logits by a row constant, so
+def target_log_probs(log_q, log_p, t):
+    """log r_t per row, (rows, V); log-probabilities differ from logits by a row constant, so
     interpolating them gives the same r_t as interpolating the logits."""
     if t >= 1.0:
-        log_r = log_p
-    elif t <= 0.0:
-        log_r = log_q.detach()
-    else:
-        log_r = torch.log_softmax((1.0 - t) * log_q.detach() + t * log_p, -1)
-    return D.kl_rows(log_r, log_q)
+        return log_p
+    if t <= 0.0:
+        return log_q.detach()
+    return torch.log_softmax((1.0 - t) * log_q.detach() + t * log_p, -1)
+
+
+def taid_rows(log_q, log_p, *, t):
+    """KL(r_t ‖ q) per row."""
+    return D.kl_rows(target_log_probs(log_q, log_p, t), log_q)
+
+
+def target_entropy_rows(log_q, log_p, *, t):
+    """H(r_t) per row (0·log 0 = 0)."""
+    log_r = target_log_probs(log_q, log_p, t)
+    r = log_r.exp()
+    return -(r * torch.where(r > 0, log_r, 0.0)).sum(-1)
 
 
 class Method(Base):
@@ -60,7 +72,10 @@ class Method(Base):
         value = D.token_mean(functools.partial(taid_rows, t=self.t), student_logits,
                              teacher_logits, mask, temperature=self.temperature)
         if torch.is_grad_enabled() and student_logits.requires_grad:
-            self.update(float(value.detach()), progress.fraction)
+            with torch.no_grad():  # H(r_t) has no gradient: r_t holds the detached student
+                entropy = D.token_mean(functools.partial(target_entropy_rows, t=self.t), student_logits,
+                                       teacher_logits, mask, temperature=self.temperature)
+            self.update(float(value.detach() + entropy), progress.fraction)
         return value
 
     def state_dict(self):
@@ -70,7 +85,7 @@ class Method(Base):
         self.t, self.momentum, self.prev_loss = state["t"], state["momentum"], state["prev_loss"]
 
     def update(self, loss_value: float, fraction: float) -> None:
-        """One step of the TAID rule from the detached loss value; non-finite values skip it."""
+        """One step of the TAID rule from the detached cross-entropy; non-finite values skip it."""
         if not math.isfinite(loss_value):
             return
         if self.prev_loss is None:

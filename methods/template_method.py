@@ -28,8 +28,9 @@ class Method(Base):  # the class must be called `Method` and subclass kdbench.me
     needs_teacher = True
     # True if `epoch_indices` reads ctx.difficulty: the DAG then scores the training set first.
     uses_difficulty = False
-    # "reference" (the dataset's answers) or "teacher_samples" (the teacher's sampled answers,
-    # as in SeqKD).
+    # "reference" (the dataset's answers), "teacher_samples" (the teacher's sampled answers,
+    # as in SeqKD) or "mixed" (also the student's own samples, on the steps the schedule's
+    # "on_policy" / "replay" shares pick; see kdbench/onpolicy.py and methods/gkd.py).
     train_on = "reference"
     # Listed by `python -m kdbench methods`.
     references = ["Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015"]
@@ -54,9 +55,10 @@ class Method(Base):  # the class must be called `Method` and subclass kdbench.me
 
     # Required. The distillation term only: the engine adds the cross-entropy and weights the
     # two, (1 − kd_ratio)·CE + kd_ratio·loss.
-    #   student_logits, teacher_logits: (B, T, V), possibly bf16; teacher_logits is None when
-    #       needs_teacher is False.
-    #   mask: bool (B, T), True on the response tokens that count.
+    #   student_logits, teacher_logits: (N, V) at the N tokens that carry the loss (the engine
+    #       never forms the other positions' logits), possibly bf16; teacher_logits is None
+    #       when needs_teacher is False.
+    #   mask: bool (N,), all True (kept so the divergences' signature stays the same).
     # Return a 0-d float32 tensor. Use kdbench.divergences: it fixes the direction of every
     # divergence, computes in float32, chunks large vocabularies, and keeps the teacher
     # constant. For a new per-token quantity write a row kernel and call D.token_mean(kernel, ...).

@@ -26,7 +26,7 @@ WORDS = ("the a of to and is in what why how who name give write list explain th
          "cat sat on mat it was warm answer question text summary sentence paris capital france").split()
 SPECIALS = ["<unk>", "<pad>", "<eos>"]
 
-# the protocol's two prompt forms, written out literally (REFERENCES.md, Evaluation protocol)
+# the protocol's two prompt forms, written out literally (docs/protocol.md, prompt format)
 _NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
              "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
 _WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "

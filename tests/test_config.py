@@ -71,8 +71,8 @@ def test_variants_dedupe_and_slug(smoke):
     skl = {r.variant for r in C.runs(cfg) if r.method == "skl"}
     assert skl == {"default", "alpha-0.3"}          # 0.1 is the default: same run, one slug
     abl = C.ablation_variants(cfg)
-    assert abl["full"][0] == "default"              # the full ablation row is the default cpd run
-    assert abl["no_curriculum"][0] == "curriculum-none"
+    assert abl["full"][:2] == ("cpd", "default")    # the full ablation row is the default cpd run
+    assert abl["no_curriculum"][:2] == ("cpd", "curriculum-none")
 
 
 def test_seeds_do_not_depend_on_method():
@@ -90,3 +90,45 @@ def test_cli_reports_bad_config(tmp_path, smoke, capsys):
     assert main(["validate", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "evaluation.seeds" in err and err.count("\n") == 0
+
+
+def test_per_method_budget_overrides(smoke):
+    raw = copy.deepcopy(smoke)
+    raw.setdefault("training", {})["per_method"] = {"pocl": {"epochs": 32, "lr": 1.0e-4}}
+    cfg = C.validate(raw)
+    pocl, kd = C.student_budget(cfg, "pocl"), C.student_budget(cfg, "kd")
+    assert (pocl["epochs"], pocl["lr"]) == (32, 1.0e-4)
+    assert kd == cfg["training"]["student"] and pocl["batch_size"] == kd["batch_size"]
+    for bad, words in (({"nosuch": {"epochs": 2}}, ["unknown method", "nosuch"]),
+                       ({"pocl": {"epoch": 2}}, ["training.per_method.pocl", "epoch"]),
+                       ({"pocl": {"lr": -1}}, ["training.per_method.pocl", "-1"])):
+        raw["training"]["per_method"] = bad
+        with pytest.raises(UserError) as err:
+            C.validate(raw)
+        assert all(w in str(err.value) for w in words) and "\n" not in str(err.value)
+
+
+def test_ablation_row_may_name_another_method(smoke):
+    raw = copy.deepcopy(smoke)
+    raw["ablations"] = {"method": "cpd", "variants": {
+        "full": {}, "kd_budget": {"method": "kd", "data_fraction": 0.5},
+        "srkl_pocl": {"method": "pocl", "base": "srkl"}}}
+    cfg = C.validate(raw)
+    abl = C.ablation_variants(cfg)
+    assert abl["kd_budget"] == ("kd", "data_fraction-0.5", {"data_fraction": 0.5})
+    assert abl["srkl_pocl"][:2] == ("pocl", "base-srkl")
+    runs = {(r.method, r.variant) for r in C.runs(cfg)}
+    assert runs >= {("kd", "data_fraction-0.5"), ("pocl", "base-srkl")}
+    raw["ablations"]["variants"]["bad"] = {"method": "nosuch"}
+    with pytest.raises(UserError, match="unknown method 'nosuch'"):
+        C.validate(raw)
+
+
+def test_teacher_data_broad_needs_the_broad_split(smoke):
+    raw = copy.deepcopy(smoke)
+    raw["data"]["synthetic_sizes"].pop("broad", None)
+    raw.setdefault("training", {})["teacher_data"] = "broad"
+    with pytest.raises(UserError, match="synthetic_sizes.broad"):
+        C.validate(raw)
+    raw["data"]["synthetic_sizes"]["broad"] = 10
+    assert C.validate(raw)["training"]["teacher_data"] == "broad"

@@ -92,24 +92,37 @@ def test_full_variant_uses_uniform_subsets_shuffled_within_epoch():
     m = make()
     assert type(m).uses_difficulty and m.uses_difficulty and slug({}, type(m)) == "default"
     ctx = ctx_for(D20, n_epochs=4)
-    expected = C.uniform_difficulty_subsets(D20, 4, 0.2)
+    expected = C.uniform_difficulty_subsets(C.percentile(D20), 4, 0.6)
     for e in range(4):
         idx = m.epoch_indices(e, ctx)
         assert idx.dtype == np.int64
         assert sorted(idx.tolist()) == sorted(expected[e].tolist())
-    # d = permutation of 0..19: μ_start = 1.5, μ_all = 9.5, targets 1.5, 4.17, 6.83, 9.5 →
-    # prefix mean (k−1)/2 reaches them at k = 4, 10, 15, 20
-    assert [len(m.epoch_indices(e, ctx)) for e in range(4)] == [4, 10, 15, 20]
-    assert set(D20[m.epoch_indices(0, ctx)].tolist()) == {0, 1, 2, 3}
+    # d = permutation of 0..19 (percentile (d)/19): μ_start = 5.5/19, μ_all = 9.5/19, targets
+    # (5.5, 6.83, 8.17, 9.5)/19 → prefix mean (k−1)/38 reaches them at k = 12, 15, 18, 20
+    assert [len(m.epoch_indices(e, ctx)) for e in range(4)] == [12, 15, 18, 20]
+    assert set(D20[m.epoch_indices(0, ctx)].tolist()) == set(range(12))
+    # the aggressive point: raw scale, start fraction 0.2 (d is uniform here: same as 0.2 on
+    # the percentile scale): μ_start = 1.5 → k = 4, 10, 15, 20
+    aggressive = make(scale="raw", start_fraction=0.2)
+    assert [len(aggressive.epoch_indices(e, ctx)) for e in range(4)] == [4, 10, 15, 20]
     # shuffled within the epoch, deterministically
     assert np.array_equal(m.epoch_indices(1, ctx), m.epoch_indices(1, ctx))
     assert not np.array_equal(m.epoch_indices(3, ctx), expected[3])
     assert np.array_equal(make(shuffle=False).epoch_indices(3, ctx), expected[3])
 
 
-def test_no_curriculum_trains_on_all_data_and_follows_step_fraction():
+def test_no_curriculum_trains_on_all_data_with_the_epoch_schedule():
     m = make(curriculum="none")
     assert m.uses_difficulty is False                       # the DAG may skip scoring
+    assert m.epoch_indices(0, EpochContext(n_examples=5, n_epochs=3, seed=0)) is None
+    # granularity epoch: π = e/(E−1), whatever the step
+    v = m.schedule(Progress(epoch=1, n_epochs=3, step=5, total_steps=12))
+    assert v["curriculum_progress"] == 0.5 and v["alpha"] == pytest.approx(0.5)
+
+
+def test_pure_target_schedule_trains_on_all_data_and_follows_step_fraction():
+    m = make(curriculum="none", granularity="step")
+    assert m.uses_difficulty is False
     assert m.epoch_indices(0, EpochContext(n_examples=5, n_epochs=3, seed=0)) is None
     v = m.schedule(Progress(epoch=0, n_epochs=3, step=3, total_steps=12))
     assert v["curriculum_progress"] == 0.25
@@ -140,17 +153,17 @@ def test_stages_variant_uses_pocl_stages():
 def test_hard_first_gives_the_hardest_examples_first():
     m = make(order="hard_first")
     ctx = ctx_for(D20, n_epochs=4)
-    assert set(D20[m.epoch_indices(0, ctx)].tolist()) == {19, 18, 17, 16}
+    assert set(D20[m.epoch_indices(0, ctx)].tolist()) == set(range(8, 20))
     assert len(m.epoch_indices(3, ctx)) == 20
 
 
 def test_shuffled_difficulty_keeps_sizes_and_depends_on_seed():
     m = make(order="shuffled")
     d = np.random.default_rng(2).random(60)
-    sizes = [len(x) for x in C.uniform_difficulty_subsets(d, 4)]
+    sizes = [len(x) for x in C.uniform_difficulty_subsets(C.percentile(d), 4, 0.6)]
     a = [m.epoch_indices(e, ctx_for(d, 4, seed=1)) for e in range(4)]
     assert [len(x) for x in a] == sizes
-    first_easy = set(C.uniform_difficulty_subsets(d, 4)[0].tolist())
+    first_easy = set(C.uniform_difficulty_subsets(d, 4, 0.6)[0].tolist())
     assert set(a[0].tolist()) != first_easy
     b = m.epoch_indices(0, ctx_for(d, 4, seed=2))
     assert set(b.tolist()) != set(a[0].tolist())
@@ -312,7 +325,7 @@ def test_pocl_stage_schedule_and_data():
 def test_curriculum_kd_uses_cpd_subsets_with_plain_forward_kl():
     m = make("curriculum_kd")
     ctx = ctx_for(D20, n_epochs=4)
-    assert [len(m.epoch_indices(e, ctx)) for e in range(4)] == [4, 10, 15, 20]
+    assert [len(m.epoch_indices(e, ctx)) for e in range(4)] == [12, 15, 18, 20]
     cpd = make()
     assert all(set(m.epoch_indices(e, ctx).tolist()) == set(cpd.epoch_indices(e, ctx).tolist())
                for e in range(4))
@@ -322,3 +335,160 @@ def test_curriculum_kd_uses_cpd_subsets_with_plain_forward_kl():
     for e in range(4):
         assert loss_at(m, Progress(epoch=e, n_epochs=4), s, t, mask).item() == pytest.approx(
             manual_skew(s, t, mask, 0.0, 1.0), rel=1e-5)
+
+
+# --- the target's readings ----------------------------------------------------------------
+
+def manual_target(s, t, mask, alpha, tau, target):
+    """τ² × token mean of each reading, in float64, straight from the formulas (α: teacher)."""
+    zs, zt = s.double() / tau, t.double() / tau
+    p, q = torch.softmax(zt, -1), torch.softmax(zs, -1)
+    if target == "skew_fkl":
+        a, b = p, alpha * p + (1 - alpha) * q
+    elif target == "skew_rkl":
+        a, b = q, alpha * p + (1 - alpha) * q
+    else:
+        a, b = torch.softmax(alpha * zt + (1 - alpha) * zs, -1), q
+    kl = (a * (a.log() - b.log())).sum(-1)
+    return (kl[mask].mean() * tau ** 2).item()
+
+
+@pytest.mark.parametrize("target", ["skew_fkl", "skew_rkl", "interpolated"])
+def test_each_target_reading_is_its_formula_on_the_schedule(target):
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(2, 3, 7, generator=g), torch.randn(2, 3, 7, generator=g) * 2
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    m = make(target=target)
+    for e, (alpha, tau) in enumerate([(0.9, 1.0), (0.5, 1.5), (0.1, 2.0)]):
+        got = loss_at(m, Progress(epoch=e, n_epochs=3), s, t, mask).item()
+        assert got == pytest.approx(manual_target(s, t, mask, alpha, tau, target), rel=1e-5)
+
+
+def test_interpolated_target_gradient_is_tau_times_q_minus_r():
+    # r is detached, so ∂/∂z_S of τ² KL(r ‖ q) per token is τ (q − r); token mean over 2 tokens
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(1, 2, 6, generator=g), torch.randn(1, 2, 6, generator=g)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    m, tau, alpha = make(target="interpolated"), 1.5, 0.5
+    p = Progress(epoch=1, n_epochs=3)
+    grad = logit_grad(lambda x: loss_at(m, p, x, t, mask), s)
+    q = torch.softmax(s / tau, -1)
+    r = torch.softmax((alpha * t + (1 - alpha) * s) / tau, -1)
+    np.testing.assert_allclose(grad.numpy(), (tau * (q - r) / 2).numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_target_endpoints_and_degenerate_alphas():
+    g = torch.Generator().manual_seed(6)
+    s, t = torch.randn(1, 3, 5, generator=g), torch.randn(1, 3, 5, generator=g)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    last = Progress(epoch=1, n_epochs=2)
+    # interpolated at α = 1 (TAID's end point) is forward KL
+    m = make(target="interpolated", alpha_start=0.4, alpha_end=1.0, tau_end=1.0)
+    assert loss_at(m, last, s, t, mask).item() == pytest.approx(
+        D.forward_kl(s, t, mask).item(), rel=1e-6)
+    for bad in ({"target": "skew_rkl", "alpha_end": 0.0}, {"target": "interpolated", "alpha_end": 0.0},
+                {"target": "skew_fkl", "alpha_start": 1.0}, {"target": "jsd"}):
+        with pytest.raises(UserError):
+            make(**bad)
+
+
+# --- controls -----------------------------------------------------------------------------
+
+def test_budget_matched_kd_draws_a_fresh_random_fraction_every_epoch():
+    kd = make("kd")
+    assert kd.epoch_indices(0, EpochContext(n_examples=10, n_epochs=3, seed=0)) is None
+    m = make("kd", data_fraction=0.8)
+    ctx = EpochContext(n_examples=50, n_epochs=3, seed=7)
+    epochs = [m.epoch_indices(e, ctx) for e in range(3)]
+    assert [len(x) for x in epochs] == [40, 40, 40]
+    assert len({tuple(sorted(x.tolist())) for x in epochs}) == 3
+    # the same number of example-epochs as default cpd (percentile scale, start 0.6): 0.8
+    cpd_ctx = ctx_for(np.random.default_rng(0).random(50), n_epochs=3)
+    cpd = make()
+    assert C.data_fraction([cpd.epoch_indices(e, cpd_ctx) for e in range(3)], 50) == \
+        pytest.approx(C.data_fraction(epochs, 50), abs=0.02)
+    with pytest.raises(UserError, match="data_fraction"):
+        make("kd", data_fraction=0.0)
+
+
+def test_default_ablation_grid_holds_the_controls():
+    import yaml
+
+    from kdbench import config
+
+    cfg = config.validate(yaml.safe_load((METHODS.parent / "config" / "default.yaml").read_text()))
+    rows = config.ablation_variants(cfg)
+    params = {row: (method, p) for row, (method, _, p) in rows.items()}
+    assert params["full"] == ("cpd", {})
+    # budget-matched kd: the fraction cpd's defaults see, (1 + start_fraction)/2
+    method, p = params["kd_budget_matched"]
+    assert method == "kd" and p["data_fraction"] == pytest.approx((1 + make().start_fraction) / 2)
+    assert params["shuffled_difficulty"] == ("cpd", {"order": "shuffled"})
+    assert params["no_curriculum"] == ("cpd", {"curriculum": "none"})
+    assert params["target_schedule_only"] == ("cpd", {"curriculum": "none", "granularity": "step"})
+    assert params["aggressive"] == ("cpd", {"scale": "raw", "start_fraction": 0.2})
+    assert {params[r][1]["target"] for r in ("target_skew_rkl", "target_interpolated")} == \
+        {"skew_rkl", "interpolated"}
+    # every row is a distinct run, and the kd rows are runs of kd
+    assert len({(m, slug_) for m, slug_, _ in rows.values()}) == len(rows)
+    assert {(r.method, r.variant) for r in config.runs(cfg)} >= {("kd", "data_fraction-0.8")}
+
+
+# --- POCL as published: stages as separate runs, any base divergence -----------------------
+
+def test_pocl_restarts_at_every_stage_and_takes_any_base():
+    m = make("pocl")
+    assert m.restarts(32) == [8, 16, 24]                # 8 epochs per stage, as published
+    assert m.restarts(8) == [2, 4, 6]
+    assert m.restarts(3) == [1, 2]                      # compressed: stages 0, 1, 3
+    assert make("pocl", restart=False).restarts(32) == []
+    g = torch.Generator().manual_seed(8)
+    s, t = torch.randn(2, 3, 6, generator=g), torch.randn(2, 3, 6, generator=g)
+    mask = torch.tensor([[True, True, False], [False, True, True]])
+    p = Progress(epoch=3, n_epochs=8)                    # stage 1: τ = 4/3
+    srkl = make("pocl", base="srkl")
+    # SRKL + POCL: KL(q ‖ 0.1 q + 0.9 p), i.e. teacher weight 0.9 in the mixture
+    assert loss_at(srkl, p, s, t, mask).item() == pytest.approx(
+        manual_target(s, t, mask, 0.9, 4 / 3, "skew_rkl"), rel=1e-5)
+    assert loss_at(make("pocl"), p, s, t, mask).item() == pytest.approx(
+        manual_target(s, t, mask, 0.0, 4 / 3, "skew_fkl"), rel=1e-5)   # kd: α = 0 is forward KL
+    with pytest.raises(UserError, match="base"):
+        make("pocl", base="mse")
+
+
+ENGINE_BUDGET = {"epochs": 4, "batch_size": 8, "grad_accum": 1, "lr": 1e-3, "min_lr_ratio": 0.1,
+                 "warmup": 0.1, "weight_decay": 0.0, "grad_clip": 1.0, "loss_on": "response",
+                 "precision": "fp32", "bucket_window": 2, "selection": "best"}
+
+
+def test_engine_restarts_from_the_segment_best_with_a_fresh_schedule(tokenizer, records, make_model):
+    from kdbench.data import encode
+    from kdbench.method import Method as Base
+    from kdbench.train import train
+
+    class TwoStages(Base):  # all data every epoch, a restart before epoch 2
+        def loss(self, student_logits, teacher_logits, mask, progress):
+            return D.zero(student_logits)
+
+        def restarts(self, n_epochs):
+            return [2]
+
+    model = make_model(seed=3)
+    seen, loaded = [], []
+
+    def validate(m):
+        seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return {"val_loss": 1.0, "val_rouge_l": [10.0, 30.0, 20.0, 15.0][len(seen) - 1]}
+
+    load = model.load_state_dict
+    model.load_state_dict = lambda sd, *a, **kw: loaded.append(sd) or load(sd, *a, **kw)
+    res = train(model, encode(tokenizer, records[:24], max_length=512), ENGINE_BUDGET, seed=0,
+                pad_id=tokenizer.pad_token_id, method=TwoStages(), validate=validate)
+    # the second stage starts from the first stage's best epoch (1) ...
+    assert all(torch.equal(loaded[0][k], seen[1][k]) for k in seen[1])
+    # ... with a fresh warm-up + cosine: the same learning rates as the first stage
+    lr = res.trace.groupby("epoch")["lr"].apply(list)
+    assert lr[0] + lr[1] == lr[2] + lr[3]
+    # and the final weights are the best of the last stage (epoch 2), not the run's best (1)
+    assert res.stats["selected_epoch"] == 2
+    assert all(torch.equal(model.state_dict()[k], seen[2][k]) for k in seen[2])

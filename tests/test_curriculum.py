@@ -213,3 +213,57 @@ def test_stage_of_epoch_spreads_and_compresses():
     assert C.stage_of_epoch(0, 1, 4) == 3
     d = np.arange(8.0)
     assert [len(x) for x in C.stage_subsets(d, 2, 4)] == [2, 8]
+
+
+# --- scale: percentile vs raw ---------------------------------------------------------------
+
+def test_percentile_ranks_with_ties_and_degenerate_profiles():
+    d = np.array([5.0, 1.0, 3.0, 3.0, 9.0])
+    # sorted 1, 3, 3, 5, 9 → 0-based ranks 0, 1.5 (tie), 1.5, 3, 4, over N − 1 = 4
+    np.testing.assert_allclose(C.percentile(d), [0.75, 0.0, 0.375, 0.375, 1.0])
+    assert C.percentile(np.full(4, 2.0)).tolist() == [0.5] * 4   # constant stays constant
+    assert C.percentile([7.0]).tolist() == [0.0]
+    with pytest.raises(UserError, match="percentile, raw"):
+        C.build_subsets(d, 3, scale="log")
+
+
+@pytest.mark.parametrize("n,epochs", [(3000, 5), (3000, 15), (14000, 20), (101, 2)])
+@pytest.mark.parametrize("f0", [0.2, 0.6, 0.8])
+def test_percentile_scale_grows_linearly_and_sees_one_plus_f0_over_two(n, epochs, f0):
+    # a strongly convex, tie-free profile: the percentile scale ignores its shape
+    d = np.random.default_rng(n + epochs).random(n) ** 8
+    subsets = C.build_subsets(d, epochs, start_fraction=f0, scale="percentile")
+    n0 = C.start_count(n, f0)
+    # percentiles are (k−1)/(N−1) easiest first, their prefix mean (k−1)/(2(N−1)); the target
+    # μ_e = μ_start + π_e(1/2 − μ_start) is reached at k = n0 + ceil(π_e (N − n0))
+    expected = [n0 + math.ceil(Fraction(e, epochs - 1) * (n - n0)) for e in range(epochs)]
+    assert [len(s) for s in subsets] == expected
+    # so the fraction of example-epochs is (1 + n0/N)/2 plus < 1/N of rounding
+    frac = C.data_fraction(subsets, n)
+    assert (1 + f0) / 2 - 1e-12 <= frac < (1 + f0) / 2 + 1.5 / n
+
+
+def test_raw_scale_follows_the_shape_of_the_profile():
+    # a rescaled rank fusion of two independent rankings (the default scorer): most examples
+    # sit near the top of the range, so equal steps in mean need tiny early subsets
+    rng = np.random.default_rng(0)
+    n, epochs = 3000, 20
+    s = 1 / (rng.permutation(n) + 61) + 1 / (rng.permutation(n) + 61)
+    d = (s.max() - s) / (s.max() - s.min())
+    assert np.median(d) > 0.9
+    raw = C.data_fraction(C.build_subsets(d, epochs, start_fraction=0.2, scale="raw"), n)
+    pct = C.data_fraction(C.build_subsets(d, epochs, start_fraction=0.2, scale="percentile"), n)
+    assert raw < 0.5 and pct == pytest.approx(0.6, abs=1e-3)
+    # a profile already uniform on its range gives the same subsets on both scales
+    u = rng.permutation(n).astype(float)
+    assert [len(x) for x in C.build_subsets(u, 5, scale="raw")] == \
+        [len(x) for x in C.build_subsets(u, 5, scale="percentile")]
+
+
+def test_data_fraction_and_random_subsets():
+    assert C.data_fraction(None, 10) == 1.0
+    assert C.data_fraction([np.arange(2), np.arange(4), np.arange(10)], 10) == pytest.approx(16 / 30)
+    a, b = C.random_subset(50, 0.8, seed=1, epoch=0), C.random_subset(50, 0.8, seed=1, epoch=1)
+    assert len(a) == len(b) == 40 and a.dtype == np.int64
+    assert len(set(a.tolist())) == 40 and set(a.tolist()) != set(b.tolist())   # fresh each epoch
+    assert np.array_equal(a, C.random_subset(50, 0.8, seed=1, epoch=0))        # deterministic

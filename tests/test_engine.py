@@ -68,8 +68,12 @@ def test_cache_equals_online_teacher(examples, tokenizer, make_model, tmp_path):
     online = OnlineTeacher(teacher, "fp32", torch.device("cpu"))
     batch = collate([examples[i] for i in (5, 0, 17)], tokenizer.pad_token_id)
     m = batch["mask"]
-    # the cache stores bf16: compare at bf16 resolution on the positions that carry the loss
-    torch.testing.assert_close(cached(batch)[m].float(), online(batch)[m].float(), atol=0.05, rtol=0.02)
+    rows = cached(batch)
+    assert rows.shape == (int(m.sum()), teacher.config.vocab_size)
+    # the cache stores bf16: compare at bf16 resolution with the full-sequence logits at the
+    # positions that carry the loss
+    torch.testing.assert_close(rows.float(), teacher(input_ids=batch["input_ids"]).logits[m], atol=0.05, rtol=0.02)
+    torch.testing.assert_close(online(batch), teacher(input_ids=batch["input_ids"]).logits[m])
 
 
 class _NaN(M.Method):
@@ -83,6 +87,36 @@ def test_nan_loss_stops_with_one_sentence(examples, tokenizer, make_model):
     with pytest.raises(UserError, match="method 'test_engine' returned a distillation loss of nan"):
         train(make_model(), examples, BUDGET, seed=0, pad_id=tokenizer.pad_token_id, method=_NaN(),
               teacher=teacher, kd_ratio=1.0)
+
+
+def test_fast_step_equals_the_full_logits_computation(examples, tokenizer, make_model):
+    """The engine's step (logits only at the loss positions, closed-form KL gradient) gives the
+    losses and gradients of the textbook computation over the full (B, T, V) logits."""
+    import torch.nn.functional as F
+
+    from kdbench.train import _micro_step
+
+    student, t_model = make_model(seed=6), make_model(seed=7, hidden_size=32)
+    batch = collate(examples[:5], tokenizer.pad_token_id)
+    teacher = OnlineTeacher(t_model, "fp32", torch.device("cpu"))
+    kd = M.discover()["kd"](temperature=2.0)
+    loss, ce, distill, _ = _micro_step(student, batch, "fp32", 0.7, kd, teacher, None, M.Progress())
+    loss.backward()
+    fast = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    m = batch["mask"]
+    s = student(input_ids=batch["input_ids"]).logits
+    t = t_model(input_ids=batch["input_ids"]).logits.detach()
+    ref_ce = F.cross_entropy(s[m], batch["targets"][m])
+    log_q, log_p = torch.log_softmax(s[m] / 2, -1), torch.log_softmax(t[m] / 2, -1)
+    ref_kl = 4 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    ref = 0.3 * ref_ce + 0.7 * ref_kl
+    ref.backward()
+    torch.testing.assert_close(ce, ref_ce.detach())
+    torch.testing.assert_close(distill, ref_kl.detach())
+    torch.testing.assert_close(loss.detach(), ref.detach())
+    for a, p in zip(fast, student.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-6, rtol=1e-4)
 
 
 # --- model selection ---------------------------------------------------------------------

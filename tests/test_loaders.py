@@ -180,17 +180,43 @@ def test_benchmark_for_resolves_hub_ids_and_paths():
     assert loaders.benchmark_for("/data/other/valid.jsonl") is None
 
 
-def test_has_protocol_split_only_for_the_registered_layout(snapshot, tmp_path):
-    assert loaders.has_protocol_split("MiniLLM/dolly", "validation")
-    assert loaders.has_protocol_split(snapshot["dolly"], "validation")               # a local copy of the repo
-    assert loaders.has_protocol_split(snapshot["dolly"] / "raw.jsonl", "validation")  # the split's own file
-    assert not loaders.has_protocol_split(snapshot["dolly"] / "valid.jsonl", "validation")  # the test file
-    assert not loaders.has_protocol_split("MiniLLM/sinst", "validation")             # no such split
-    assert not loaders.has_protocol_split("someone/dolly", "validation")             # another repo's layout
-    (tmp_path / "dolly").mkdir()
-    (tmp_path / "dolly" / "train.jsonl").write_text("{}\n")
-    assert not loaders.has_protocol_split(tmp_path / "dolly", "validation")          # named dolly, no raw.jsonl
-    assert not loaders.has_protocol_split(tmp_path / "mine.jsonl", "validation")
+def test_layouts_are_recognised_by_files_not_folder_names(snapshot, tmp_path):
+    def folder(name, files):
+        (tmp_path / name).mkdir()
+        for f in files:
+            (tmp_path / name / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / f).write_text('{"instruction": "x", "output": "y"}\n')
+        return tmp_path / name
+
+    mine = folder("mine", ["raw.jsonl", "valid.jsonl"])            # MiniLLM's layout, any name
+    assert loaders.training_reading(mine) == loaders.training_reading(snapshot["dolly"])
+    r = loaders.training_reading(mine)
+    assert (r.pool, r.train, r.validation, r.holdout) == ("raw", None, None, "first")
+    assert loaders.folder_layout(mine)[1]["test"].file == "valid.jsonl"
+    dolly = folder("dolly", ["train.jsonl", "dev.jsonl"])           # named dolly, split files
+    r = loaders.training_reading(dolly)
+    assert (r.pool, r.train, r.validation, r.holdout) == ("train", "train", "validation", "random")
+    assert loaders.folder_layout(dolly)[1]["validation"].file == "dev.jsonl"
+    assert loaders.training_reading(folder("one", ["data.jsonl"])).pool == "all"
+    assert loaders.training_reading(tmp_path / "one" / "data.jsonl").holdout == "random"
+    assert loaders.training_reading(mine / "raw.jsonl").holdout == "first"
+    r = loaders.training_reading("MiniLLM/dolly")
+    assert (r.pool, r.holdout) == ("raw", "first") and loaders.training_reading("someone/x").pool == "train"
+    buckets = folder("other", ["0_2/valid.jsonl", "11_/valid.jsonl"])  # S-NI's layout, any name
+    assert loaders.folder_layout(buckets)[1]["test"].file == "11_/valid.jsonl"
+    with pytest.raises(UserError, match="no file for split 'train'"):
+        loaders.load_instruction_split(folder("two", ["a.jsonl", "b.jsonl"]), "train")
+
+
+def test_field_mapping_config_first_then_aliases(tmp_path):
+    row = {"question": "q", "context": "c", "answer": ["a1", "a2"], "output": "ignored?"}
+    assert loaders.field_mapping(row) == {"instruction": None, "input": "context", "output": "output"}
+    fields = {"instruction": "question", "output": "answer"}
+    assert loaders.field_mapping(row, fields) == {"instruction": "question", "input": "context", "output": "answer"}
+    rec = loaders.normalise_record(row, task="t", rid="t-0", fields=fields)
+    assert (rec["instruction"], rec["input"], rec["output"]) == ("q", "c", ["a1", "a2"])
+    with pytest.raises(UserError, match="data.fields.instruction"):
+        loaders.normalise_record(row, task="t", rid="t-0")
 
 
 # ----------------------------------------------------------------------------- length filter
@@ -231,26 +257,47 @@ def test_prompt_length_filter_counts_special_tokens_the_engine_adds(snapshot, ca
 # ----------------------------------------------------------------------------- prepare_data
 
 
-def test_prepare_data_takes_dollys_protocol_validation_split(snapshot, tmp_path, tok, capfd):
+def test_prepare_data_holds_out_the_first_lines_of_raw_jsonl(snapshot, tmp_path, tok, capfd):
+    """MiniLLM's layout: the first min(1000, n/10) lines of raw.jsonl are validation (1,003
+    lines here: 100; real Dolly: 1,000, the protocol's split), or data.validation_size."""
+    from kdbench import io, stages
+    from kdbench.paths import Paths
+
+    teacher = {"init": "pretrained", "path": fx.model_dir(tmp_path / "t", tok, len(tok))}
+    student = {"init": "layers_from_teacher", "layers": [0]}
+    data = dict(train=str(snapshot["dolly"]), benchmarks={"dolly": str(snapshot["dolly"]), "sinst": str(snapshot["sinst"])},
+                max_prompt_tokens=27)
+    for size, n_val in ((None, 100), (1000, 1000)):
+        cfg = fx.hub_cfg(tmp_path, teacher, student, **data, validation_size=size)
+        stages.prepare_data(cfg)
+        P = Paths(cfg)
+        val, train = io.read_jsonl(P.data("validation")), io.read_jsonl(P.data("train"))
+        # odd rows carry an input (37 tokens > 27): dropped
+        assert [r["id"] for r in val] == [f"dolly-raw-{i}" for i in range(0, n_val, 2)]
+        assert [r["id"] for r in train] == [f"dolly-raw-{i}" for i in range(n_val, 1003, 2)]
+        report = io.read_json(P.data_report)
+        # test-set prompts over 27 tokens are kept (generation cuts them) and counted
+        assert {k: (v["n"], v["dropped_long_prompts"], v["truncated_long_prompts"]) for k, v in report.items()} == {
+            "train": (len(train), 1003 - n_val - len(train), 0), "validation": (n_val // 2, n_val // 2, 0),
+            "dolly": (2, 0, 1), "sinst": (2, 0, 1)}
+        err = capfd.readouterr().err
+        assert "truncated 1 prompt(s) longer than 27 tokens" in err
+        assert f"validation: the first {n_val} examples" in err and "MiniLLM's layout" in err
+        assert f"validation: the first {n_val} examples" in report["train"]["reading"]
+
+
+def test_prepare_data_reads_data_validation(snapshot, tmp_path, tok):
     from kdbench import io, stages
     from kdbench.paths import Paths
 
     teacher = {"init": "pretrained", "path": fx.model_dir(tmp_path / "t", tok, len(tok))}
     cfg = fx.hub_cfg(tmp_path, teacher, {"init": "layers_from_teacher", "layers": [0]},
-                   train=str(snapshot["dolly"]), benchmarks={"dolly": str(snapshot["dolly"]), "sinst": str(snapshot["sinst"])},
-                   max_prompt_tokens=27)
+                     train=str(snapshot["dolly"] / "raw.jsonl"), validation=str(snapshot["self-inst"]),
+                     benchmarks={"vicuna": str(snapshot["vicuna"])})
     stages.prepare_data(cfg)
     P = Paths(cfg)
-    val, train = io.read_jsonl(P.data("validation")), io.read_jsonl(P.data("train"))
-    # raw.jsonl rows 0..999 are validation (odd rows carry an input: 37 tokens > 27, dropped);
-    # rows 1000..1002 are train (1001 dropped); no random hold-out is taken from train
-    assert [r["id"] for r in val] == [f"dolly-validation-{i}" for i in range(0, 1000, 2)]
-    assert [r["id"] for r in train] == ["dolly-train-1000", "dolly-train-1002"]
-    report = io.read_json(P.data_report)
-    assert {k: (v["n"], v["dropped_long_prompts"]) for k, v in report.items()} == {
-        "train": (2, 1), "validation": (500, 500), "dolly": (1, 1), "sinst": (1, 1)}
-    err = capfd.readouterr().err
-    assert "validation" in err and "dropped 500 prompt(s) longer than 27 tokens" in err
+    assert len(io.read_jsonl(P.data("train"))) == 1003  # all of raw.jsonl: nothing held out
+    assert [r["task"] for r in io.read_jsonl(P.data("validation"))] == ["self-inst"]
 
 
 def test_prepare_data_holds_out_a_seeded_validation_set_otherwise(tmp_path, tok):

@@ -22,7 +22,7 @@ METHODS_DIR = REPO / "methods"
 METHODS = discover(METHODS_DIR)
 NAMES = sorted(METHODS)
 BASELINES = ["akl", "jsd", "kd", "rkl", "seqkd", "sft", "skl", "srkl", "taid", "tvd"]
-UNIT_KEYS = {"alpha", "beta", "kd_ratio", "t"}
+UNIT_KEYS = {"alpha", "beta", "kd_ratio", "t", "on_policy", "replay", "sgo_threshold"}
 B, T, V = 2, 4, 13
 
 
@@ -76,7 +76,8 @@ def test_class_attributes_and_defaults(name):
     cls = METHODS[name]
     assert issubclass(cls, Method)
     assert isinstance(cls.needs_teacher, bool) and isinstance(cls.uses_difficulty, bool)
-    assert cls.train_on in ("reference", "teacher_samples")
+    assert cls.train_on in ("reference", "teacher_samples", "mixed")
+    assert isinstance(cls.uses_validation_loss, bool)
     assert cls.references and all(isinstance(r, str) and r for r in cls.references)
     params = defaults(cls)
     scalar = (bool, int, float, str, type(None))
@@ -152,6 +153,8 @@ def test_schedule_values(name):
                 assert 0.0 <= value <= 1.0, f"{name}: {key}={value} at {fraction}"
             if key == "temperature":
                 assert value > 0
+        if method.train_on == "mixed":  # the engine draws one u per step against these shares
+            assert values.get("on_policy", 0.0) + values.get("replay", 0.0) <= 1.0 + 1e-12
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -248,22 +251,32 @@ def kl(a, b):
 @pytest.mark.parametrize("p,q,h", [
     # head = {0} (0.6 > μ); g = (0.1, 0.1, 0.2) -> h = 0.25
     ([0.6, 0.3, 0.1], [0.5, 0.2, 0.3], 0.25),
-    # 0.4 is not > μ, so the head is {0, 1}; g = (0.3, 0.15, 0.15) -> h = 0.75
-    ([0.4, 0.35, 0.25], [0.1, 0.5, 0.4], 0.75),
+    # cumulative 0.4, 0.75: the token crossing μ (0.35) is in the tail, head = {0};
+    # g = (0.3, 0.15, 0.15) -> h = 0.5
+    ([0.4, 0.35, 0.25], [0.1, 0.5, 0.4], 0.5),
+    # sorted 0.24, 0.21, 0.2, ...: cumulative 0.24, 0.45, 0.65, so head = {0, 1} and 0.2
+    # (index 3, crossing μ) is in the tail; g = (0.14, 0.09, 0.11, 0.1, 0.04) -> h = 0.23 / 0.48
+    ([0.24, 0.21, 0.19, 0.2, 0.16], [0.1, 0.3, 0.3, 0.1, 0.2], 0.23 / 0.48),
 ])
 def test_akl_weights_head_and_tail(p, q, h):
     want = h * kl(p, q) + (1 - h) * kl(q, p)
     method = fresh("akl")
-    for perm in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):  # vocabulary order must not matter
+    for shift in range(3):  # vocabulary order must not matter
+        perm = [(i + shift) % len(p) for i in range(len(p))]
         pp, qq = [p[i] for i in perm], [q[i] for i in perm]
         assert run_loss(method, *one_token(qq, pp)).item() == pytest.approx(want, rel=1e-9)
 
 
 def test_akl_head_mask_in_vocabulary_order():
     akl = sys.modules[METHODS["akl"].__module__]
+    # the authors' rule: tail = sorted cumulative mass > μ, the top token forced into the head
     p = torch.tensor([[0.1, 0.45, 0.05, 0.4]])
-    assert akl.head_mask(p, 0.5).tolist() == [[False, True, False, True]]
+    assert akl.head_mask(p, 0.5).tolist() == [[False, True, False, False]]  # 0.4 crosses μ: tail
+    assert akl.head_mask(p, 0.9).tolist() == [[False, True, False, True]]
     assert akl.head_mask(p, 0.0).tolist() == [[False, True, False, False]]
+    # a cumulative mass exactly μ is not over it: head (0.25 + 0.25 is exact in binary)
+    p = torch.tensor([[0.1, 0.25, 0.2, 0.25, 0.2]])
+    assert akl.head_mask(p, 0.5).tolist() == [[False, True, False, True, False]]
 
 
 def test_taid_target_interpolates_logits():
@@ -305,19 +318,49 @@ def test_taid_updates_once_per_training_loss_call_only():
         run_loss(method, s, t, mask)
     assert method.prev_loss is None
     first = run_loss(method, s, t, mask).item()
-    assert method.prev_loss == pytest.approx(first)
+    assert method.prev_loss > first  # the cross-entropy KL + H(r_t), not the reported KL
     run_loss(method, s, t, mask, progress_at(0.5))
     assert method.t == pytest.approx(0.7)
 
 
-@pytest.mark.parametrize("name,train_on", [("sft", "reference"), ("seqkd", "teacher_samples")])
-def test_sft_style_methods(name, train_on):
-    method = fresh(name)
-    assert method.needs_teacher is False and method.train_on == train_on
+def test_taid_momentum_is_fed_the_cross_entropy():
+    """The reference feeds its schedule the loss value it computes, −Σ r_t log q (token mean),
+    which is KL(r_t ‖ q) + H(r_t); the suite reports the KL and feeds the schedule the same
+    cross-entropy."""
+    method = fresh("taid")
+    zs, zt = [1.0, 0.0, -1.0], [0.0, 2.0, 0.5]
+    s = torch.tensor([[zs]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[zt]], dtype=torch.float64)
+    r = [math.exp(0.6 * a + 0.4 * b) for a, b in zip(zs, zt)]
+    r = [x / sum(r) for x in r]
+    q = [math.exp(a) / sum(math.exp(x) for x in zs) for a in zs]
+    cross_entropy = -sum(ri * math.log(qi) for ri, qi in zip(r, q))
+    loss = run_loss(method, s, t, torch.ones(1, 1, dtype=torch.bool))
+    assert loss.item() == pytest.approx(kl(r, q), rel=1e-9)
+    assert method.prev_loss == pytest.approx(cross_entropy, rel=1e-9)
+    # the next step's relative decrease is computed on cross-entropies too
+    method.update(cross_entropy / 2, 0.0)
+    assert method.momentum == pytest.approx(0.01 * 0.5)
+
+
+def test_sft_has_no_distillation_term():
+    method = fresh("sft")
+    assert method.needs_teacher is False and method.train_on == "reference"
     assert method.schedule(progress_at(0.5)) == {"kd_ratio": 0.0}
     s, _, mask = inputs("neg_inf")
     loss = run_loss(method, s, None, mask)
     assert loss.item() == 0.0 and loss.grad_fn is not None
+
+
+def test_seqkd_is_kd_on_teacher_samples_with_the_teacher_loaded():
+    method = fresh("seqkd")
+    assert method.needs_teacher is True and method.train_on == "teacher_samples"
+    assert method.schedule(progress_at(0.5)) == {}  # kd_ratio follows distill.kd_ratio
+    minillm = instantiate(METHODS["seqkd"], {"kd_ratio": 0.5}, "seqkd")
+    assert minillm.schedule(progress_at(0.5)) == {"kd_ratio": 0.5}
+    s, t, mask = inputs()
+    from kdbench import divergences as D
+    assert run_loss(method, s, t, mask).item() == pytest.approx(D.forward_kl(s, t, mask).item())
 
 
 @pytest.mark.parametrize("name,params", [
@@ -327,7 +370,10 @@ def test_sft_style_methods(name, train_on):
     ("taid", {"t_end": 0.3}), ("taid", {"momentum_decay": 1.0}),
     ("taid", {"step_size": -1.0}), ("cpd", {"granularity": "batch"}), ("cpd", {"tau_end": 0}),
     ("pocl", {"kd_ratio_end": 2.0}), ("pocl", {"n_stages": 0}), ("curriculum_kd", {"temperature": 0}),
-    ("curriculum_kd", {"start_fraction": 0}),
+    ("curriculum_kd", {"start_fraction": 0}), ("seqkd", {"kd_ratio": 1.5}),
+    ("gkd", {"lmbda": 1.5}), ("gkd", {"max_new_tokens": 0}),
+    ("distillm", {"init_threshold": -0.1}), ("distillm", {"capacity": 2.5}),
+    ("distillm", {"replay_ratio": "random"}), ("distillm", {"loss_eps": -1}),
 ])
 def test_parameters_are_validated_in_one_sentence(name, params):
     """One convention: a UserError naming the method, the parameter and the value given."""

@@ -41,6 +41,16 @@ def test_paper_profile_follows_the_protocol(name):
     assert pair["teacher"]["init"] == pair["student"]["init"] == "pretrained"
     assert cfg["training"]["pretrain"]["epochs"] == 0  # the pretrained student is the starting point
     assert "POCL scripts/" in (REPO / "config" / name).read_text()  # the budgets cite their source
+    # docs/protocol.md: at most 256 new tokens; POCL's difficulty recipe; POCL's SFT and POCL batches
+    assert ev["max_new_tokens"] == 256
+    assert (cfg["difficulty"]["temperature"], cfg["difficulty"]["nll_eos"]) == (0.01, False)
+    assert cfg["distill"]["kd_ratio"] == 1.0 and C.student_budget(cfg, "seqkd") == cfg["training"]["student"]
+    batch = {m: C.student_budget(cfg, m)["batch_size"] * C.student_budget(cfg, m)["grad_accum"]
+             for m in ("kd", "sft", "pocl")}
+    gpt2 = name == "paper-gpt2.yaml"
+    assert batch == ({"kd": 8, "sft": 32, "pocl": 64} if gpt2 else {"kd": 32, "sft": 128, "pocl": 64})
+    pocl = C.student_budget(cfg, "pocl")
+    assert (pocl["epochs"], pocl["lr"]) == (32, 1e-4)  # 8 epochs per stage x 4 stages
 
 
 def test_paper_pairs():

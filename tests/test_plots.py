@@ -30,13 +30,14 @@ CURRICULA = {"cpd", "pocl", "curriculum_kd"}
 
 def fake_tables(methods=METHODS, n_seeds=3, benchmarks=("dolly", "selfinst", "synth"),
                 n_examples=40, n_eval_seeds=2, n_epochs=4, steps_per_epoch=25,
-                train_size=1000, ablation_variants=True, leveled=("synth",), rng=0
-                ) -> dict[str, pd.DataFrame]:
+                train_size=1000, ablation_variants=True, leveled=("synth",), rng=0,
+                babbler="srkl") -> dict[str, pd.DataFrame]:
     """Long tables (runs, examples, trace, epochs, bin_loss, ablations) of one pair "p".
 
     The benchmarks in `leveled` carry difficulty levels 1–5 (harder: lower Rouge-L); the
     others have NaN difficulty. Curricula (cpd, pocl, curriculum_kd) train on growing
-    subsets; cpd logs alpha and temperature per epoch.
+    subsets; cpd logs alpha and temperature per epoch. `babbler` writes long answers that
+    mostly hit the generation cap (runs.csv's answer-shape columns).
     """
     rng = np.random.default_rng(rng)
     keys = [(m, "default") for m in methods]
@@ -83,7 +84,9 @@ def fake_tables(methods=METHODS, n_seeds=3, benchmarks=("dolly", "selfinst", "sy
                     train_wall_s=wall, train_tokens=int(sizes.sum() * 60),
                     train_examples=int(sizes.sum()),
                     train_tokens_per_s=sizes.sum() * 60 / wall,
-                    gen_tokens_per_s=900 + rng.normal(0, 20), student_params=124_000_000))
+                    gen_tokens_per_s=900 + rng.normal(0, 20), student_params=124_000_000,
+                    length_ratio=4.0 if m == babbler else 0.9 + 0.2 * rng.random(),
+                    capped=0.9 if m == babbler else 0.05, repetition=0.02))
             # trace / epochs / bin_loss
             step, seen, t = 0, 0, 0.0
             lo = {"sft": 2.2, "seqkd": 2.1, "tvd": 0.25}.get(m, 0.6 + (m == "teacher") * 1.2)
@@ -130,7 +133,7 @@ SMALL = ["teacher", "sft", "kd", "cpd", "pocl"]
 @pytest.fixture(scope="module")
 def small():
     return fake_tables(SMALL, n_seeds=2, benchmarks=("dolly", "synth"), n_examples=10,
-                       n_epochs=3, steps_per_epoch=6, train_size=100)
+                       n_epochs=3, steps_per_epoch=6, train_size=100, babbler="pocl")
 
 
 def _assert_files(paths, out):
@@ -143,8 +146,10 @@ def _assert_files(paths, out):
 
 @pytest.mark.parametrize("name,table", [
     ("rouge_by_method", "runs"), ("train_time", "runs"), ("quality_vs_cost", "runs"),
+    ("rouge_vs_length", "runs"),
     ("training_curves", "trace"), ("rouge_by_difficulty", "examples"),
-    ("method_schedule", "epochs"), ("bin_loss", "bin_loss")])
+    ("method_schedule", "epochs"), ("bin_loss", "bin_loss"), ("data_fraction_pareto", "runs"),
+    ("curriculum_subsets", "epochs")])
 def test_figure_writes_png_and_pdf(small, tmp_path, name, table):
     out = tmp_path / "figs" / name
     kwargs = {"method": "cpd"} if name in ("method_schedule", "bin_loss") else {}
@@ -164,10 +169,72 @@ def test_schedule_and_bin_loss_skip_an_absent_method(small, tmp_path):
     assert P.bin_loss(small["bin_loss"], tmp_path / "b", method="nosuch") == []
 
 
+def test_one_epoch_schedule_has_a_whole_epoch_axis_and_visible_comparisons(monkeypatch, tmp_path):
+    """One epoch: a single tick "1" in a unit-wide axis (not matplotlib's fractional ±5%), and
+    comparison runs drawn hollow above the main run, so one that coincides with it (all data
+    in a one-epoch run) still shows its marker."""
+    t = fake_tables(["kd", "cpd", "pocl"], n_seeds=1, benchmarks=("synth",), n_examples=4,
+                    n_epochs=1, steps_per_epoch=3, train_size=100, ablation_variants=False)
+    figs = []
+    monkeypatch.setattr(P, "save", lambda fig, out: figs.append(fig) or [])
+    P.method_schedule(t["epochs"], tmp_path / "s", method="cpd")
+    (fig,) = figs
+    size_ax = fig.axes[2]
+    assert size_ax.get_xlim() == (0.5, 1.5) and list(size_ax.get_xticks()) == [1]
+    lines = {line.get_label(): line for line in size_ax.get_lines()}
+    # one epoch shows no curriculum to discover (subset sizes cannot vary), so pocl is not drawn
+    assert set(lines) == {"cpd", "kd (all data)"}
+    for label in ("kd (all data)",):
+        assert lines[label].get_markerfacecolor() == "none"
+        assert lines[label].get_zorder() > lines["cpd"].get_zorder()
+    assert "one epoch" in fig._suptitle.get_text()
+
+
+def test_rouge_vs_length_rings_the_babbler(small, monkeypatch, tmp_path):
+    """The row whose answers mostly hit the cap (pocl in `small`) is ringed, far right;
+    runs scored before the answer-shape columns existed draw nothing."""
+    figs = []
+    monkeypatch.setattr(P, "save", lambda fig, out: figs.append(fig) or [])
+    P.rouge_vs_length(small["runs"], tmp_path / "r")
+    (fig,) = figs
+    ax = fig.axes[0]
+    rings = [line for line in ax.get_lines() if line.get_markeredgecolor() == "#CC3311"]
+    assert len(rings) == 1 and rings[0].get_xdata()[0] == pytest.approx(4.0)
+    assert ax.get_xscale() == "log"
+    old = small["runs"].drop(columns=["length_ratio", "capped", "repetition"])
+    assert P.rouge_vs_length(old, tmp_path / "old") == []
+
+
 def test_several_pairs_need_a_choice(small, tmp_path):
     two = pd.concat([small["runs"], small["runs"].assign(pair="q")])
     with pytest.raises(UserError, match="several pairs"):
         P.train_time(two, tmp_path / "t")
+
+
+def test_data_fraction_pareto_shows_curricula_ablations_and_kd(small, tmp_path, monkeypatch):
+    figs = []
+    monkeypatch.setattr(P, "save", lambda fig, out: figs.append(fig) or [Path(out)])
+    P.data_fraction_pareto(small["runs"], tmp_path / "p", small["ablations"])
+    ax = figs[0].axes[0]
+    labels = {t.get_text() for t in ax.texts}
+    # curricula (fewer examples than kd), every ablation row, kd itself; not full-data others
+    assert labels == {"kd", "cpd", "pocl", "cpd (no_curriculum)", "cpd (fixed_alpha)"}
+    # x is examples seen / kd's: kd at 1, cpd's subsets (0.3..1 linearly over 3 epochs) 0.65
+    xs = {t.get_text(): t.xy[0] for t in ax.texts}
+    assert xs["kd"] == 1.0 and xs["cpd"] == pytest.approx(0.65, abs=0.01)
+
+
+def test_curriculum_subsets_merges_runs_on_the_same_subsets(small, tmp_path, monkeypatch):
+    figs = []
+    monkeypatch.setattr(P, "save", lambda fig, out: figs.append(fig) or [Path(out)])
+    ep = small["epochs"]
+    cpd = ep[(ep["method"] == "cpd") & (ep["variant"] == "default")]
+    twin = cpd.assign(variant="alpha_start-0.1")
+    P.curriculum_subsets(pd.concat([ep[ep["variant"] != "alpha_start-0.1"], twin]),
+                         tmp_path / "s", small["ablations"])
+    labels = [t.get_text() for t in figs[0].legends[0].get_texts()]
+    assert "cpd, cpd (fixed_alpha)" in labels and "all data" in labels
+    assert not any("kd" == lab or "no_curriculum" in lab for lab in labels)  # full data
 
 
 def test_pareto_front():
@@ -196,8 +263,9 @@ def test_build_all_makes_every_figure(small, tmp_path, monkeypatch):
     paths = P.build_all(tables, tmp_path / "figures", method="cpd")
     assert paths == saved
     assert sorted(p.name for p in paths) == sorted(
-        ["rouge_by_method", "train_time", "quality_vs_cost", "training_curves",
-         "rouge_by_difficulty", "cpd_schedule", "bin_loss"])
+        ["rouge_by_method", "train_time", "quality_vs_cost", "rouge_vs_length", "training_curves",
+         "rouge_by_difficulty", "cpd_schedule", "bin_loss", "data_fraction_pareto",
+         "curriculum_subsets"])
     assert all(p.parent == tmp_path / "figures" for p in paths)
     # Only runs.csv: the figures that need other tables are skipped, not failed.
     (tables / "trace.csv.gz").unlink()
@@ -205,8 +273,8 @@ def test_build_all_makes_every_figure(small, tmp_path, monkeypatch):
     (tables / "bin_loss.csv").unlink()
     (tables / "examples.csv.gz").unlink()
     paths = P.build_all(tables, tmp_path / "figures2", method="cpd")
-    assert sorted(p.name for p in paths) == ["quality_vs_cost", "rouge_by_method",
-                                             "train_time"]
+    assert sorted(p.name for p in paths) == ["data_fraction_pareto", "quality_vs_cost",
+                                             "rouge_by_method", "rouge_vs_length", "train_time"]
 
 
 if __name__ == "__main__":  # full-size figures for eyeballing

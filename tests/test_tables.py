@@ -9,9 +9,9 @@ Rouge-L per run (3 training seeds, benchmarks a and b; avg = mean of a and b per
     cpd      24 25 26     9  10 11     16.5 17.5 18.5      a 25±1   b 10±1  avg 17.5±1
 
 Per-example scores (30 examples per benchmark): sft equals kd on every example (p = 1);
-cpd is kd + 5 on every example of a (p = 1/(n_boot+1), the minimum) and kd ± 3 alternating
-on b (mean difference exactly 0, p = 1). For avg the difference is 2.5 + (resampled b)/2 and
-|resampled b| ≤ 3 < 5, so cpd's avg p is the minimum as well.
+cpd is kd + 5 on every example of a (a zero-variance difference: p = 0) and kd ± 3 alternating
+on b, the same for every seed (mean difference exactly 0, p = 1). For avg the difference is
+2.5 + (b's ±3)/2 per example: no seed variance, example variance only (p ≈ 1e-9).
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import pytest
 from kdbench import tables as T
 from kdbench.errors import UserError
 
-N_BOOT = 199  # minimum p = 1/200 = 0.005
 SCORES = {
     "teacher": {"a": [40], "b": [30]},
     "sft": {"a": [11, 12, 13], "b": [4, 6, 8]},
@@ -71,7 +70,7 @@ def make_examples(shift=None, methods=("teacher", "sft", "kd", "cpd")):
 
 @pytest.fixture(scope="module")
 def main():
-    return T.main_table(make_runs(), examples=make_examples(), n_boot=N_BOOT)
+    return T.main_table(make_runs(), examples=make_examples())
 
 
 def test_rows_teacher_first_then_fixed_order(main):
@@ -96,11 +95,32 @@ def test_mean_and_std_over_seeds(main):
 
 
 def test_p_values(main):
-    assert main.loc["cpd", "a_p"] == pytest.approx(1 / (N_BOOT + 1))
-    assert main.loc["cpd", "avg_p"] == pytest.approx(1 / (N_BOOT + 1))
+    assert main.loc["cpd", "a_p"] == 0.0  # + 5 on every example of every seed
     assert main.loc["cpd", "b_p"] == 1.0
+    # avg: difference 2.5 ± 1.5 alternating over 30 examples, no seed variance: a one-sample
+    # t-test over the 30 example differences (df 29)
+    d = np.array([4.0 if i % 2 == 0 else 1.0 for i in range(30)])
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(30))
+    assert main.loc["cpd", "avg_p"] == pytest.approx(2 * T.t_sf(t, 29), rel=1e-9)
+    assert main.loc["cpd", "avg_p"] < 1e-6
     assert (main.loc["sft", ["a_p", "b_p", "avg_p"]] == 1.0).all()
     assert main.loc[["kd", "teacher"], ["a_p", "b_p", "avg_p"]].isna().all().all()
+    # Holm over the 6 tests of the table: the smallest p is multiplied by 6, the next by 5
+    assert main.loc["cpd", "avg_p_holm"] == pytest.approx(5 * main.loc["cpd", "avg_p"])
+    assert main.loc["cpd", "a_p_holm"] == 0.0 and main.loc["sft", "a_p_holm"] == 1.0
+
+
+def test_intervals(main):
+    # cpd − kd on a is 5 everywhere: a zero-width interval; cpd's b difference: ±3 over 30
+    # examples with no seed variance, so t(29) · sd / √30
+    assert (main.loc["cpd", "a_diff_lo"], main.loc["cpd", "a_diff_hi"]) == (5.0, 5.0)
+    d = np.array([3.0, -3.0] * 15)
+    half = T.t_quantile(0.975, 29) * d.std(ddof=1) / math.sqrt(30)
+    assert main.loc["cpd", "b_diff_hi"] == pytest.approx(half, rel=1e-9)
+    assert main.loc["cpd", "b_diff_lo"] == pytest.approx(-half, rel=1e-9)
+    assert main.loc["cpd", "a_lo"] < main.loc["cpd", "a_hi"]
+    # one teacher seed: the seed-level variance is unknown, so no interval
+    assert main.loc["teacher", ["a_lo", "a_hi"]].isna().all()
 
 
 def test_markdown_bold_and_dagger(main):
@@ -138,18 +158,74 @@ def test_without_examples_no_marks_and_footnote_says_so():
     assert any("No significance marks" in line for line in df.attrs["footnote"])
 
 
-def test_paired_bootstrap_closed_form():
-    ps, p_avg = T.paired_bootstrap([np.full(10, 2.0), np.zeros(10)], n_boot=99, seed=1)
-    assert ps == [pytest.approx(0.01), 1.0]
-    assert p_avg == pytest.approx(0.01)  # avg draws are constant 1.0, observed 1.0
-    ps, p_avg = T.paired_bootstrap([np.array([])], n_boot=10)
-    assert math.isnan(ps[0]) and math.isnan(p_avg)
-    # a noisy difference of mean 0 is not significant; a large one is
-    d = np.array([1.0, -1.0] * 20)
-    assert T.paired_bootstrap([d], n_boot=199)[0][0] > 0.5
-    assert T.paired_bootstrap([d + 3], n_boot=199)[0][0] == pytest.approx(1 / 200)
-    with pytest.raises(UserError):
-        T.paired_bootstrap([d], n_boot=0)
+def test_student_t_against_closed_forms():
+    # df = 2: P(|T| > t) = 1 − t / sqrt(2 + t²); df = 1 (Cauchy): 1 − 2·atan(t)/π
+    for t in (0.3, 1.0, 2.0, 7.5):
+        assert 2 * T.t_sf(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)
+        assert 2 * T.t_sf(t, 1) == pytest.approx(1 - 2 * math.atan(t) / math.pi, rel=1e-10)
+    assert T.t_sf(-1.0, 5) == pytest.approx(1 - T.t_sf(1.0, 5))
+    assert T.t_quantile(0.975, 2) == pytest.approx(math.sqrt(2 / (1 - 0.95 ** 2) - 2), rel=1e-9)
+    assert T.t_quantile(0.975, math.inf) == pytest.approx(1.959963984540054, rel=1e-9)
+
+
+def test_crossed_mean_test_reduces_to_t_tests():
+    seeds = np.array([1.0, 2.0, 6.0])
+    t = seeds.mean() / (seeds.std(ddof=1) / math.sqrt(3))  # the paired t over seeds, df 2
+    closed = 1 - t / math.sqrt(2 + t * t)
+    # seeds only (every example of a seed equal): the seed-level paired t-test
+    est, se, df, p, half = T.crossed_mean_test([np.repeat(seeds[:, None], 40, axis=1)])
+    assert (est, df) == (3.0, pytest.approx(2.0)) and p == pytest.approx(closed, rel=1e-9)
+    assert half == pytest.approx(T.t_quantile(0.975, 2) * se)
+    # examples only (every seed equal): the one-sample t-test over the examples
+    est, se, df, p, _ = T.crossed_mean_test([np.repeat(seeds[None, :], 4, axis=0)])
+    assert df == pytest.approx(2.0) and p == pytest.approx(closed, rel=1e-9)
+    # degenerate cases
+    assert T.crossed_mean_test([np.zeros((3, 5))])[3] == 1.0
+    assert T.crossed_mean_test([np.full((3, 5), 2.0)])[3] == 0.0
+    one_seed = T.crossed_mean_test([np.arange(5.0)[None, :]])
+    assert one_seed[0] == 2.0 and all(math.isnan(v) for v in one_seed[1:])
+
+
+def test_holm():
+    p = np.array([[0.01, 0.04], [0.03, np.nan], [0.005, 0.9]])
+    adj = T.holm(p)
+    # family of 5: 0.005·5, 0.01·4, 0.03·3, 0.04·2 -> 0.09 (monotone), 0.9·1 -> 0.9
+    np.testing.assert_allclose(adj, [[0.04, 0.09], [0.09, np.nan], [0.025, 0.9]])
+
+
+def _simulated_difference(rng, delta, seed_sd, example_sd, n_seeds=3, n_examples=(200, 150, 80)):
+    """Per benchmark, the seeds × examples differences of a method and the baseline. Each run
+    (a trained model) has its own offset on every benchmark, each (run, example) its own noise;
+    the examples' difficulty is shared by both and cancels."""
+    offsets = rng.normal(0, seed_sd, (2, n_seeds, 1))
+    runs = [[offsets[r] + rng.normal(0, example_sd, (n_seeds, n)) for n in n_examples] for r in range(2)]
+    return [a + delta - b for a, b in zip(*runs)]
+
+
+def _flagged(blocks):
+    ps = [T.crossed_mean_test([b])[3] for b in blocks] + [T.crossed_mean_test(blocks)[3]]
+    return bool((T.holm(np.array(ps)) < T.ALPHA).any())
+
+
+@pytest.mark.parametrize("seed_sd,example_sd", [(1.0, 2.0), (0.2, 15.0)])
+def test_null_tables_are_flagged_at_most_5_percent(seed_sd, example_sd):
+    """Two identical methods, 200 tables of 3 benchmarks + avg (Holm over 4 tests), with the
+    noise dominated by the training seeds or by the examples."""
+    rng = np.random.default_rng(0)
+    flagged = sum(_flagged(_simulated_difference(rng, 0.0, seed_sd, example_sd)) for _ in range(200))
+    assert flagged <= 10
+
+
+def test_a_planted_two_point_difference_is_flagged():
+    """2 Rouge-L points with a run-to-run sd of 0.1 and a per-example sd of 2 (the per-seed sd of
+    a difference is then about 0.25): flagged in (nearly) every table. With three seeds the test
+    has two degrees of freedom at the seed level, so a run-to-run sd of 1 (the embedded
+    default's) hides a 2-point difference in most tables: the test says so rather than mark it."""
+    rng = np.random.default_rng(1)
+    hits = sum(_flagged(_simulated_difference(rng, 2.0, 0.1, 2.0)) for _ in range(20))
+    assert hits >= 19
+    noisy = sum(_flagged(_simulated_difference(rng, 2.0, 1.0, 2.0)) for _ in range(20))
+    assert noisy < 10
 
 
 def test_write_table_files(main, tmp_path):
@@ -158,10 +234,12 @@ def test_write_table_files(main, tmp_path):
     assert all(p.stat().st_size > 0 for p in paths)
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []
     md = paths[0].read_text()
-    assert "| method" in md and "**25.00 ± 1.00**†" in md and "paired bootstrap" in md
+    assert "| method" in md and "**25.00 ± 1.00**†" in md and "Holm" in md
+    assert "Holm-corrected paired test against kd" in md.splitlines()[0]  # the caption
     csv = pd.read_csv(paths[1])
     assert list(csv["label"]) == ["teacher", "sft", "kd", "cpd"]
-    assert {"a_mean", "a_std", "a_p", "avg_mean", "avg_std", "avg_p"} <= set(csv.columns)
+    assert {"a_mean", "a_std", "a_p", "a_p_holm", "a_lo", "a_hi", "a_diff_lo", "a_diff_hi",
+            "avg_mean", "avg_std", "avg_p"} <= set(csv.columns)
     assert csv.set_index("label").loc["kd", "avg_std"] == 5
     tex = paths[2].read_text().splitlines()
     teacher = next(i for i, line in enumerate(tex) if line.startswith("teacher &"))
@@ -201,12 +279,12 @@ def test_ablation_table():
     ex = make_examples()
     nc = ex[ex["method"] == "kd"].assign(variant="curriculum-false", method="cpd")
     df = T.ablation_table(_ablation_runs(), _ablations(),
-                          examples=pd.concat([ex, nc], ignore_index=True), n_boot=N_BOOT)
+                          examples=pd.concat([ex, nc], ignore_index=True))
     assert list(df.index) == ["full", "no_curriculum", "same_run"]
     assert df.loc["no_curriculum", "a_mean"] == 21 and df.loc["no_curriculum", "b_std"] == 1
     assert df.loc["no_curriculum", "avg_mean"] == pytest.approx(14.5)
     # no_curriculum's examples equal kd's = full − 5 on a: significant; same_run: identical
-    assert df.loc["no_curriculum", "a_p"] == pytest.approx(1 / (N_BOOT + 1))
+    assert df.loc["no_curriculum", "a_p"] == 0.0
     assert df.loc["same_run", "a_p"] == 1.0
     f = T.format_table(df, "md").set_index("ablation")
     assert f.loc["no_curriculum", "a"].endswith("†")
@@ -244,14 +322,14 @@ def test_build_all(tmp_path):
     make_examples().to_csv(tmp_path / "examples.csv.gz", index=False)
     pd.DataFrame(columns=["ablation", "method", "variant"]).to_csv(
         tmp_path / "ablations.csv", index=False)
-    paths = T.build_all(tmp_path, n_boot=N_BOOT)
+    paths = T.build_all(tmp_path)
     assert sorted(p.name for p in paths) == sorted(
         f"{t}.{e}" for t in ("main", "runtime") for e in ("md", "csv", "tex"))
     assert "**25.00 ± 1.00**†" in (tmp_path / "main.md").read_text()
 
     _ablation_runs().to_csv(tmp_path / "runs.csv", index=False)
     _ablations().to_csv(tmp_path / "ablations.csv", index=False)
-    names = {p.name for p in T.build_all(tmp_path, n_boot=N_BOOT)}
+    names = {p.name for p in T.build_all(tmp_path)}
     assert {"ablation.md", "ablation.csv", "ablation.tex"} <= names
     runtime = pd.read_csv(tmp_path / "runtime.csv")
     assert "cpd (no_curriculum)" in set(runtime["label"])
@@ -271,16 +349,29 @@ def test_user_errors(tmp_path):
         T.build_all(tmp_path)
 
 
+def test_ablation_table_rows_of_other_methods_and_cost_ratios():
+    abl = pd.concat([_ablations(), pd.DataFrame({"ablation": ["kd_control"], "method": ["kd"],
+                                                 "variant": ["default"]})], ignore_index=True)
+    df = T.ablation_table(_ablation_runs(), abl)
+    assert df.loc["kd_control", "method"] == "kd" and df.loc["kd_control", "a_mean"] == 20
+    # cpd: 1950 of kd's 3000 examples; wall time 88 s over kd's 110 s
+    assert df.loc["full", "examples_ratio_mean"] == pytest.approx(0.65)
+    assert df.loc["full", "time_ratio_mean"] == pytest.approx(0.8)
+    assert df.loc["kd_control", "examples_ratio_mean"] == 1.0
+    f = T.format_table(df, "md").set_index("ablation")
+    assert f.loc["full", "examples / kd"] == "0.65" and f.loc["full", "time / kd"] == "0.80"
+
+
 def test_seed_counts_in_the_caption():
     """One training seed: "no std", not "std over 1 seeds"; two teacher seeds: the teacher row
     is their mean ± std (40/44 on a, 30/30 on b -> a 42 ± 2.83, avg 36 ± 1.41)."""
     one = {m: {b: v[:1] for b, v in per.items()} for m, per in SCORES.items()}
-    df = T.main_table(make_runs(one), n_boot=N_BOOT)
+    df = T.main_table(make_runs(one))
     notes = " ".join(df.attrs["footnote"])
     assert "1 training seed, no std" in notes and "1 training seeds" not in notes
     assert "teacher: 1 teacher seed, no std" in notes
     two = {**SCORES, "teacher": {"a": [40, 44], "b": [30, 30]}}
-    df = T.main_table(make_runs(two), n_boot=N_BOOT).set_index("method")
+    df = T.main_table(make_runs(two)).set_index("method")
     assert df.loc["teacher", "n_seeds"] == 2
     assert df.loc["teacher", "a_mean"] == pytest.approx(42) and df.loc["teacher", "a_std"] == pytest.approx(math.sqrt(8))
     assert df.loc["teacher", "avg_std"] == pytest.approx(math.sqrt(2))

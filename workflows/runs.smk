@@ -7,8 +7,10 @@ def distill_inputs(wc):
     out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"), "validation": P.data("validation"),
            "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
-        out["teacher"] = (P.teacher_cache(wc.pair, tseed) if CFG["distill"]["cache_teacher"]
+        out["teacher"] = (P.teacher_cache(wc.pair, tseed) if C.uses_teacher_cache(CFG, cls)
                           else P.teacher_model(wc.pair, tseed))
+    if cls.train_on == "mixed":  # student samples are scored by the teacher model online
+        out["teacher_model"] = P.teacher_model(wc.pair, tseed)
     if meth.uses_difficulty:
         out["difficulty"] = P.difficulty(wc.pair)
     if cls.train_on == "teacher_samples":
@@ -17,7 +19,7 @@ def distill_inputs(wc):
 
 
 def run_settings(wc):
-    return fp(run_of(wc).params, CFG["training"]["student"], CFG["distill"], CFG["data"]["max_length"],
+    return fp(run_of(wc).params, C.student_budget(CFG, wc.method), CFG["distill"], CFG["data"]["max_length"],
               CFG["evaluation"], CFG["seed"])
 
 

@@ -1,0 +1,351 @@
+"""Engine speed, side by side in one run: a distillation step and sampling, kdbench against
+TRL's GKD loss path, a plain PyTorch loop and `transformers`' generate, with the FLOP floor.
+
+Pairs: `default` (config/default.yaml: student Llama 32 x 1 layer, teacher 96 x 3, V = 1024)
+and `mid` (student 256 x 4 layers, teacher 384 x 4 layers, same tokenizer). Data: the
+synthetic training split, one fixed batch of 32 examples; teacher logits are cached (computed
+once, before timing) for every implementation.
+
+(a) one optimizer step (forward, loss, backward, clipping, AdamW) on that batch:
+    kdbench  `kdbench.train.train` with the `kd` method and the cached teacher (its whole
+             per-step path: collate, trace, schedule)
+    trl      TRL GKDTrainer's compute_loss path with lmbda = 0 (off-policy) and beta = 0 (its
+             forward-KL setting): the student's full-sequence logits with the attention mask,
+             `GKDTrainer.generalized_jsd_loss` on the response labels; the Trainer's own
+             bookkeeping is left out, so a real GKDTrainer step is slower than this
+    plain    a hand-written loop: full logits, log-softmax KL over the (B, T, V) tensor at
+             the response positions, CE, backward, step
+    baseline (with --baseline REV) `train` of the kdbench at git revision REV, run in a
+             subprocess worker with the same data and seed, alternating with the current one
+(b) sampling the `id`-style synthetic prompts (100 prompts, batch 100, at most 64 new tokens,
+    temperature 1, top_p 1, top_k 0, same seed): `kdbench.generate.sample` against
+    `model.generate` on the same left-padded batches (the previous kdbench sampler).
+(c) the FLOP floor: matmul/attention FLOPs of each measured call (torch.utils.flop_counter)
+    divided by the measured fp32 matmul rate (a 1024^3 matmul) of the same thread count.
+
+Timing: CPU time of the process (time.process_time; the machine may be shared, and wall time
+then measures the other jobs) and wall time; repetitions interleave the implementations so
+each ratio compares figures taken at the same moments. One torch thread unless --threads.
+
+    python benchmarks/engine.py --baseline 214c625     # writes benchmarks/results/engine.{md,csv}
+    python benchmarks/engine.py --quick                # default pair only, fewer repetitions
+
+TRL is needed for the trl rows (`pip install trl`; not a kdbench dependency).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+DEFAULT_PAIR = {
+    "student": {"hidden_size": 32, "intermediate_size": 96, "num_hidden_layers": 1},
+    "teacher": {"hidden_size": 96, "intermediate_size": 288, "num_hidden_layers": 3},
+}
+MID_PAIR = {
+    "student": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4},
+    "teacher": {"hidden_size": 384, "intermediate_size": 1152, "num_hidden_layers": 4},
+}
+PAIRS = {"default": DEFAULT_PAIR, "mid": MID_PAIR}
+BATCH, N_PROMPTS, MAX_NEW, MAX_LENGTH = 32, 100, 64, 256
+BUDGET = {"batch_size": BATCH, "grad_accum": 1, "lr": 4e-3, "min_lr_ratio": 0.1, "warmup": 0.05,
+          "weight_decay": 0.01, "grad_clip": 1.0, "loss_on": "response", "precision": "fp32",
+          "bucket_window": 50}
+
+
+# --- fixture (built once, shared with the worker processes) ------------------------------
+
+def fixture(work: Path):
+    """Tokenizer, the training batch's examples, prompts; built into `work` on first use."""
+    from kdbench.data import encode
+    from kdbench.models import load_tokenizer
+    from kdbench.synthetic import generate_split
+    from kdbench.tokenizer import train_bpe
+
+    records = generate_split("train", 400, seed=0)
+    if not (work / "tok").exists():
+        train_bpe(records, 1024, work / "tok")
+    tok = load_tokenizer(work / "tok")
+    examples = encode(tok, records[:BATCH], MAX_LENGTH)
+    prompts = generate_split("id", N_PROMPTS, seed=1)
+    return tok, examples, prompts
+
+
+def build(tok, pair: str, role: str, seed: int):
+    from kdbench.models import build as kbuild
+
+    cfg = {"model_type": "llama", "num_attention_heads": 2 if pair == "default" else 4,
+           "num_key_value_heads": 2 if pair == "default" else 4, "max_position_embeddings": MAX_LENGTH,
+           "tie_word_embeddings": True, **PAIRS[pair][role]}
+    return kbuild({"init": "scratch", "config": cfg, "attn_implementation": "sdpa"}, tok, seed, role)
+
+
+def teacher_cache(work: Path, tok, examples, pair: str) -> Path:
+    from kdbench.teacher import build_cache
+
+    out = work / f"cache-{pair}"
+    if not out.exists():
+        build_cache(build(tok, pair, "teacher", 1), examples, tok.pad_token_id, out, "fp32", torch.device("cpu"))
+    return out
+
+
+# --- the step implementations --------------------------------------------------------------
+
+def kdbench_step(tok, examples, cache: Path, student):
+    """One call = one optimizer step of kdbench's engine (train() for one epoch of one batch)."""
+    from kdbench import method as M
+    from kdbench.teacher import CachedTeacher
+    from kdbench.train import train
+
+    meth = M.discover(ROOT / "methods")["kd"]()
+    teacher = CachedTeacher(cache, examples)
+
+    def step():
+        train(student, examples, {**BUDGET, "epochs": 1}, seed=0, pad_id=tok.pad_token_id,
+              method=meth, teacher=teacher, kd_ratio=1.0, desc="bench")
+    return step
+
+
+def _full_batch(tok, examples, cache: Path):
+    """The batch as (B, T) tensors and the cached teacher logits as a (B, T, V) float tensor."""
+    from kdbench.data import collate
+
+    batch = collate(examples, tok.pad_token_id)
+    logits = np.load(cache / "logits.npy")
+    offsets = np.load(cache / "offsets.npy")
+    t = torch.zeros(batch["input_ids"].shape + (logits.shape[1],))
+    for b, e in enumerate(examples):
+        rows = torch.from_numpy(logits[offsets[e.index]:offsets[e.index + 1]].view(np.int16)).view(torch.bfloat16)
+        t[b, e.n_prompt - 1:len(e.ids) - 1] = rows.float()
+    return batch, t
+
+
+def trl_step(tok, examples, cache: Path, student):
+    """TRL GKDTrainer's compute_loss with lmbda = 0, beta = 0 (labels -100 outside the response)."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    try:
+        from trl.experimental.gkd import GKDTrainer
+    except ImportError:
+        from trl import GKDTrainer
+    batch, t_logits = _full_batch(tok, examples, cache)
+    labels = torch.where(torch.roll(batch["mask"], 1, 1), batch["input_ids"], -100)  # token t+1 of mask t
+    opt = torch.optim.AdamW(student.parameters(), lr=4e-3, weight_decay=0.01)
+
+    def step():
+        s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = GKDTrainer.generalized_jsd_loss(student_logits=s[:, :-1], teacher_logits=t_logits[:, :-1],
+                                               labels=labels[:, 1:], beta=0.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def plain_step(tok, examples, cache: Path, student):
+    """A hand-written loop over the full (B, T, V) logits."""
+    batch, t_logits = _full_batch(tok, examples, cache)
+    mask, targets = batch["mask"], batch["targets"]
+    opt = torch.optim.AdamW(student.parameters(), lr=4e-3, weight_decay=0.01)
+
+    def step():
+        s = student(input_ids=batch["input_ids"]).logits
+        log_q, log_p = torch.log_softmax(s, -1), torch.log_softmax(t_logits, -1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)[mask].mean()
+        loss = kl + 0 * F.cross_entropy(s[mask], targets[mask])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def kdbench_sample(tok, prompts, model):
+    from kdbench.generate import sample
+
+    return lambda: sample(model, tok, prompts, seed=0, max_length=MAX_LENGTH, max_new_tokens=MAX_NEW,
+                          batch_size=N_PROMPTS, precision="fp32", desc="bench")[1]["gen_tokens"]
+
+
+def hf_generate(tok, prompts, model):
+    """`model.generate` on the same left-padded, length-sorted batch (kdbench's previous sampler)."""
+    from kdbench.data import encode_prompt
+
+    enc = sorted((encode_prompt(tok, r) for r in prompts), key=len)
+    T = max(len(p) for p in enc)
+    ids = torch.full((len(enc), T), tok.pad_token_id)
+    attn = torch.zeros_like(ids)
+    for b, p in enumerate(enc):
+        ids[b, T - len(p):], attn[b, T - len(p):] = torch.tensor(p), 1
+
+    @torch.no_grad()
+    def run():
+        torch.manual_seed(0)
+        out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0, top_p=1.0,
+                             top_k=0, max_new_tokens=MAX_NEW, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+        new = out[:, T:]
+        ended = (new == tok.eos_token_id).any(1)
+        lengths = torch.where(ended, (new == tok.eos_token_id).int().argmax(1), new.shape[1])
+        return int((lengths + 1).sum())
+    return run
+
+
+# --- measurement ---------------------------------------------------------------------------
+
+def timed(fn) -> tuple[float, float, object]:
+    c, w = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.process_time() - c, time.perf_counter() - w, out
+
+
+def flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_rate() -> float:
+    """fp32 FLOP/s of a 1024 x 1024 x 1024 matmul (best of 5, CPU time)."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    best = min(timed(lambda: a @ b)[0] for _ in range(5))
+    return 2 * 1024 ** 3 / best
+
+
+def worker(work: Path, pair: str, reps: int) -> list[float]:
+    """CPU seconds per kdbench step for `reps` steps (runs in a subprocess, any kdbench tree)."""
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    tok, examples, _ = fixture(work)
+    step = kdbench_step(tok, examples, work / f"cache-{pair}", build(tok, pair, "student", 2))
+    step()
+    return [timed(step)[0] for _ in range(reps)]
+
+
+def run_worker(work: Path, tree: Path, pair: str, reps: int) -> list[float]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "1")}
+    out = subprocess.run([sys.executable, __file__, "--worker", str(work), pair, str(reps)], env=env,
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--baseline", help="git revision of the kdbench to compare the engine with")
+    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(Path(args.worker[0]), args.worker[1], int(args.worker[2]))))
+        return
+    os.environ["BENCH_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
+    pairs = ["default"] if args.quick else ["default", "mid"]
+    reps = 3 if args.quick else args.reps
+    cmd = "python benchmarks/engine.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        tok, examples, prompts = fixture(work)
+        base_tree = None
+        if args.baseline:
+            base_tree = work / "baseline"
+            base_tree.mkdir()
+            archive = subprocess.run(["git", "archive", args.baseline, "kdbench"], cwd=ROOT, capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(base_tree)], input=archive.stdout, check=True)
+        rate = matmul_rate()
+        for pair in pairs:
+            cache = teacher_cache(work, tok, examples, pair)
+            n_tokens = sum(e.n_response for e in examples)
+            impls = {}
+            for name, make in (("kdbench", kdbench_step), ("trl", trl_step), ("plain", plain_step)):
+                student = build(tok, pair, "student", 2)
+                impls[name] = make(tok, examples, cache, student)
+                impls[name]()  # warm-up
+            step_flops = {name: flops(fn) for name, fn in impls.items()}
+            times = {name: [] for name in impls}
+            for _ in range(reps):  # interleaved
+                for name, fn in impls.items():
+                    times[name].append(timed(fn)[:2])
+            for name, t in times.items():
+                rows.append(_row(pair, "step", name, t, step_flops[name], rate, n_tokens, "response tokens", cmd, args.threads))
+            if base_tree is not None:
+                cur, base = [], []
+                for _ in range(2):  # alternating subprocesses: current tree, baseline tree
+                    cur += run_worker(work, ROOT, pair, max(1, reps // 2))
+                    base += run_worker(work, base_tree, pair, max(1, reps // 2))
+                # FLOPs counted for the current tree only (the baseline tree is not imported here)
+                for name, t, n_flops in (("kdbench (worker)", cur, step_flops["kdbench"]),
+                                         (f"kdbench {args.baseline} (worker)", base, float("nan"))):
+                    rows.append(_row(pair, "step", name, [(c, float("nan")) for c in t], n_flops,
+                                     rate, n_tokens, "response tokens", cmd, args.threads))
+            model = build(tok, pair, "student", 3).eval()
+            samplers = {"kdbench": kdbench_sample(tok, prompts, model), "hf_generate": hf_generate(tok, prompts, model)}
+            gen_tokens = {name: fn() for name, fn in samplers.items()}  # warm-up, and the token counts
+            gen_flops = {name: flops(fn) for name, fn in samplers.items()}
+            stimes = {name: [] for name in samplers}
+            for _ in range(reps):
+                for name, fn in samplers.items():
+                    stimes[name].append(timed(fn)[:2])
+            for name, t in stimes.items():
+                rows.append(_row(pair, "sample", name, t, gen_flops[name], rate, gen_tokens[name],
+                                 "generated tokens (EOS included)", cmd, args.threads))
+    write(pd.DataFrame(rows), rate, args.threads, cmd)
+
+
+def _row(pair, what, impl, times, n_flops, rate, n_tokens, unit, cmd, threads) -> dict:
+    cpu = [c for c, _ in times]
+    wall = [w for _, w in times]
+    return {"pair": pair, "what": what, "impl": impl, "threads": threads, "reps": len(times),
+            "cpu_s_min": min(cpu), "cpu_s_median": statistics.median(cpu),
+            "wall_s_min": min(wall), "wall_s_median": statistics.median(wall),
+            "tokens": n_tokens, "token_unit": unit, "tokens_per_cpu_s": n_tokens / statistics.median(cpu),
+            "gflop": n_flops / 1e9, "floor_s": n_flops / rate, "command": cmd}
+
+
+def write(df: pd.DataFrame, rate: float, threads: int, cmd: str) -> None:
+    from kdbench import io
+
+    RESULTS.mkdir(exist_ok=True)
+    io.write_csv(RESULTS / "engine.csv", df)
+    lines = [f"# Engine speed: distillation step and sampling\n",
+             f"Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, "
+             f"torch {torch.__version__}, {threads} torch thread(s); command: `{cmd}`. "
+             "The machine was shared with other jobs while this ran, so times are CPU seconds of "
+             "this process (wall seconds in the CSV) and every ratio compares implementations "
+             "measured in interleaved repetitions of the same run.\n",
+             f"Measured fp32 matmul rate (1024^3, CPU time): {rate / 1e9:.1f} GFLOP/s. The floor of a "
+             "call is its matmul/attention FLOPs (torch.utils.flop_counter) at that rate.\n"]
+    for (pair, what), g in df.groupby(["pair", "what"], sort=False):
+        ref = g[g["impl"] == "kdbench"]["cpu_s_median"].iloc[0]
+        g = g.assign(**{"x kdbench": g["cpu_s_median"] / ref, "floor share": g["floor_s"] / g["cpu_s_median"]})
+        cols = ["impl", "reps", "cpu_s_min", "cpu_s_median", "tokens_per_cpu_s", "gflop", "floor_s",
+                "floor share", "x kdbench"]
+        lines.append(f"## {pair} pair: {'one distillation step (batch 32, cached teacher logits)' if what == 'step' else 'sampling (100 prompts, batch 100, <= 64 new tokens)'}\n")
+        lines.append(g[cols].to_markdown(index=False, floatfmt=".4g") + "\n")
+        lines.append("`x kdbench`: median CPU time relative to kdbench (above 1: slower than kdbench).\n")
+    io.write_text(RESULTS / "engine.md", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
