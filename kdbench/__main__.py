@@ -9,9 +9,11 @@ plain safetensors folder (the DAG does not need it: train_teacher saves a GGUF t
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from kdbench import config as C
+from kdbench import offline
 from kdbench.errors import UserError
 
 # stage -> the wildcards it takes
@@ -56,9 +58,15 @@ def main(argv=None) -> int:
             C.check_fingerprint(cfg, args.fingerprint, args.config)
         if args.threads:
             cfg["threads"] = args.threads
+        offline.apply(cfg)  # before any stage imports the Hugging Face libraries
         if args.stage == "validate":
             from kdbench import preflight
+            from kdbench.models import check_scratch_config
 
+            for pair, spec in cfg["pairs"].items():
+                for role in ("teacher", "student"):
+                    if spec[role]["init"] == "scratch":
+                        check_scratch_config(spec[role], f"{pair}.{role}")
             for line in preflight.data_report(cfg):
                 print(line)
             for warning in preflight.schedule_warnings(cfg):
@@ -81,7 +89,34 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"kdbench {args.stage}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        reason = storage_error(exc)
+        if reason is None:
+            raise
+        print(f"kdbench {args.stage}: error: the results could not be written ({reason}); free disk space "
+              "or make the results folder writable, then rerun (nothing was half-written).", file=sys.stderr)
+        return 2
     return 0
+
+
+# errno values and library messages (torch, safetensors) of a write the file system refused
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+_STORAGE_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large", "Read-only file system",
+                  "StorageFull", "Permission denied", "file write failed", "Operation not permitted",
+                  "unexpected pos")  # torch.save's zip writer when a write came up short
+
+
+def storage_error(exc: BaseException) -> str | None:
+    """A short reason when `exc` (or an exception it was raised from) is a refused write."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        text = str(exc)
+        for t in _STORAGE_TEXTS:
+            if t in text:
+                return t
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,22 @@ def _with_defaults(cls):
             for key, sub in properties.items():
                 if "default" in sub and key not in instance:
                     instance[key] = copy.deepcopy(sub["default"])
+                elif _is_number_key(sub) and isinstance(instance.get(key), str) and _FLOAT.match(instance[key]):
+                    instance[key] = float(instance[key])  # `3e-3`: a number in YAML 1.2, a string in 1.1
         yield from validate_props(validator, properties, instance, sch)
 
     return jsonschema.validators.extend(cls, {"properties": set_defaults})
+
+
+# A float as YAML 1.2 and JSON write it; YAML 1.1 (PyYAML, Snakemake) reads `3e-3` or `1E5`,
+# without a dot or a signed exponent, as a string.
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _is_number_key(sub: dict) -> bool:
+    types = sub.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    return "number" in types and "string" not in types
 
 
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
@@ -77,7 +91,10 @@ def read(path: str | Path) -> dict:
     try:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML ({exc}); fix its syntax.") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML ({where}{what}); fix its syntax.") from exc
 
 
 def load(path: str | Path) -> dict:

@@ -1,4 +1,4 @@
-"""Instruction data: the prompt template, loading through `datasets`, tokenisation, batches.
+"""Instruction data: the prompt template, loading a prepared split, tokenisation, batches.
 
 A record (one JSONL line, the same for the synthetic suite and real benchmarks):
     {"id": str, "instruction": str, "input": str, "output": [str, ...], "task": str, "difficulty": int|None}
@@ -29,16 +29,26 @@ def format_prompt(instruction: str, input: str = "") -> str:
 
 
 def load_records(path: str | Path) -> list[dict]:
-    """Records of one prepared split, read with `datasets` (the loader every profile shares)."""
-    import datasets
+    """Records of one prepared split (JSON lines). Keys missing from some records are filled
+    with None, so every record has the same keys. A malformed or incomplete line, or an empty
+    file, stops here naming the file and line."""
+    from kdbench import io
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file {path} is missing; run the prepare_data stage "
                         "(snakemake runs it) or check `data` in the config.")
-    datasets.disable_progress_bars()
-    ds = datasets.load_dataset("json", data_files=str(path), split="train")
-    return ds.to_list()
+    rows = io.read_jsonl(path)
+    if not rows:
+        raise UserError(f"data file {path} holds no records; rebuild it (delete it and rerun prepare_data) "
+                        "or check the source in `data`.")
+    for n, row in enumerate(rows, 1):
+        missing = [k for k in ("id", "instruction", "output") if k not in row]
+        if missing or not (isinstance(row["output"], list) and row["output"]):
+            raise UserError(f"{path}: record {n} ({row.get('id', 'no id')}) lacks {missing or '`output` (a non-empty list)'}; "
+                            "rebuild the file (delete it and rerun prepare_data).")
+    keys = dict.fromkeys(k for row in rows for k in row)
+    return [{k: row.get(k) for k in keys} for row in rows]
 
 
 @dataclasses.dataclass

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from kdbench.errors import UserError
 
 
 @contextlib.contextmanager
@@ -18,6 +21,7 @@ def atomic_path(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp
@@ -26,6 +30,43 @@ def atomic_path(path: str | Path):
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged(folder: str | Path, marker: str):
+    """Yield an empty temporary folder beside `folder`; when the block succeeds, move what it
+    holds into `folder`, `marker` (a file) last. A block that fails leaves `folder` as it was.
+
+    For a stage whose outputs are several files of a folder that also holds other stages'
+    outputs (a run directory): the old marker is removed before anything else is replaced, so
+    at every moment the set is either the old one, or incomplete without its marker, or the
+    new one; readers (and Snakemake) treat a set without its marker as absent.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield tmp
+        if not (tmp / marker).is_file():
+            raise FileNotFoundError(f"staged outputs lack their marker {marker}")
+        folder.mkdir(exist_ok=True)
+        (folder / marker).unlink(missing_ok=True)
+        for item in sorted(tmp.iterdir(), key=lambda p: p.name == marker):
+            dest = folder / item.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            os.replace(item, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete the temporaries a killed writer of `path` left beside it (one writer per path:
+    Snakemake runs one job per output at a time)."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.????????"):  # mkdtemp's 8 random characters
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text(path, text: str) -> None:
@@ -54,8 +95,23 @@ def write_jsonl(path, rows: Iterable[dict]) -> None:
 
 
 def read_jsonl(path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The JSON objects of a JSON-lines file; a line that is not one names the file and line."""
+    rows = []
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                what = exc.msg if isinstance(exc, json.JSONDecodeError) else "bytes that are not UTF-8"
+                raise UserError(f"{path}, line {n}, is not valid JSON ({what}); fix that line or "
+                                "rebuild the file (delete it and rerun the stage that writes it).") from exc
+            if not isinstance(row, dict):
+                raise UserError(f"{path}, line {n}, is a JSON {type(row).__name__}, not an object; "
+                                "every line must be one record {...}.")
+            rows.append(row)
+    return rows
 
 
 def write_csv(path, df) -> None:

@@ -254,6 +254,10 @@ def _read_json_rows(path: Path, cache_dir: str | None) -> Any:
     try:
         return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
     except datasets.exceptions.DatasetGenerationError as e:
+        if path.suffix == ".jsonl":  # name the first malformed line, if that is the problem
+            from kdbench import io
+
+            io.read_jsonl(path)
         cause = e.__cause__ or e
         raise UserError(f"could not read {path} as JSON lines ({type(cause).__name__}: {cause}); "
                         f"every line must be one JSON object with the same field types") from e

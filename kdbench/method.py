@@ -14,6 +14,10 @@ Hooks (all optional except `loss`):
         values scheduled for this step (alpha, temperature, kd_ratio, ...); logged every step.
         Methods with train_on = "mixed" schedule "on_policy" and "replay" here, the shares of
         steps trained on fresh / replayed student samples (see kdbench/onpolicy.py).
+    state_dict() -> dict / load_state_dict(state)
+        state the method changes while training (TAID's t and momentum, DistiLLM's adaptive
+        threshold), saved in the run's checkpoint so that a resumed run continues exactly;
+        the default is no state.
     restarts(n_epochs) -> list[int]
         epochs (> 0) at which training restarts: a fresh optimizer and learning-rate schedule
         (warm-up and cosine over the segment's steps), from the weights of the previous
@@ -121,6 +125,12 @@ class Method:
     def schedule(self, progress: Progress) -> dict[str, float]:
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
     def restarts(self, n_epochs: int) -> list[int]:
         return []
 
@@ -210,6 +220,9 @@ def _load_file(path: Path) -> type[Method]:
     if not (inspect.isclass(cls) and issubclass(cls, Method)):
         raise UserError(f"method file {path} does not define `class Method(kdbench.method.Method)`; "
                         "start from methods/template_method.py.")
+    if cls.needs_teacher and cls.loss is Method.loss:
+        raise UserError(f"method file {path}: its Method needs a teacher but defines no `loss`; define "
+                        "loss(student_logits, teacher_logits, mask, progress) or set `needs_teacher = False`.")
     return cls
 
 

@@ -62,12 +62,42 @@ def build(spec: dict, tokenizer, seed: int, name: str):
         conf = AutoConfig.for_model(model_type, vocab_size=len(tokenizer),
                                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                     pad_token_id=tokenizer.pad_token_id, **cfg)
+        _check_config_keys(conf, cfg, name)
         conf._attn_implementation = spec["attn_implementation"]
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(conf)
     if spec["init"] == "pretrained":
         return load_model(spec["path"], spec)
     raise UserError(f"model {name}: init {spec['init']!r} is built by the init_student stage.")
+
+
+def check_scratch_config(spec: dict, name: str) -> None:
+    """Check a scratch model's `config` without building the model (`validate` runs this)."""
+    from transformers import AutoConfig
+
+    cfg = dict(spec["config"])
+    model_type = cfg.pop("model_type", None)
+    if model_type is None:
+        raise UserError(f"model {name}: `config.model_type` is missing; use e.g. llama or gpt2.")
+    try:
+        conf = AutoConfig.for_model(model_type, **cfg)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"`pairs.{name}.config` is not a valid {model_type} config ({exc}); fix it.") from exc
+    _check_config_keys(conf, cfg, name)
+
+
+def _check_config_keys(conf, given: dict, name: str) -> None:
+    """A key transformers neither knows nor consumes (it keeps it as a stray attribute, e.g. a
+    typo such as `hidden_sise`) is an error, not a silently ignored setting."""
+    import difflib
+
+    known = set(type(conf)().to_dict()) | set(type(conf).attribute_map)
+    stray = [k for k in given if k in conf.to_dict() and k not in known]
+    if stray:
+        close = difflib.get_close_matches(stray[0], sorted(known), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        raise UserError(f"`pairs.{name}.config.{stray[0]}` is not a {conf.model_type} config key; {hint}"
+                        "fix the key (the transformers config class lists the valid ones).")
 
 
 def load_model(path: str | Path, spec: dict | None = None):
@@ -90,9 +120,13 @@ def load_model(path: str | Path, spec: dict | None = None):
 def _from_pretrained(cls, path: str, **kwargs):
     try:
         return cls.from_pretrained(path, **kwargs)
-    except OSError as exc:
+    except Exception as exc:  # a local folder: any failure to read it (truncated or corrupted files)
         if Path(path).exists():
-            raise UserError(f"{path} is not a readable model/tokenizer folder ({exc}); rebuild it.") from exc
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise UserError(f"{path} is not a readable model/tokenizer folder ({type(exc).__name__}: {first}); "
+                            "delete it and rerun the stage that wrote it.") from exc
+        if not isinstance(exc, OSError):
+            raise
         raise UserError(f"{path!r} is neither a local folder nor a reachable hub id (no network or "
                         f"cache); download it where there is network (`huggingface-cli download {path} "
                         "--local-dir DIR`) and set the config's path to DIR.") from exc

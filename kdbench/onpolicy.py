@@ -94,6 +94,15 @@ class OnPolicy:
         model.train(was_training)
         return [Encoded(p + n, len(p), i) for p, n, i in zip(prompts, news, idx)]
 
+    def state_dict(self) -> dict:
+        """The generator and the replay buffer, for a resumable run's checkpoint (kdbench/resume.py)."""
+        return {"rng": self.rng.bit_generator.state, "buffer": list(self.buffer)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.buffer.clear()
+        self.buffer.extend(state["buffer"])
+
     def epoch_end(self, model) -> None:
         if self.validation is not None:
             self.method.observe_validation_loss(

@@ -109,6 +109,9 @@ class Paths:
     def answers(self, test_set, **run): return str(Path(self.run_dir(**run)) / "answers" / f"{test_set}.jsonl")
     def answer_stats(self, test_set, **run): return str(Path(self.run_dir(**run)) / "answers" / f"{test_set}.json")
 
+    # resume state of an unfinished training job (kdbench/resume.py), removed when it ends
+    def checkpoint(self, *parts): return self._p("checkpoints", *map(str, parts)) + ".pt"
+
     # --- the profile's tables and figures ----------------------------------------------------
     @property
     def tables(self): return self._p("tables")

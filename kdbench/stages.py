@@ -22,7 +22,7 @@ from kdbench import method as M
 from kdbench import models
 from kdbench.data import encode, load_records
 from kdbench.errors import UserError
-from kdbench.paths import TEACHER, Paths, RunKey
+from kdbench.paths import RUN_FILES, TEACHER, Paths, RunKey
 
 
 # --- data and tokenizer ----------------------------------------------------------------------
@@ -163,24 +163,27 @@ def train_teacher(cfg: dict, pair: str, tseed: int) -> None:
     model = models.build(spec, tok, _teacher_seed(cfg, pair, tseed), f"{pair}.teacher").to(dev)
     run = RunKey(pair, TEACHER, "default", tseed)
     budget = cfg["training"]["teacher"]
-    stats = {}
+    res, ckpt, pre_ckpt = None, None, None
     if not spec["finetuned"] and budget["epochs"] > 0:
         from kdbench.train import train
 
-        _pretrain(model, tok, cfg["training"]["teacher_pretrain"], _broad_corpus(cfg, tok),
-                  _teacher_seed(cfg, pair, tseed, "pretrain"), f"{pair} teacher seed{tseed} pre-training")
+        pre_ckpt = _pretrain(cfg, model, tok, cfg["training"]["teacher_pretrain"], _broad_corpus(cfg, tok),
+                             _teacher_seed(cfg, pair, tseed, "pretrain"), f"{pair} teacher seed{tseed} pre-training",
+                             (pair, "teacher_pretrain", f"seed{tseed}"))
         examples = encode(tok, load_records(P.data(cfg["training"]["teacher_data"])), cfg["data"]["max_length"])
-        res = train(model, examples, budget, seed=_teacher_seed(cfg, pair, tseed, "train"),
-                    pad_id=tok.pad_token_id, validate=_validator(cfg, tok, pair, "teacher"),
-                    desc=f"{pair} teacher seed{tseed} SFT")
-        _write_run_tables(P, run, res)
-        stats = res.stats
-    else:  # a fine-tuned (or GGUF) teacher is only loaded and saved: empty training tables
-        for name in ("trace", "epochs", "bin_loss"):
-            io.write_csv(P.run_file(name, **run._asdict()), pd.DataFrame())
-    models.save(model, tok, P.run_file("model", **run._asdict()))
-    io.write_json(P.run_file("train", **run._asdict()),
-                  {**stats, **provenance(cfg), "params": models.n_params(model)})
+        seed = _teacher_seed(cfg, pair, tseed, "train")
+        ckpt = _checkpoint(cfg, (pair, TEACHER, f"seed{tseed}"), (budget, seed, cfg["evaluation"]), model, examples)
+        res = train(model, examples, budget, seed=seed, pad_id=tok.pad_token_id,
+                    validate=_validator(cfg, tok, pair, "teacher"), desc=f"{pair} teacher seed{tseed} SFT",
+                    checkpoint=ckpt)
+    with io.staged(P.run_dir(**run._asdict()), marker=RUN_FILES["train"]) as tmp:  # fine-tuned: empty tables
+        _write_run_tables(tmp, res)
+        models.save(model, tok, tmp / RUN_FILES["model"])
+        io.write_json(tmp / RUN_FILES["train"], {**(res.stats if res else {}), **provenance(cfg),
+                                                 "params": models.n_params(model)})
+    for c in (pre_ckpt, ckpt):
+        if c is not None:
+            c.remove()
 
 
 def init_student(cfg: dict, pair: str, seed: int) -> None:
@@ -213,12 +216,15 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
         model = models.build(spec, tok, s, f"{pair}.student")
         shared = checkpoints.check_vocab(tok, tok, _teacher_vocab_size(cfg, pair, tok), model.config.vocab_size, *names)
     model.to(dev)
+    ckpt = None
     if spec["init"] == "scratch":
-        _pretrain(model, tok, cfg["training"]["pretrain"], _train_examples(cfg, tok), s,
-                  f"{pair} student pre-training seed{seed}")
+        ckpt = _pretrain(cfg, model, tok, cfg["training"]["pretrain"], _train_examples(cfg, tok), s,
+                         f"{pair} student pre-training seed{seed}", (pair, "student_init", f"seed{seed}"))
     with io.atomic_path(P.student_init(pair, seed)) as tmp:
         models.save(model, tok, tmp)
         io.write_json(tmp / VOCAB_FILE, {"shared_vocab_size": shared, "teacher": names[0], "student": names[1]})
+    if ckpt is not None:
+        ckpt.remove()
 
 
 def _teacher_vocab_size(cfg: dict, pair: str, tok) -> int:
@@ -228,13 +234,19 @@ def _teacher_vocab_size(cfg: dict, pair: str, tok) -> int:
     return _config_vocab_size(t) if t["init"] == "pretrained" else len(tok)
 
 
-def _pretrain(model, tok, budget: dict, examples, seed: int, desc: str) -> None:
-    """Language-model pre-training of a scratch model: every token carries the loss."""
+def _pretrain(cfg: dict, model, tok, budget: dict, examples, seed: int, desc: str, parts: tuple):
+    """Language-model pre-training of a scratch model: every token carries the loss.
+
+    Its checkpoint (named by `parts`) is returned for the caller to remove once the stage's
+    outputs are written: a job killed after pre-training resumes past it."""
     if budget["epochs"] == 0:
-        return
+        return None
     from kdbench.train import train
 
-    train(model, examples, {**budget, "loss_on": "all"}, seed=seed, pad_id=tok.pad_token_id, desc=desc)
+    budget = {**budget, "loss_on": "all"}
+    ckpt = _checkpoint(cfg, parts, (budget, seed), model, examples)
+    train(model, examples, budget, seed=seed, pad_id=tok.pad_token_id, desc=desc, checkpoint=ckpt)
+    return ckpt
 
 
 def _broad_corpus(cfg, tok):
@@ -355,24 +367,29 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
             vocab = _shared_vocab(cfg, pair, seed, student)
         teacher = CachedTeacher(P.teacher_cache(pair, tseed), examples) if C.uses_teacher_cache(cfg, cls) else online
     difficulty = load_difficulty(cfg, pair) if meth.uses_difficulty else None
-    train_seed = C.derive_seed(cfg["seed"], pair, seed, "train")
+    budget, train_seed = C.student_budget(cfg, method), C.derive_seed(cfg["seed"], pair, seed, "train")
+    kd_ratio = cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0
     on_policy = _on_policy(cfg, meth, examples, tok, student, train_seed) if cls.train_on == "mixed" else None
     if on_policy is not None and teacher is not online:
         from kdbench.onpolicy import Teacher
 
         teacher = Teacher(teacher, online)
-    res = train(student, examples, C.student_budget(cfg, method), seed=train_seed, pad_id=tok.pad_token_id,
-                method=meth, teacher=teacher, kd_ratio=cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0,
-                difficulty=difficulty, vocab_size=vocab, on_policy=on_policy,
+    ckpt = _checkpoint(cfg, (pair, method, variant, f"seed{seed}"),
+                       (budget, train_seed, method, run.params, kd_ratio, vocab, tseed, cfg["evaluation"]),
+                       student, examples)
+    res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
+                kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, on_policy=on_policy,
                 validate=_validator(cfg, tok, pair, seed),
-                desc=f"{pair}/{method}/{variant}/seed{seed}")
-    key = dict(pair=pair, method=method, variant=variant, seed=seed)
-    _write_run_tables(P, RunKey(**key), res)
-    models.save(student, tok, P.run_file("model", **key))
-    io.write_json(P.run_file("train", **key), {**res.stats, "method": method, "variant": variant,
-                                                "method_params": {**M.defaults(cls), **run.params},
-                                                "teacher_seed": tseed if cls.needs_teacher else None,
-                                                "params": models.n_params(student), **provenance(cfg)})
+                desc=f"{pair}/{method}/{variant}/seed{seed}", checkpoint=ckpt)
+    with io.staged(P.run_dir(pair, method, variant, seed), marker=RUN_FILES["train"]) as tmp:
+        _write_run_tables(tmp, res)
+        models.save(student, tok, tmp / RUN_FILES["model"])
+        io.write_json(tmp / RUN_FILES["train"], {**res.stats, "method": method, "variant": variant,
+                                                 "method_params": {**M.defaults(cls), **run.params},
+                                                 "teacher_seed": tseed if cls.needs_teacher else None,
+                                                 "params": models.n_params(student), **provenance(cfg)})
+    if ckpt is not None:
+        ckpt.remove()
 
 
 def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
@@ -388,9 +405,24 @@ def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
                     validation=validation, model=student)
 
 
-def _write_run_tables(P: Paths, run: RunKey, res) -> None:
+def _checkpoint(cfg: dict, parts: tuple, settings: tuple, model, examples):
+    """The checkpoint of one training job, keyed by what its result depends on: the given
+    settings (budget, seeds, method, and the evaluation settings per-epoch validation samples
+    with), the initial weights and the tokenised data (None when checkpoints are off)."""
+    from kdbench.resume import Checkpoint, signature
+
+    ck = cfg["checkpoint"]
+    if not ck["enabled"]:
+        return None
+    key = C.fingerprint([settings, signature(model, examples)])
+    return Checkpoint(Paths(cfg).checkpoint(*parts), ck["every_minutes"], key)
+
+
+def _write_run_tables(folder: Path, res) -> None:
+    """The trace, epochs and bin_loss tables of a training result into `folder` (a run's
+    staging folder), empty for None."""
     for name in ("trace", "epochs", "bin_loss"):
-        io.write_csv(P.run_file(name, **run._asdict()), getattr(res, name))
+        io.write_csv(Path(folder) / RUN_FILES[name], getattr(res, name) if res is not None else pd.DataFrame())
 
 
 def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
@@ -401,6 +433,7 @@ def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None
     key = dict(pair=pair, method=method, variant=variant, seed=seed)
     model = models.load_model(P.run_file("model", **key)).to(dev)
     tok = models.load_tokenizer(P.run_file("model", **key))
+    outputs = {}
     for bench in cfg["data"]["benchmarks"]:
         records = load_records(P.data(bench))
         rows, stats = [], {"gen_tokens": 0, "gen_wall_s": 0.0}
@@ -413,8 +446,13 @@ def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None
             rows += [{"id": r["id"], "eval_seed": es, "answer": a, "ended": e}
                      for r, a, e in zip(records, answers, st["ended"])]
             stats = {k: stats[k] + st[k] for k in stats}
-        io.write_jsonl(P.answers(bench, **key), rows)
-        io.write_json(P.answer_stats(bench, **key), stats)
+        outputs[bench] = rows, stats
+    answers_dir = Path(P.answers(next(iter(outputs)), **key)).parent
+    with io.atomic_path(answers_dir) as out:  # every test set's answers, or none
+        out.mkdir()
+        for bench, (rows, stats) in outputs.items():
+            io.write_jsonl(out / Path(P.answers(bench, **key)).name, rows)
+            io.write_json(out / Path(P.answer_stats(bench, **key)).name, stats)
 
 
 def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
@@ -448,9 +486,10 @@ def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
                           "length_ratio": float(answers["answer_words"].mean() / max(answers["reference_words"].mean(), 1e-9)),
                           "capped": float(answers["capped"].mean()),
                           "repetition": float(answers["repetition"].mean())}
-    io.write_csv(P.run_file("scores", **key), pd.concat(frames, ignore_index=True))
     train_info = io.read_json(P.run_file("train", **key))
-    io.write_json(P.run_file("metrics", **key), {**key, "benchmarks": summary, "train": train_info})
+    with io.staged(P.run_dir(**key), marker=RUN_FILES["metrics"]) as tmp:
+        io.write_csv(tmp / RUN_FILES["scores"], pd.concat(frames, ignore_index=True))
+        io.write_json(tmp / RUN_FILES["metrics"], {**key, "benchmarks": summary, "train": train_info})
 
 
 def provenance(cfg: dict) -> dict:

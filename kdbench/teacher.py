@@ -39,10 +39,15 @@ class CachedTeacher:
 
     def __init__(self, cache_dir: str | Path, examples: list[Encoded]):
         cache_dir = Path(cache_dir)
-        self.logits = np.load(cache_dir / "logits.npy", mmap_mode="r")
-        self.offsets = np.load(cache_dir / "offsets.npy")
+        try:
+            self.logits = np.load(cache_dir / "logits.npy", mmap_mode="r")
+            self.offsets = np.load(cache_dir / "offsets.npy")
+        except (OSError, ValueError) as exc:
+            raise UserError(f"teacher cache {cache_dir} is unreadable ({type(exc).__name__}: {exc}); delete it "
+                            "and rerun the cache_teacher stage.") from exc
         counts = np.diff(self.offsets)
-        if any(e.index >= len(counts) or counts[e.index] != e.n_response for e in examples):
+        if (len(self.offsets) == 0 or self.offsets[-1] != len(self.logits)
+                or any(e.index >= len(counts) or counts[e.index] != e.n_response for e in examples)):
             raise UserError(f"the teacher cache {cache_dir} does not match the training examples "
                             "(other data or max_length); delete it and rerun the cache_teacher stage.")
 

@@ -37,6 +37,7 @@ from kdbench.data import Encoded, collate, make_batches
 from kdbench.errors import UserError
 from kdbench.method import EpochContext, Method, Progress
 from kdbench.models import autocast, rows_logits
+from kdbench.resume import Checkpoint
 
 
 @dataclasses.dataclass
@@ -71,13 +72,20 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
 def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: int,
           method: Method | None = None, teacher=None, kd_ratio: float = 0.0,
           difficulty: np.ndarray | None = None, vocab_size: int | None = None,
-          on_policy=None, validate=None, desc: str = "train") -> Result:
+          on_policy=None, validate=None, desc: str = "train", checkpoint: Checkpoint | None = None) -> Result:
     """Train `model` in place. `teacher(batch) -> (N, V)` logits at the N true entries of
     batch["mask"] (row-major) are needed when kd_ratio > 0.
 
     `on_policy` (a kdbench.onpolicy.OnPolicy) swaps in student samples for methods that ask.
     `validate(model) -> dict` (optional) runs after every epoch; its values join the epoch's
-    row, and `budget["selection"]` decides which epoch's weights the model ends with."""
+    row, and `budget["selection"]` decides which epoch's weights the model ends with.
+
+    With a `checkpoint`, the run resumes from it when there is one of the same run and saves
+    one at every epoch end and every `checkpoint.every_minutes` (kdbench/resume.py); the
+    caller removes it once the run's outputs are written.
+    """
+    if not examples:
+        raise UserError(f"{desc}: the training split has no examples; check the data files (prepare_data).")
     dev = next(model.parameters()).device
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 2])
@@ -96,24 +104,40 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
                      for i in range(len(bounds) - 1)}  # first epoch -> optimizer steps
     opt, sched = _optimizer(model, budget, segment_steps[0])
     bins = _quintiles(difficulty) if difficulty is not None else None
-    best = None  # (val_rouge_l, epoch, state_dict copy) of the best epoch so far
-    val_wall = 0.0  # seconds spent validating (kept out of the training time)
+    suspect = _Suspect(desc, type(method).__module__.rpartition(".")[2] if method is not None else None, budget)
+
+    # Everything the rest of the run depends on besides model, optimizer, schedule, RNG and
+    # method: the position (epoch, step k inside it, global step) and what was accumulated.
+    loop = {"epoch": 0, "k": 0, "step": 0, "tokens": 0, "seen": 0, "elapsed_s": 0.0,
+            "trace": [], "epochs": [], "bin_rows": [], "ep_start_s": 0.0, "ep_tokens": 0,
+            # per-example response-token CE sums and counts of the epoch, for the difficulty bins
+            "ce_sum": torch.zeros(len(examples), dtype=torch.float64, device=dev),
+            "ce_n": torch.zeros(len(examples), dtype=torch.float64, device=dev),
+            "best": None,  # (val_rouge_l, epoch, state_dict copy) of the segment's best epoch so far
+            "val_wall_s": 0.0,  # seconds spent validating (kept out of the training time)
+            "on_policy": None}  # the sampler's generator and replay buffer (OnPolicy.state_dict)
+    if checkpoint is not None and (restored := checkpoint.restore(model, opt, sched, method)) is not None:
+        loop = restored
+        loop["ce_sum"], loop["ce_n"] = loop["ce_sum"].to(dev), loop["ce_n"].to(dev)
+        if on_policy is not None and loop["on_policy"] is not None:
+            on_policy.load_state_dict(loop["on_policy"])
+        segment = max(b for b in bounds[:-1] if b <= loop["epoch"])
+        if segment > 0:  # a schedule's lambda is not in its state: rebuild it over this segment's steps
+            opt, sched = _reload(_optimizer(model, budget, segment_steps[segment]), opt, sched)
 
     model.train()
-    trace, epochs, bin_rows = [], [], []
-    step, tokens, seen, t0 = 0, 0, 0, time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
-    for epoch, batches in enumerate(epoch_batches):
-        if epoch in restarts:
-            if best is not None:
-                model.load_state_dict(best[2])
-            best = None
+    t0 = time.perf_counter() - loop["elapsed_s"]
+    bar = tqdm(total=total, initial=loop["step"], desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
+    while loop["epoch"] < len(epoch_batches):
+        epoch, batches = loop["epoch"], epoch_batches[loop["epoch"]]
+        if epoch in restarts and loop["k"] == 0:
+            if loop["best"] is not None:
+                model.load_state_dict(loop["best"][2])
+            loop["best"] = None
             opt, sched = _optimizer(model, budget, segment_steps[epoch])
-        ep_t0, ep_tokens, ep_rows = time.perf_counter(), 0, []
-        # per-example response-token CE sums and counts, for the difficulty bins (kept on the device)
-        ce_sum = torch.zeros(len(examples), dtype=torch.float64, device=dev)
-        ce_n = torch.zeros(len(examples), dtype=torch.float64, device=dev)
-        for k in range(steps_per_epoch[epoch]):
+        ce_sum, ce_n = loop["ce_sum"], loop["ce_n"]
+        while loop["k"] < steps_per_epoch[epoch]:
+            k, step = loop["k"], loop["step"]
             window = [collate([examples[i] for i in b], pad_id, budget["loss_on"])
                       for b in batches[k * accum:(k + 1) * accum]]
             progress = Progress(epoch=epoch, n_epochs=len(epoch_batches), step=step, total_steps=total,
@@ -131,12 +155,11 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
                 loss, ce, distill, tok_ce = _micro_step(model, batch, budget["precision"], ratio,
                                                         method, teacher, vocab_size, progress)
                 w = n_micro / n_window
-                (loss * w).backward()
                 # one host read per micro-batch for the trace and the finiteness check
                 loss_v, ce_v, distill_v = torch.stack([loss.detach(), ce.detach(), distill.detach()]).tolist()
                 if not math.isfinite(loss_v):
-                    raise UserError(f"{desc}: the loss became {loss_v} at step {step} (epoch {epoch}); "
-                                    "lower the learning rate or set the budget's precision to fp32.")
+                    raise suspect.loss(step, epoch, ce_v, distill_v)
+                (loss * w).backward()
                 sums["loss"] += loss_v * w
                 sums["ce"] += ce_v * w
                 sums["distill"] += distill_v * w
@@ -144,64 +167,62 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
                     rows = batch["index"].repeat_interleave(batch["mask"].sum(1))
                     ce_sum.index_add_(0, rows, tok_ce.detach().double())
                     ce_n.index_add_(0, rows, torch.ones_like(ce_n[rows]))
-            if budget["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), budget["grad_clip"])
+            # the global gradient norm (clipped when grad_clip > 0): finite, or stop before the step
+            params = [p for p in model.parameters() if p.grad is not None]
+            norm = (torch.nn.utils.clip_grad_norm_(params, budget["grad_clip"]) if budget["grad_clip"] > 0
+                    else torch.nn.utils.get_total_norm([p.grad for p in params]))
+            if not torch.isfinite(norm):
+                raise suspect.gradient(step, epoch, ratio)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             n_examples = sum(len(b) for b in batches[k * accum:(k + 1) * accum])
-            tokens += n_window
-            ep_tokens += n_window
-            seen += n_examples
+            loop["tokens"] += n_window
+            loop["ep_tokens"] += n_window
+            loop["seen"] += n_examples
             row = {"step": step, "epoch": epoch, **sums, "lr": opt.param_groups[0]["lr"],
-                   "tokens": tokens, "examples": seen, "wall_s": time.perf_counter() - t0 - val_wall,
+                   "tokens": loop["tokens"], "examples": loop["seen"], "wall_s": time.perf_counter() - t0 - loop["val_wall_s"],
                    **{k_: float(v) for k_, v in progress.values.items()}, "kd_ratio": ratio, **gen_row}
-            trace.append(row)
-            ep_rows.append(row)
-            step += 1
+            loop["trace"].append(row)
+            loop["step"], loop["k"] = step + 1, k + 1
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss']:.3f}", epoch=epoch, refresh=False)
+            if checkpoint is not None and checkpoint.due() and loop["k"] < steps_per_epoch[epoch]:
+                loop["elapsed_s"] = time.perf_counter() - t0
+                _save(checkpoint, model, opt, sched, method, on_policy, loop)
         if on_policy is not None:
             on_policy.epoch_end(model)
-        idx = plan[epoch]
-        ep = {"epoch": epoch, "n_examples": len(idx), "n_tokens": ep_tokens,
-              "wall_s": time.perf_counter() - ep_t0,
-              "mean_difficulty": float(np.mean(difficulty[idx])) if difficulty is not None and len(idx) else np.nan}
-        for key in (ep_rows[0] if ep_rows else {}):
-            if key not in ("step", "epoch", "loss", "ce", "distill", "lr", "tokens", "examples", "wall_s"):
-                ep[key] = float(np.mean([r[key] for r in ep_rows]))
+        ep_extra, ep_end_s = {}, time.perf_counter() - t0
         if validate is not None:
             v_t0 = time.perf_counter()
-            ep.update(validate(model))
-            val_wall += time.perf_counter() - v_t0
+            ep_extra = validate(model)
+            loop["val_wall_s"] += time.perf_counter() - v_t0
             model.train()
-            if best is None or ep["val_rouge_l"] > best[0]:
-                best = (ep["val_rouge_l"], epoch, copy.deepcopy(model.state_dict()))
-        epochs.append(ep)
-        if bins is not None:
-            ce_sum, ce_n = ce_sum.cpu().numpy(), ce_n.cpu().numpy()
-            for q in range(1, 6):
-                sel = (bins == q) & (ce_n > 0)
-                if sel.any():
-                    bin_rows.append({"epoch": epoch, "bin": q, "n_examples": int(sel.sum()),
-                                     "ce": float(ce_sum[sel].sum() / ce_n[sel].sum())})
+            if loop["best"] is None or ep_extra["val_rouge_l"] > loop["best"][0]:
+                loop["best"] = (ep_extra["val_rouge_l"], epoch, copy.deepcopy(model.state_dict()))
+        _end_epoch(loop, plan[epoch], difficulty, bins, ep_end_s, ep_extra)
+        loop["ep_start_s"] = loop["elapsed_s"] = time.perf_counter() - t0  # the next epoch starts after validation
+        if checkpoint is not None:
+            _save(checkpoint, model, opt, sched, method, on_policy, loop)
     bar.close()
-    wall = time.perf_counter() - t0 - val_wall
-    selected = len(epoch_batches) - 1
+    wall = time.perf_counter() - t0 - loop["val_wall_s"]
+    selected, best = len(epoch_batches) - 1, loop["best"]
     if best is not None and budget.get("selection", "last") == "best":
         model.load_state_dict(best[2])
         selected = best[1]
     model.eval()
-    ep_df = pd.DataFrame(epochs)
+    suspect.weights(model)
+    ep_df = pd.DataFrame(loop["epochs"])
+    tokens, seen = loop["tokens"], loop["seen"]
     stats = {"selection": budget.get("selection", "last") if validate is not None else "last",
              "selected_epoch": selected, "n_epochs": len(epoch_batches),
              "val_loss_change_last20": val_loss_change(ep_df, steps_per_epoch),
              "val_rouge_l_selected": float(ep_df["val_rouge_l"].iloc[selected]) if "val_rouge_l" in ep_df else None,
-             "val_wall_s": val_wall, "train_wall_s": wall, "train_tokens": tokens, "train_examples": seen,
-             "train_steps": step, "train_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
-             "train_gen_s": sum(r.get("gen_s", 0.0) for r in trace),
+             "val_wall_s": loop["val_wall_s"], "train_wall_s": wall, "train_tokens": tokens, "train_examples": seen,
+             "train_steps": loop["step"], "train_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
+             "train_gen_s": sum(r.get("gen_s", 0.0) for r in loop["trace"]),
              "examples_per_epoch": [len(p) for p in plan]}
-    return Result(pd.DataFrame(trace), ep_df, pd.DataFrame(bin_rows), stats)
+    return Result(pd.DataFrame(loop["trace"]), ep_df, pd.DataFrame(loop["bin_rows"]), stats)
 
 
 def _optimizer(model, budget: dict, total: int):
@@ -227,6 +248,88 @@ def val_loss_change(epochs: pd.DataFrame, steps_per_epoch: list[int]) -> float |
     e80 = at[-1] if at else 0
     l80, last = float(epochs["val_loss"].iloc[e80]), float(epochs["val_loss"].iloc[-1])
     return (last - l80) / l80 if l80 > 0 else None
+
+
+def _end_epoch(loop: dict, idx: np.ndarray, difficulty, bins, now_s: float, extra: dict) -> None:
+    """Close the epoch in `loop`: its row (with `extra`, the validation values), its
+    per-difficulty-bin losses, and the position of the next epoch."""
+    epoch = loop["epoch"]
+    ep_rows = [r for r in loop["trace"] if r["epoch"] == epoch]
+    ep = {"epoch": epoch, "n_examples": len(idx), "n_tokens": loop["ep_tokens"],
+          "wall_s": now_s - loop["ep_start_s"],
+          "mean_difficulty": float(np.mean(difficulty[idx])) if difficulty is not None and len(idx) else np.nan}
+    for key in (ep_rows[0] if ep_rows else {}):
+        if key not in ("step", "epoch", "loss", "ce", "distill", "lr", "tokens", "examples", "wall_s"):
+            ep[key] = float(np.mean([r[key] for r in ep_rows]))
+    ep.update(extra)
+    loop["epochs"].append(ep)
+    ce_sum, ce_n = loop["ce_sum"].cpu().numpy(), loop["ce_n"].cpu().numpy()
+    if bins is not None:
+        for q in range(1, 6):
+            sel = (bins == q) & (ce_n > 0)
+            if sel.any():
+                loop["bin_rows"].append({"epoch": epoch, "bin": q, "n_examples": int(sel.sum()),
+                                         "ce": float(ce_sum[sel].sum() / ce_n[sel].sum())})
+    loop.update(epoch=epoch + 1, k=0, ep_tokens=0, ep_start_s=now_s, elapsed_s=now_s,
+                ce_sum=torch.zeros_like(loop["ce_sum"]), ce_n=torch.zeros_like(loop["ce_n"]))
+
+
+def _save(checkpoint: Checkpoint, model, opt, sched, method, on_policy, loop: dict) -> None:
+    """Save the run's state; the on-policy sampler's generator and replay buffer go in `loop`."""
+    loop["on_policy"] = on_policy.state_dict() if on_policy is not None else None
+    checkpoint.save(model, opt, sched, method, loop)
+
+
+def _reload(fresh, opt, sched):
+    """`fresh` (optimizer, schedule) with the state of `opt` and `sched` loaded into it."""
+    new_opt, new_sched = fresh
+    new_opt.load_state_dict(opt.state_dict())
+    new_sched.load_state_dict(sched.state_dict())
+    return new_opt, new_sched
+
+
+class _Suspect:
+    """Non-finite values stop training with one sentence that names the likely culprit.
+
+    The method is suspected when its own term is non-finite, or when the gradients are
+    non-finite although the loss is finite (a function whose value is fine but whose
+    derivative is not, e.g. sqrt or log at 0); the learning rate and precision when the
+    student's own cross-entropy diverges after some steps; the initial weights or the data
+    when the cross-entropy is non-finite before any update.
+    """
+
+    def __init__(self, desc: str, method_name: str | None, budget: dict):
+        self.desc, self.method, self.budget = desc, method_name, budget
+
+    def _where(self, step, epoch):
+        return f"{self.desc}: at step {step} (epoch {epoch})"
+
+    def loss(self, step, epoch, ce: float, distill: float) -> UserError:
+        where = self._where(step, epoch)
+        if not math.isfinite(distill) and self.method:
+            return UserError(f"{where} method {self.method!r} returned a distillation loss of {distill} while the "
+                             f"student's cross-entropy is {ce}; the method is the suspect: fix its `loss` in "
+                             f"the methods folder ({self.method}.py) or its parameters.")
+        if step == 0:
+            return UserError(f"{where} the student's cross-entropy is {ce} before any update; the initial "
+                             "weights or the data are the suspect: rebuild the model (init_student/train_teacher).")
+        return UserError(f"{where} the loss diverged to {ce} after {step} finite steps at lr "
+                         f"{self.budget['lr']}; lower the learning rate or set the budget's precision to fp32.")
+
+    def gradient(self, step, epoch, ratio: float) -> UserError:
+        where = self._where(step, epoch)
+        if self.method and ratio > 0:
+            return UserError(f"{where} the loss is finite but its gradients are not; method {self.method!r} is "
+                             f"the suspect (a term with an infinite derivative, e.g. sqrt or log at 0): fix its "
+                             f"`loss` ({self.method}.py) or its parameters.")
+        return UserError(f"{where} the loss is finite but its gradients are not at lr {self.budget['lr']}; "
+                         "lower the learning rate or set the budget's precision to fp32.")
+
+    def weights(self, model) -> None:
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise UserError(f"{self.desc}: training ended with non-finite weights ({bad[0]}, {len(bad)} tensor(s)); "
+                            f"nothing was saved: lower the learning rate or set the budget's precision to fp32.")
 
 
 def _micro_step(model, batch: dict, precision: str, ratio: float, method, teacher,

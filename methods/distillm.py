@@ -53,6 +53,12 @@ class Method(Base):
             self.threshold = min(1.0, self.threshold + THRESHOLD_STEP)
             self.mark = loss
 
+    def state_dict(self):
+        return {"threshold": self.threshold, "mark": self.mark}
+
+    def load_state_dict(self, state):
+        self.threshold, self.mark = state["threshold"], state["mark"]
+
     def schedule(self, progress):
         s = progress.fraction
         share = {"decreasing": 1 - s, "constant": 0.5, "increasing": s}[self.replay_ratio]

@@ -78,6 +78,12 @@ class Method(Base):
             self.update(float(value.detach() + entropy), progress.fraction)
         return value
 
+    def state_dict(self):
+        return {"t": self.t, "momentum": self.momentum, "prev_loss": self.prev_loss}
+
+    def load_state_dict(self, state):
+        self.t, self.momentum, self.prev_loss = state["t"], state["momentum"], state["prev_loss"]
+
     def update(self, loss_value: float, fraction: float) -> None:
         """One step of the TAID rule from the detached cross-entropy; non-finite values skip it."""
         if not math.isfinite(loss_value):

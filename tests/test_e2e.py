@@ -13,11 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def snakemake(workdir, *args, methods_dir=REPO / "methods", config=(), configfile=REPO / "config" / "smoke.yaml",
-              check=True):
+              check=True, env=None):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile), *args,
            "--config", f"methods_dir={methods_dir}", *config]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env=env)
     if check and out.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
     return out
@@ -25,9 +25,19 @@ def snakemake(workdir, *args, methods_dir=REPO / "methods", config=(), configfil
 
 @pytest.fixture(scope="session")
 def smoke_results(tmp_path_factory):
+    """The smoke DAG, run under the socket guard (tests/netguard) without the Hugging Face
+    offline switches in the environment: the suite must set them itself."""
+    from kdbench_cli import env
+
     work = tmp_path_factory.mktemp("smoke")
-    snakemake(work, "--cores", "2")
+    snakemake(work, "--cores", "2", env=env(netguard_log=work / "network.log"))
     return work / "results" / "smoke"
+
+
+@pytest.mark.slow
+def test_smoke_dag_opens_no_socket(smoke_results):
+    log = smoke_results.parents[1] / "network.log"
+    assert not log.exists(), log.read_text()[:3000]
 
 
 @pytest.mark.slow

@@ -158,6 +158,22 @@ def test_schedule_values(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_state_changed_by_training_survives_a_checkpoint(name):
+    """Whatever `loss`/`schedule` change on the method must come back through state_dict and
+    load_state_dict (kdbench/resume.py), or a resumed run would differ."""
+    trained = fresh(name)
+    for k in range(4):
+        s, t, mask = inputs(seed=k)
+        run_loss(trained, s, t, mask, progress_at(k / 4)).backward()
+    state = copy.deepcopy(trained.state_dict())
+    restored = fresh(name)
+    restored.load_state_dict(state)
+    assert vars(restored).keys() == vars(trained).keys()
+    for key, value in vars(trained).items():
+        assert repr(vars(restored)[key]) == repr(value), f"{name}.{key} is not in its state_dict"
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_epoch_indices_are_none_or_valid(name):
     method = fresh(name)
     n, epochs = 50, 4
