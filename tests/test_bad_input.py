@@ -164,21 +164,26 @@ def test_refused_writes_give_one_sentence_and_leave_no_partial_outputs(kind, tre
     run_dir = tmp_path / "results/tiny/runs/tiny/teacher/default/seed0"
     shutil.rmtree(run_dir)
     before = files_under(tmp_path / "results")
-    locked = tmp_path / "results" / "tiny"
+    # the profile's folder and the (possibly left empty) checkpoint folders the job writes into first
+    locked = [tmp_path / "results" / "tiny", *sorted((tmp_path / "results/tiny/checkpoints").rglob("*")),
+              *([tmp_path / "results/tiny/checkpoints"] if (tmp_path / "results/tiny/checkpoints").exists() else [])]
+    locked = [p for p in locked if p.is_dir()]
     popen = {}
     if kind == "full disk":
         popen["preexec_fn"] = _fill_disk
     elif os.geteuid() == 0:  # root ignores permissions; an immutable folder refuses it too
-        if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        if any(subprocess.run(["chattr", "+i", str(p)], capture_output=True).returncode != 0 for p in locked):
             pytest.skip("cannot make a folder read-only here")
     else:
-        locked.chmod(0o555)
+        for p in locked:
+            p.chmod(0o555)
     try:
         out = kdbench(tmp_path, "train_teacher", "--config", config, "--pair", "tiny", "--tseed", "0", check=False, **popen)
     finally:
         if kind != "full disk":
-            subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
-            locked.chmod(0o755)
+            for p in locked:
+                subprocess.run(["chattr", "-i", str(p)], capture_output=True)
+                p.chmod(0o755)
     _check_one_sentence(out, "train_teacher", "the results could not be written")
     assert files_under(tmp_path / "results") == before
     assert not run_dir.exists() or not any(run_dir.iterdir())
