@@ -32,6 +32,9 @@ import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kdbench.paths import LONG_TABLES  # noqa: E402
 
 
 def snakemake(work: Path, profile: Path, *extra: str) -> subprocess.Popen:
@@ -150,10 +153,10 @@ def main(argv=None) -> int:
     w_clean, w_faulty = weights(clean), weights(faulty)
     same_weights = [k for k in w_clean if w_faulty.get(k) == w_clean[k]]
     quality = ["pair", "method", "variant", "seed", "benchmark", "rouge_l", "rouge_l_eval_std", "n_examples"]
-    runs_clean = pd.read_csv(clean / "tables" / "runs.csv")[quality]
-    runs_faulty = pd.read_csv(faulty / "tables" / "runs.csv")[quality]
-    ex_clean = pd.read_csv(clean / "tables" / "examples.csv.gz")
-    ex_faulty = pd.read_csv(faulty / "tables" / "examples.csv.gz")
+    runs_clean = pd.read_csv(clean / "tables" / LONG_TABLES["runs"])[quality]
+    runs_faulty = pd.read_csv(faulty / "tables" / LONG_TABLES["runs"])[quality]
+    ex_clean = pd.read_csv(clean / "tables" / LONG_TABLES["examples"])
+    ex_faulty = pd.read_csv(faulty / "tables" / LONG_TABLES["examples"])
     main_same = (clean / "tables" / "main.md").read_text() == (faulty / "tables" / "main.md").read_text()
     leftovers = sorted(str(p.relative_to(faulty)) for p in faulty.rglob(".*")) + \
         sorted(str(p.relative_to(faulty)) for p in (faulty / "checkpoints").rglob("*.pt"))
