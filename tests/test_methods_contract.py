@@ -279,15 +279,22 @@ def test_akl_head_mask_in_vocabulary_order():
     assert akl.head_mask(p, 0.5).tolist() == [[False, True, False, True, False]]
 
 
-def test_taid_target_interpolates_logits():
-    method = fresh("taid")
-    assert method.t == pytest.approx(0.4)
+def _taid_example():
+    """A one-token worked example at t = 0.4: logits, tensors, the target r = softmax(0.6 z_S +
+    0.4 z_T) and the student's q, computed by hand."""
     zs, zt = [1.0, 0.0, -1.0], [0.0, 2.0, 0.5]
     s = torch.tensor([[zs]], dtype=torch.float64, requires_grad=True)
     t = torch.tensor([[zt]], dtype=torch.float64)
     r = [math.exp(0.6 * a + 0.4 * b) for a, b in zip(zs, zt)]
     r = [x / sum(r) for x in r]
     q = [math.exp(a) / sum(math.exp(x) for x in zs) for a in zs]
+    return zs, zt, s, t, r, q
+
+
+def test_taid_target_interpolates_logits():
+    method = fresh("taid")
+    assert method.t == pytest.approx(0.4)
+    zs, zt, s, t, r, q = _taid_example()
     loss = run_loss(method, s, t, torch.ones(1, 1, dtype=torch.bool))
     assert loss.item() == pytest.approx(kl(r, q), rel=1e-9)
     at_one = instantiate(METHODS["taid"], {"t_start": 1.0})
@@ -328,12 +335,7 @@ def test_taid_momentum_is_fed_the_cross_entropy():
     which is KL(r_t ‖ q) + H(r_t); the suite reports the KL and feeds the schedule the same
     cross-entropy."""
     method = fresh("taid")
-    zs, zt = [1.0, 0.0, -1.0], [0.0, 2.0, 0.5]
-    s = torch.tensor([[zs]], dtype=torch.float64, requires_grad=True)
-    t = torch.tensor([[zt]], dtype=torch.float64)
-    r = [math.exp(0.6 * a + 0.4 * b) for a, b in zip(zs, zt)]
-    r = [x / sum(r) for x in r]
-    q = [math.exp(a) / sum(math.exp(x) for x in zs) for a in zs]
+    zs, zt, s, t, r, q = _taid_example()
     cross_entropy = -sum(ri * math.log(qi) for ri, qi in zip(r, q))
     loss = run_loss(method, s, t, torch.ones(1, 1, dtype=torch.bool))
     assert loss.item() == pytest.approx(kl(r, q), rel=1e-9)
