@@ -253,3 +253,18 @@ def test_on_policy_run_resumed_after_some_steps_equals_an_uninterrupted_one(name
     if name == "distillm":  # the threshold moved and the buffer was replayed from
         assert meth.threshold == pytest.approx(0.9) and len(sampler.buffer) == 2
         assert ref_res.trace["replay_batch"].any() and ref_res.trace["sgo_threshold"].tolist() == pytest.approx([0.7] * 5 + [0.8] * 5)
+
+
+def test_digest_of_further_inputs_changes_with_any_file_or_array(tmp_path):
+    from kdbench.resume import digest
+
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "teacher" / "config.json").write_text("{}")
+    difficulty = np.arange(5, dtype=float)
+    first = digest(tmp_path / "teacher", difficulty)
+    assert digest(tmp_path / "teacher", difficulty.copy()) == first  # contents, not identity
+    assert digest(tmp_path / "teacher", difficulty[::-1].copy()) != first  # rescored profile
+    assert digest(None, difficulty) != first
+    (tmp_path / "teacher" / "model.safetensors").write_bytes(b"weightz")  # retrained teacher
+    assert digest(tmp_path / "teacher", difficulty) != first
