@@ -1,8 +1,11 @@
 """Resumable training (kdbench/resume.py) and non-finite values (kdbench/train.py).
 
 In-process: a run interrupted after any step and resumed from its checkpoint ends with the
-same weights, trace and method state as an uninterrupted run; a checkpoint of other inputs is
-ignored; NaN gradients with a finite loss stop before the optimizer step, naming the method.
+same weights, trace and method state as an uninterrupted run, also inside a POCL restart
+segment (best weights so far, the segment's fresh schedule) and in the middle of an on-policy
+run (the sampler's generator and replay buffer, DistiLLM's adaptive threshold); a checkpoint
+of other inputs is ignored; NaN gradients with a finite loss stop before the optimizer step,
+naming the method.
 Out of process: a distill job killed with SIGKILL mid-epoch and rerun gives bitwise-equal
 weights to an uninterrupted one."""
 import os
@@ -224,7 +227,8 @@ def _run_on_policy(name, make_model, tokenizer, examples, ckpt=None, crash_at=No
     base, params = ON_POLICY[name]
     meth = _crashing(base)(**params)
     meth.crash_at = crash_at
-    student, teacher = make_model(seed=1), OnlineTeacher(make_model(seed=2, hidden_size=32), "fp32", torch.device("cpu"))
+    student = make_model(seed=1)
+    teacher = OnlineTeacher(make_model(seed=2, hidden_size=32), "fp32", torch.device("cpu"))
     sampler = OnPolicy(meth, examples, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, max_length=512,
                        max_new_tokens=6, precision="fp32", seed=7, validation=examples[:4], model=student)
     res = train(student, examples, BUDGET, seed=7, pad_id=tokenizer.pad_token_id, method=meth,
@@ -252,7 +256,8 @@ def test_on_policy_run_resumed_after_some_steps_equals_an_uninterrupted_one(name
     assert res.trace[cols].equals(ref_res.trace[cols])
     if name == "distillm":  # the threshold moved and the buffer was replayed from
         assert meth.threshold == pytest.approx(0.9) and len(sampler.buffer) == 2
-        assert ref_res.trace["replay_batch"].any() and ref_res.trace["sgo_threshold"].tolist() == pytest.approx([0.7] * 5 + [0.8] * 5)
+        assert ref_res.trace["replay_batch"].any()
+        assert ref_res.trace["sgo_threshold"].tolist() == pytest.approx([0.7] * 5 + [0.8] * 5)
 
 
 def test_digest_of_further_inputs_changes_with_any_file_or_array(tmp_path):
