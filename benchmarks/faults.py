@@ -104,8 +104,8 @@ def run_until_complete(work: Path, profile: Path, killer: Killer | None) -> dict
         rc = proc.wait()
         if rc == 0:
             return {"attempts": attempts, "wall_s": time.perf_counter() - t0}
-        if attempts > 20:
-            raise SystemExit(f"{work}: still failing after {attempts} attempts; see {work / 'snakemake.log'}")
+        if killer is None or attempts > 20:  # the clean run has nothing to retry
+            raise SystemExit(f"{work}: failed after {attempts} attempt(s); see {work / 'snakemake.log'}")
         if "cannot be locked" in (work / "snakemake.log").read_text()[-3000:] or rc < 0:
             snakemake(work, profile, "--unlock").wait()
 
