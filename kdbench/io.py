@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import gzip
 import json
 import os
 import shutil
@@ -115,6 +116,10 @@ def read_jsonl(path) -> list[dict]:
 
 
 def write_csv(path, df) -> None:
-    """Write a pandas DataFrame as CSV (gzip if the name ends in .gz), atomically."""
+    """Write a pandas DataFrame as CSV (gzip if the name ends in .gz), atomically. The gzip
+    header carries no time stamp, so the same table gives the same bytes."""
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, compression="gzip" if str(path).endswith(".gz") else None)
+        if str(path).endswith(".gz"):  # gzip.compress writes neither a file name nor (mtime=0) a time
+            Path(tmp).write_bytes(gzip.compress(df.to_csv(index=False).encode(), mtime=0))
+        else:
+            df.to_csv(tmp, index=False)

@@ -43,3 +43,15 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
     io.write_text(tmp_path / "seed1", "x")
     assert not stale.exists() and other.exists()
     assert (tmp_path / "seed1").read_text() == "x"
+
+
+def test_a_gzipped_table_has_the_same_bytes_each_time(tmp_path):
+    import time
+
+    import pandas as pd
+    df = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    io.write_csv(tmp_path / "t1.csv.gz", df)
+    time.sleep(1.1)  # the gzip header's time stamp has a resolution of one second
+    io.write_csv(tmp_path / "t2.csv.gz", df)
+    assert (tmp_path / "t1.csv.gz").read_bytes() == (tmp_path / "t2.csv.gz").read_bytes()
+    assert pd.read_csv(tmp_path / "t2.csv.gz").equals(df)
