@@ -64,6 +64,10 @@ def validate(raw: dict, source: str = "the config") -> dict:
     """Validated copy of `raw` with every default filled in; UserError on the first problem."""
     cfg = copy.deepcopy(raw or {})
     cfg.pop("__resolved__", None)
+    if "pairs" not in cfg:  # the one key without a usable default: an empty or partial file
+        raise UserError(f"{source} names no `pairs`, so it is not a complete profile (a --configfile replaces "
+                        "config/default.yaml rather than adding to it); start from a copy of one of "
+                        "config/*.yaml, or override single keys with --config key=value.")
     errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: (len(e.path), list(e.path)))
     if errors:
         e = errors[0]

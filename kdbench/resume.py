@@ -10,8 +10,9 @@ enough. A resumed run therefore ends with the same weights, bit for bit, as one 
 never interrupted (same machine, same threads).
 
 A checkpoint is tied to its run by `key` (the caller's fingerprint of the config plus hashes of
-the initial weights and the tokenised data): one written for other inputs is ignored and
-replaced, never resumed from.
+the initial weights, the tokenised data and any other input file, such as the teacher's model
+and a curriculum's difficulty profile): one written for other inputs is ignored and replaced,
+never resumed from.
 """
 from __future__ import annotations
 
@@ -36,6 +37,26 @@ def signature(model, examples) -> str:
     for e in examples:
         h.update(np.asarray(e.ids, dtype=np.int64).tobytes())
         h.update(int(e.n_prompt).to_bytes(8, "little"))
+    return h.hexdigest()[:16]
+
+
+def digest(*parts) -> str:
+    """Hash of further inputs of a run: numpy arrays (e.g. a difficulty profile), files and
+    folders (e.g. the teacher's model; every file's relative path and bytes), None (absent)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if part is None:
+            h.update(b"none")
+        elif isinstance(part, np.ndarray):
+            h.update(str(part.dtype).encode() + str(part.shape).encode() + np.ascontiguousarray(part).tobytes())
+        else:
+            root = Path(part)
+            for f in sorted(root.rglob("*")) if root.is_dir() else [root]:
+                if f.is_file():
+                    h.update(str(f.relative_to(root) if root.is_dir() else f.name).encode())
+                    with open(f, "rb") as fh:
+                        while chunk := fh.read(1 << 20):
+                            h.update(chunk)
     return h.hexdigest()[:16]
 
 

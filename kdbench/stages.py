@@ -374,9 +374,10 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
         from kdbench.onpolicy import Teacher
 
         teacher = Teacher(teacher, online)
+    # a retrained teacher or a rescored difficulty profile makes an older checkpoint another run's
     ckpt = _checkpoint(cfg, (pair, method, variant, f"seed{seed}"),
                        (budget, train_seed, method, run.params, kd_ratio, vocab, tseed, cfg["evaluation"]),
-                       student, examples)
+                       student, examples, P.teacher_model(pair, tseed) if cls.needs_teacher else None, difficulty)
     res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
                 kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, on_policy=on_policy,
                 validate=_validator(cfg, tok, pair, seed),
@@ -405,16 +406,17 @@ def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
                     validation=validation, model=student)
 
 
-def _checkpoint(cfg: dict, parts: tuple, settings: tuple, model, examples):
+def _checkpoint(cfg: dict, parts: tuple, settings: tuple, model, examples, *inputs):
     """The checkpoint of one training job, keyed by what its result depends on: the given
     settings (budget, seeds, method, and the evaluation settings per-epoch validation samples
-    with), the initial weights and the tokenised data (None when checkpoints are off)."""
-    from kdbench.resume import Checkpoint, signature
+    with), the initial weights, the tokenised data and further `inputs` (files, folders,
+    arrays: `kdbench.resume.digest`) (None when checkpoints are off)."""
+    from kdbench.resume import Checkpoint, digest, signature
 
     ck = cfg["checkpoint"]
     if not ck["enabled"]:
         return None
-    key = C.fingerprint([settings, signature(model, examples)])
+    key = C.fingerprint([settings, signature(model, examples), digest(*inputs)])
     return Checkpoint(Paths(cfg).checkpoint(*parts), ck["every_minutes"], key)
 
 

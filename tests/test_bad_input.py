@@ -79,6 +79,11 @@ def _not_yaml(work, cfg):
     return ["validate", "--config", work / "bad.yaml"]
 
 
+def _partial_config(work, cfg):
+    (work / "partial.yaml").write_text("training:\n  student: {epochs: 3}\n")  # meant as an override
+    return ["validate", "--config", work / "partial.yaml"]
+
+
 def _unknown_run(work, cfg):
     return ["distill", "--config", write_profile(work, cfg), *RUN[:-1], "7"]
 
@@ -97,6 +102,7 @@ LINE = json.dumps({"id": "x", "instruction": "a", "input": "", "output": ["b"]})
 CASES = {
     "missing config file": (_missing_config, "does not exist"),
     "config not YAML": (_not_yaml, "not valid YAML"),
+    "partial config file": (_partial_config, "not a complete profile"),
     "unknown config key": (_config(_set("trainng", {})), "unknown key"),
     "wrong type": (_config(_set("training_seeds", "zero")), "training_seeds"),
     "typo in a model config": (_config(_set("pairs.tiny.student.config.hidden_sise", 8)), "did you mean `hidden_size`"),
@@ -228,3 +234,17 @@ def test_snakemake_reads_lr_3e_3_as_a_number_and_stops_on_a_method_without_loss(
     assert out.stderr.strip().splitlines()[-1].startswith("kdbench: error: method file")
     assert "defines no `loss`" in out.stderr
     assert not (bad / "results").exists()
+
+
+def test_snakemake_configfile_errors(tmp_path):
+    """A partial or empty profile given to Snakemake stops in the Snakefile with our sentence;
+    a --configfile that does not exist is read by Snakemake's command line before any workflow
+    code runs, so its own message stays (README, Troubleshooting): its last line names the path."""
+    (tmp_path / "partial.yaml").write_text("training:\n  student: {epochs: 3}\n")
+    out = _snakemake_dry_run(tmp_path, tmp_path / "partial.yaml")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("kdbench: error: ") and "not a complete profile" in last and "config/*.yaml" in last
+    out = _snakemake_dry_run(tmp_path, tmp_path / "nope.yaml")
+    assert out.returncode == 1 and str(tmp_path / "nope.yaml") in out.stdout.strip().splitlines()[-1]  # its logger
+    assert not (tmp_path / "results").exists()

@@ -1,8 +1,11 @@
 """Resumable training (kdbench/resume.py) and non-finite values (kdbench/train.py).
 
 In-process: a run interrupted after any step and resumed from its checkpoint ends with the
-same weights, trace and method state as an uninterrupted run; a checkpoint of other inputs is
-ignored; NaN gradients with a finite loss stop before the optimizer step, naming the method.
+same weights, trace and method state as an uninterrupted run, also inside a POCL restart
+segment (best weights so far, the segment's fresh schedule) and in the middle of an on-policy
+run (the sampler's generator and replay buffer, DistiLLM's adaptive threshold); a checkpoint
+of other inputs is ignored; NaN gradients with a finite loss stop before the optimizer step,
+naming the method.
 Out of process: a distill job killed with SIGKILL mid-epoch and rerun gives bitwise-equal
 weights to an uninterrupted one."""
 import os
@@ -12,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,22 +28,31 @@ from kdbench.train import train
 
 BUDGET = {"epochs": 2, "batch_size": 4, "grad_accum": 1, "lr": 3e-3, "min_lr_ratio": 0.1, "warmup": 0.2,
           "weight_decay": 0.01, "grad_clip": 1.0, "loss_on": "response", "precision": "fp32", "bucket_window": 2}
-TAID = M.discover()["taid"]  # a method with state of its own (t, momentum)
+METHODS = M.discover()
+TAID = METHODS["taid"]  # a method with state of its own (t, momentum)
 
 
 class _Crash(Exception):
     pass
 
 
-class _CrashingTaid(TAID):
-    """TAID that dies at the given global step, as a killed job would."""
+def _crashing(base: type[M.Method]) -> type[M.Method]:
+    """`base` that dies at global step `crash_at`, as a killed job would, and remembers the
+    epoch of its last step in `epoch`."""
 
-    crash_at = None
+    class Crashing(base):
+        crash_at, epoch = None, None
 
-    def loss(self, student_logits, teacher_logits, mask, progress):
-        if progress.step == self.crash_at:
-            raise _Crash
-        return super().loss(student_logits, teacher_logits, mask, progress)
+        def loss(self, student_logits, teacher_logits, mask, progress):
+            if progress.step == self.crash_at:
+                raise _Crash
+            self.epoch = progress.epoch
+            return super().loss(student_logits, teacher_logits, mask, progress)
+
+    return Crashing
+
+
+_CrashingTaid = _crashing(TAID)
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +165,111 @@ def test_distill_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
     cols = lambda text: [line.split(",")[:5] for line in text.splitlines()]  # noqa: E731 (step..distill)
     assert cols((run_dir / "trace.csv").read_text()) == cols(ref_trace)
     assert not ckpt.exists()
+
+
+# --- resuming inside a POCL restart segment ---------------------------------------------
+POCL = METHODS["pocl"]
+POCL_BUDGET = {**BUDGET, "epochs": 4, "selection": "best"}  # two stages of two epochs: restart before epoch 2
+VAL_ROUGE = [30.0, 10.0, 20.0, 15.0]  # per epoch: stage 0 keeps epoch 0, stage 1 (the selection) epoch 2
+_CrashingPocl = _crashing(POCL)  # its `epoch` picks the test's validation Rouge-L
+
+
+def _run_pocl(make_model, tokenizer, examples, ckpt=None, crash_at=None):
+    student, teacher = make_model(seed=1), make_model(seed=2, hidden_size=32)
+    meth = _CrashingPocl(n_stages=2)
+    meth.crash_at = crash_at
+    difficulty = np.random.default_rng(0).random(len(examples))
+    res = train(student, examples, POCL_BUDGET, seed=7, pad_id=tokenizer.pad_token_id, method=meth,
+                teacher=OnlineTeacher(teacher, "fp32", torch.device("cpu")), kd_ratio=0.7,
+                difficulty=difficulty, validate=lambda m: {"val_loss": 1.0, "val_rouge_l": VAL_ROUGE[meth.epoch]},
+                checkpoint=ckpt)
+    return student, res
+
+
+# steps per epoch: 3, 3 (stage 0: 10 of 20 examples), 5, 5 (stage 1)
+# crash at: mid-stage 0; the restart; mid-epoch 2; mid-epoch 3 -> best epoch of the segment so far
+@pytest.mark.parametrize("crash_at, best", [(4, 0), (6, 0), (8, None), (13, 2)])
+def test_pocl_resumed_inside_a_restart_segment_equals_an_uninterrupted_run(crash_at, best, make_model, tokenizer,
+                                                                          examples, tmp_path):
+    ref, ref_res = _run_pocl(make_model, tokenizer, examples)
+    assert POCL(n_stages=2).restarts(4) == [2] and len(ref_res.trace) == 16
+    assert ref_res.stats["selected_epoch"] == 2
+    with pytest.raises(_Crash):
+        _run_pocl(make_model, tokenizer, examples, Checkpoint(tmp_path / "run.pt", 0, key="k"), crash_at=crash_at)
+    saved = torch.load(tmp_path / "run.pt", weights_only=False)["loop"]
+    assert saved["step"] == crash_at and (saved["best"][1] if saved["best"] else None) == best
+    got, res = _run_pocl(make_model, tokenizer, examples, Checkpoint(tmp_path / "run.pt", 0, key="k"))
+    for (name, a), b in zip(ref.state_dict().items(), got.state_dict().values()):
+        assert torch.equal(a, b), name
+    cols = ["step", "epoch", "loss", "ce", "distill", "lr", "tokens", "examples", "stage", "kd_ratio"]
+    assert res.trace[cols].equals(ref_res.trace[cols])  # the second stage's fresh cosine included
+    assert res.trace["lr"].iloc[6] == ref_res.trace["lr"].iloc[0]  # (warm-up restarts at epoch 2)
+    assert res.epochs.drop(columns="wall_s").equals(ref_res.epochs.drop(columns="wall_s"))
+    assert res.stats["selected_epoch"] == 2
+
+
+# --- resuming an on-policy run (kdbench/onpolicy.py) ---------------------------------------
+class _RisingDistiLLM(METHODS["distillm"]):
+    """DistiLLM whose validation loss is always seen rising, so that its adaptive threshold
+    moves every epoch (0.7, 0.8, 0.9) whatever the weights do."""
+
+    def observe_validation_loss(self, loss):
+        super().observe_validation_loss(loss if self.mark is None else self.mark + self.loss_eps)
+
+
+ON_POLICY = {"gkd": (METHODS["gkd"], {"lmbda": 0.5}),  # fresh samples only, no state of its own
+             "distillm": (_RisingDistiLLM, {"init_threshold": 0.7, "capacity": 2, "replay_ratio": "constant"})}
+
+
+def _run_on_policy(name, make_model, tokenizer, examples, ckpt=None, crash_at=None):
+    from kdbench.onpolicy import OnPolicy, Teacher
+
+    base, params = ON_POLICY[name]
+    meth = _crashing(base)(**params)
+    meth.crash_at = crash_at
+    student = make_model(seed=1)
+    teacher = OnlineTeacher(make_model(seed=2, hidden_size=32), "fp32", torch.device("cpu"))
+    sampler = OnPolicy(meth, examples, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, max_length=512,
+                       max_new_tokens=6, precision="fp32", seed=7, validation=examples[:4], model=student)
+    res = train(student, examples, BUDGET, seed=7, pad_id=tokenizer.pad_token_id, method=meth,
+                teacher=Teacher(teacher, teacher), kd_ratio=1.0, on_policy=sampler, checkpoint=ckpt)
+    return student, meth, sampler, res
+
+
+@pytest.mark.parametrize("name", sorted(ON_POLICY))
+@pytest.mark.parametrize("crash_at", [3, 7])  # mid-epoch 0; mid-epoch 1, after the first epoch's validation
+def test_on_policy_run_resumed_after_some_steps_equals_an_uninterrupted_one(name, crash_at, make_model, tokenizer,
+                                                                           examples, tmp_path):
+    ref, ref_meth, ref_sampler, ref_res = _run_on_policy(name, make_model, tokenizer, examples)
+    with pytest.raises(_Crash):
+        _run_on_policy(name, make_model, tokenizer, examples, Checkpoint(tmp_path / "run.pt", 0, key="k"), crash_at)
+    saved = torch.load(tmp_path / "run.pt", weights_only=False)["loop"]
+    assert saved["step"] == crash_at and any(r["on_policy_batch"] for r in saved["trace"])  # after student samples
+    got, meth, sampler, res = _run_on_policy(name, make_model, tokenizer, examples,
+                                             Checkpoint(tmp_path / "run.pt", 0, key="k"))
+    for (key, a), b in zip(ref.state_dict().items(), got.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert meth.state_dict() == ref_meth.state_dict()
+    assert sampler.state_dict()["rng"] == ref_sampler.state_dict()["rng"]
+    assert [e.ids for e in sampler.buffer] == [e.ids for e in ref_sampler.buffer]
+    cols = ["step", "epoch", "loss", "ce", "distill", "lr", "tokens", "on_policy", "on_policy_batch", "replay_batch"]
+    assert res.trace[cols].equals(ref_res.trace[cols])
+    if name == "distillm":  # the threshold moved and the buffer was replayed from
+        assert meth.threshold == pytest.approx(0.9) and len(sampler.buffer) == 2
+        assert ref_res.trace["replay_batch"].any()
+        assert ref_res.trace["sgo_threshold"].tolist() == pytest.approx([0.7] * 5 + [0.8] * 5)
+
+
+def test_digest_of_further_inputs_changes_with_any_file_or_array(tmp_path):
+    from kdbench.resume import digest
+
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "teacher" / "config.json").write_text("{}")
+    difficulty = np.arange(5, dtype=float)
+    first = digest(tmp_path / "teacher", difficulty)
+    assert digest(tmp_path / "teacher", difficulty.copy()) == first  # contents, not identity
+    assert digest(tmp_path / "teacher", difficulty[::-1].copy()) != first  # rescored profile
+    assert digest(None, difficulty) != first
+    (tmp_path / "teacher" / "model.safetensors").write_bytes(b"weightz")  # retrained teacher
+    assert digest(tmp_path / "teacher", difficulty) != first
