@@ -32,6 +32,13 @@ per-row gradient (one (N, V) copy in the student's dtype) is kept for backward, 
 (chunk, V) intermediates. This is exact because every per-token divergence depends on its own
 row only, so the Jacobian is block diagonal and backward is a per-row rescale.
 
+Large vocabularies (the fused path, kdbench/fused.py, docs/engine.md): the student may also be
+a `kdbench.fused.ProjectedLogits`, hidden states and output layer standing for logits that are
+never formed. `token_mean` (and so every named divergence) then projects one chunk of rows at
+a time and applies the same per-chunk step (`_chunk_value_grad`); the gradients for the hidden
+states and the output layer are made in the forward pass, and nothing (N, V) is kept.
+`per_token` needs formed logits.
+
 Extension point: `per_token(kernel, ...)` / `token_mean(kernel, ...)` apply any row-wise
 `kernel(log_q, log_p) -> (rows,)` of student and teacher log-probabilities with the same
 chunking, masking, τ² and float32 rules (methods such as AKL and TAID use it). `kl_rows` and
