@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -95,6 +94,12 @@ def _implementation(impl: str, fn: str):
     return trl_loss
 
 
+def _median(xs: list[float]) -> float:
+    """The median (not `statistics.median`: benchmarks/statistics.py shadows that module here)."""
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -135,8 +140,8 @@ def worker(impl: str, fn: str, vocab: int, batch: int, repeats: int, threads: in
     timed = times[1:] or times  # the first call pays one-off costs; used only if alone
     return {"fn": fn, "vocab": vocab, "tokens": batch * T, "impl": impl,
             "hidden": HIDDEN if impl in HEAD_IMPLS else "",
-            "ms_per_call": round(1e3 * statistics.median(w for w, _ in timed), 1),
-            "cpu_ms_per_call": round(1e3 * statistics.median(c for _, c in timed), 1),
+            "ms_per_call": round(1e3 * _median([w for w, _ in timed]), 1),
+            "cpu_ms_per_call": round(1e3 * _median([c for _, c in timed]), 1),
             "peak_extra_mb": round(peak / 2 ** 20), "value": value, "repeats": len(timed),
             "load": load, "threads": threads}
 
@@ -222,7 +227,9 @@ def write(rows: list[dict], meta: dict, part: str) -> None:
             body = (_logits_section if name == "logits" else _fused_section)([r for r in rows if _part(r) == name], meta)
         else:
             body = old.get(name, ["(not measured yet)", ""])
-        lines += [heading, "", *body]
+        while body and not body[-1]:
+            body = body[:-1]
+        lines += [heading, "", *body, ""]
     tmp = RESULTS / "divergences.md.tmp"
     tmp.write_text("\n".join(lines))
     tmp.replace(old_md)
@@ -312,9 +319,9 @@ def _fused_section(rows: list[dict], meta: dict) -> list[str]:
         "path); fused: `kdbench.fused.ProjectedLogits` into the same divergence (the engine's path "
         "for large vocabularies, `distill.fused`): the output layer and the loss chunk by chunk, the "
         "gradients for h and W made in the forward pass.",
-        "- Time and peak as above; both include the output layer's matmuls (forward, and the two "
-        "of the gradient), and the peak includes the gradients of h and W. `× copy` is the peak "
-        "over one float32 (tokens, V) copy of the logits.",
+        "- Time and peak as above (at V=50257 the time of the one call made); both include the output "
+        "layer's matmuls (forward, and the two of the gradient), and the peak includes the gradients "
+        "of h and W. `× copy` is the peak over one float32 (tokens, V) copy of the logits.",
         "- Ratios are fused / ours+head: below 1 means the fused path is faster or smaller.",
         "",
         "| function | V | tokens | impl | wall ms | CPU ms | peak extra MB | × copy | value | "
@@ -352,30 +359,31 @@ def main(argv=None) -> None:
         impl, fn, vocab, batch, repeats, threads = args.worker
         print(json.dumps(worker(impl, fn, int(vocab), int(batch), int(repeats), int(threads))))
         return
-    # (V, batch, repeats after the first call, implementations): 8192 tokens as asked; at
-    # V=50257 also 2048 tokens, so every implementation has a row that fits in memory
+    # (function, V, batch, repeats after the first call, implementation): 8192 tokens as asked;
+    # at V=50257 also 2048 tokens, so every implementation has a row that fits in memory. The
+    # fused part starts with its V=50257 rows, the ones it is about.
     plan = []
     if args.part in ("all", "logits"):
-        plan += [(4096, B, 1 if args.quick else 3, IMPLS)]
-        if not args.quick:
-            plan += [(50257, B, 1, IMPLS), (50257, 2, 1, IMPLS)]
+        sizes = [(4096, B, 1 if args.quick else 3)] + ([] if args.quick else [(50257, B, 1), (50257, 2, 1)])
+        plan += [(fn, v, b, r, impl) for v, b, r in sizes for fn in FUNCTIONS for impl in IMPLS]
     if args.part in ("all", "fused"):
-        plan += [(4096, B, 1 if args.quick else 3, HEAD_IMPLS)]
-        if not args.quick:
-            plan += [(50257, B, 1, HEAD_IMPLS)]
-    load_start = "{:.1f}".format(os.getloadavg()[0])
-    rows = []
-    for vocab, batch, repeats, impls in plan:
-        for fn in FUNCTIONS:
-            for impl in impls:
-                cap = min(args.max_gb, _available_mb() / 1024 - 3)  # leave the others room
-                row = run_one(impl, fn, vocab, batch, repeats, args.threads, cap)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-    meta = versions() | {"threads": args.threads, "cap_gb": args.max_gb, "load_start": load_start,
-                         "load_end": "{:.1f}".format(os.getloadavg()[0]), "part": args.part,
+        # forward KL at V=50257 first (the figure the path is about), then V=4096, then JS at 50257;
+        # one call per configuration at V=50257 (each takes seconds of matmuls)
+        fused = ([] if args.quick else [("forward_kl", 50257, 0)])
+        fused += [(fn, 4096, 1 if args.quick else 3) for fn in FUNCTIONS]
+        fused += [] if args.quick else [("jensen_shannon", 50257, 0)]
+        plan += [(fn, v, B, r, impl) for fn, v, r in fused for impl in HEAD_IMPLS[::-1]]
+    meta = versions() | {"threads": args.threads, "cap_gb": args.max_gb, "part": args.part,
+                         "load_start": "{:.1f}".format(os.getloadavg()[0]),
                          "date": datetime.date.today().isoformat()}
-    write(rows, meta, args.part)
+    rows = []
+    for fn, vocab, batch, repeats, impl in plan:
+        cap = min(args.max_gb, _available_mb() / 1024 - 3)  # leave the others room
+        row = run_one(impl, fn, vocab, batch, repeats, args.threads, cap)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        # the files after every configuration, so that an interrupted run keeps what it measured
+        write(rows, meta | {"load_end": "{:.1f}".format(os.getloadavg()[0])}, args.part)
 
 
 if __name__ == "__main__":

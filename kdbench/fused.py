@@ -150,8 +150,11 @@ class _RowsSum(torch.autograd.Function):
                         grad_h[lo:lo + chunk] = g @ w
                     else:
                         grad_h[sel] = (g @ w).to(grad_h.dtype)
-                if need_w:
-                    grad_w += g.T @ h
+                if need_w:  # in place where the dtypes agree: no (V, H) temporary per chunk
+                    if g.dtype == grad_w.dtype:
+                        grad_w.addmm_(g.T, h)
+                    else:
+                        grad_w += g.T @ h  # the product in bf16, the sum over chunks in float32
                 if need_b:
                     grad_b += g.sum(0)
         ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
