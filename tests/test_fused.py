@@ -174,6 +174,15 @@ def test_auto_switches_on_at_the_threshold_and_true_needs_a_plain_head(make_mode
         use_fused(True, model, 10 ** 6)
 
 
+@pytest.mark.parametrize("name", ["default", "smoke"])
+def test_the_embedded_profiles_stay_on_the_plain_path(name):
+    """Their scratch tokenizers are far below the threshold, so `auto` keeps today's path."""
+    from kdbench import config as C
+
+    cfg = C.load(f"config/{name}.yaml")
+    assert cfg["distill"]["fused"] == "auto" and cfg["tokenizer"]["vocab_size"] < AUTO_MIN_VOCAB
+
+
 def test_a_loss_that_uses_the_logits_directly_stops_with_one_sentence():
     hidden, weight, bias, teacher, mask = _inputs()
     student = ProjectedLogits(hidden, weight, bias, hidden.dtype)
