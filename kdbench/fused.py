@@ -88,11 +88,6 @@ class ProjectedLogits:
         bias = None if self.bias is None else self.bias[:vocab]
         return ProjectedLogits(self.hidden, self.weight[:vocab], bias, self.dtype)
 
-    def materialize(self) -> torch.Tensor:
-        """The (..., V) logits themselves (tests compare the fused path with them)."""
-        bias = None if self.bias is None else self.bias.to(self.dtype)
-        return F.linear(self.hidden.to(self.dtype), self.weight.to(self.dtype), bias)
-
     def rows_sum(self, idx: torch.Tensor, rows_fn: RowsFn, chunk_rows: int) -> tuple:
         """(Σ values, values (n,)) of `rows_fn` over the rows `idx` (sorted, unique) of the flat
         hidden states, chunk by chunk; the sum carries the gradient, the values do not."""
@@ -104,7 +99,9 @@ class ProjectedLogits:
             weight, bias = self.weight, self.bias
         return _RowsSum.apply(hidden, weight, bias, idx, rows_fn, self.dtype, chunk_rows)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):  # only for names the class does not define: a tensor's methods
+        if name.startswith("__"):  # protocols (copy, pickle, ...) probe with hasattr
+            raise AttributeError(name)
         raise _misuse(f"`.{name}`")
 
     @classmethod
@@ -130,12 +127,10 @@ class _RowsSum(torch.autograd.Function):
         w = weight.to(dtype)  # one cast of the layer for all chunks (none in float32)
         b = None if bias is None else bias.to(dtype)
         values = torch.empty(n, dtype=torch.promote_types(dtype, torch.float32), device=hidden.device)
-        grad_h = torch.zeros(hidden.shape, dtype=torch.promote_types(hidden.dtype, torch.float32),
-                             device=hidden.device) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32),
-                             device=weight.device) if need_w else None
-        grad_b = torch.zeros(bias.shape, dtype=grad_w.dtype if need_w else torch.float32,
-                             device=bias.device) if need_b else None
+        # the gradients, accumulated in float32 (or the inputs' wider dtype)
+        grad_h, grad_w, grad_b = (
+            torch.zeros(t.shape, dtype=torch.promote_types(t.dtype, torch.float32), device=t.device) if need else None
+            for t, need in ((hidden, need_h), (weight, need_w), (bias, need_b)))
         with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are explicit here
             for lo in range(0, n, chunk):
                 sel = idx[lo:lo + chunk]
@@ -146,10 +141,7 @@ class _RowsSum(torch.autograd.Function):
                     continue
                 g = g.to(dtype)  # the gradient matmuls run in the projection's dtype, as autograd's would
                 if need_h:
-                    if every_row:
-                        grad_h[lo:lo + chunk] = g @ w
-                    else:
-                        grad_h[sel] = (g @ w).to(grad_h.dtype)
+                    grad_h.index_copy_(0, sel, (g @ w).to(grad_h.dtype))
                 if need_w:  # in place where the dtypes agree: no (V, H) temporary per chunk
                     if g.dtype == grad_w.dtype:
                         grad_w.addmm_(g.T, h)
