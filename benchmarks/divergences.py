@@ -21,6 +21,8 @@ V = 4096 and V = 50257 with 8192 tokens. Its peak is also given as a multiple of
 
     python benchmarks/divergences.py               # both parts: benchmarks/results/divergences.{md,csv}
     python benchmarks/divergences.py --part fused  # one part; the other's rows and text are kept
+    python benchmarks/divergences.py --part fused --functions jensen_shannon --vocabs 50257
+                                                   # some configurations; the other rows are kept
     python benchmarks/divergences.py --quick       # V = 4096 only, fewer repeats
 
 `trl` is needed for the trl rows only (`pip install trl`; it is not a kdbench dependency).
@@ -198,33 +200,52 @@ def _part(row: dict) -> str:
     return "fused" if str(row.get("hidden", "")) not in ("", "0") else "logits"
 
 
-def write(rows: list[dict], meta: dict, part: str) -> None:
+CSV_KEYS = ["fn", "vocab", "tokens", "impl", "hidden", "ms_per_call", "cpu_ms_per_call", "peak_extra_mb",
+            "value", "repeats", "load", "threads", "error"]
+
+
+def _key(row: dict) -> tuple:
+    return row["fn"], int(row["vocab"]), int(row["tokens"]), row["impl"]
+
+
+def _from_csv(row: dict) -> dict:
+    """A row read back from divergences.csv, with its numbers as numbers."""
+    out = {k: v for k, v in row.items() if v != ""}
+    for k, cast in (("vocab", int), ("tokens", int), ("peak_extra_mb", int), ("repeats", int),
+                    ("ms_per_call", float), ("cpu_ms_per_call", float), ("value", float)):
+        if k in out:
+            out[k] = cast(out[k])
+    return out
+
+
+def write(rows: list[dict], meta: dict) -> None:
     """benchmarks/results/divergences.csv (one row per configuration) and .md (with ratios).
 
-    `part` ("logits", "fused" or "all") names what `rows` measured; the rows and the markdown
-    section of a part that did not run are kept from the existing files."""
+    The rows of configurations this run did not measure are kept from the existing CSV, and
+    the markdown section of a part with no new row keeps its existing text."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    keys = ["fn", "vocab", "tokens", "impl", "hidden", "ms_per_call", "cpu_ms_per_call", "peak_extra_mb",
-            "value", "repeats", "load", "threads", "error"]
-    ran = set(SECTIONS) if part == "all" else {part}
     old_csv, old_md = RESULTS / "divergences.csv", RESULTS / "divergences.md"
+    new_keys = {_key(r) for r in rows}
     kept = []
     if old_csv.is_file():
         with open(old_csv, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if _part(r) not in ran]
+            kept = [_from_csv(r) for r in csv.DictReader(f) if _key(r) not in new_keys]
+    order = {name: i for i, name in enumerate(FUNCTIONS + IMPLS + HEAD_IMPLS)}
+    every = sorted(kept + rows, key=lambda r: (_part(r), r["vocab"], -r["tokens"], order[r["fn"]], order[r["impl"]]))
     tmp = RESULTS / "divergences.csv.tmp"
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
+        w = csv.DictWriter(f, fieldnames=CSV_KEYS)
         w.writeheader()
-        for r in kept + rows:
-            w.writerow({k: r.get(k, "") for k in keys})
+        for r in every:
+            w.writerow({k: r.get(k, "") for k in CSV_KEYS})
     tmp.replace(old_csv)
 
     old = _old_sections(old_md.read_text()) if old_md.is_file() else {}
+    ran = {_part(r) for r in rows}
     lines = ["# Divergences: time and peak memory per call (forward + backward)", ""]
     for name, heading in SECTIONS.items():
         if name in ran:
-            body = (_logits_section if name == "logits" else _fused_section)([r for r in rows if _part(r) == name], meta)
+            body = (_logits_section if name == "logits" else _fused_section)([r for r in every if _part(r) == name], meta)
         else:
             body = old.get(name, ["(not measured yet)", ""])
         while body and not body[-1]:
@@ -246,7 +267,10 @@ def _old_sections(text: str) -> dict[str, list[str]]:
             name = heads[line]
             continue
         out.setdefault(name, []).append(line)
-    return {n: body[1:] if body and not body[0] else body for n, body in out.items()}
+    for body in out.values():
+        while body and not body[0]:
+            del body[0]
+    return out
 
 
 def _ratio(a, b, key):
@@ -322,14 +346,16 @@ def _fused_section(rows: list[dict], meta: dict) -> list[str]:
         "- Time and peak as above (at V=50257 the time of the one call made); both include the output "
         "layer's matmuls (forward, and the two of the gradient), and the peak includes the gradients "
         "of h and W. `× copy` is the peak over one float32 (tokens, V) copy of the logits.",
-        "- Ratios are fused / ours+head: below 1 means the fused path is faster or smaller.",
+        "- Ratios are fused / ours+head: below 1 means the fused path is faster or smaller. `load`: "
+        "the 1-minute load average when the configuration started (rows may come from several runs "
+        "with `--functions`/`--vocabs`); on a loaded machine compare CPU times, not wall times.",
         "",
-        "| function | V | tokens | impl | wall ms | CPU ms | peak extra MB | × copy | value | "
+        "| function | V | tokens | impl | load | wall ms | CPU ms | peak extra MB | × copy | value | "
         "wall fused/plain | CPU fused/plain | peak fused/plain |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        head = f"| {r['fn']} | {r['vocab']} | {r['tokens']} | {r['impl']} |"
+        head = f"| {r['fn']} | {r['vocab']} | {r['tokens']} | {r['impl']} | {r.get('load', '')} |"
         if "error" in r:
             lines.append(f"{head} {r['error']} | | | | | | | |")
             continue
@@ -353,6 +379,9 @@ def main(argv=None) -> None:
                          "machine a second thread mostly measures the scheduler)")
     ap.add_argument("--max-gb", type=float, default=16.0,
                     help="address-space cap of each configuration's process (default 16)")
+    ap.add_argument("--functions", nargs="+", choices=FUNCTIONS, default=FUNCTIONS,
+                    help="measure these functions only (the other rows are kept)")
+    ap.add_argument("--vocabs", nargs="+", type=int, help="measure these vocabulary sizes only")
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -373,6 +402,7 @@ def main(argv=None) -> None:
         fused += [(fn, 4096, 1 if args.quick else 3) for fn in FUNCTIONS]
         fused += [] if args.quick else [("jensen_shannon", 50257, 0)]
         plan += [(fn, v, B, r, impl) for fn, v, r in fused for impl in HEAD_IMPLS[::-1]]
+    plan = [c for c in plan if c[0] in args.functions and (args.vocabs is None or c[1] in args.vocabs)]
     meta = versions() | {"threads": args.threads, "cap_gb": args.max_gb, "part": args.part,
                          "load_start": "{:.1f}".format(os.getloadavg()[0]),
                          "date": datetime.date.today().isoformat()}
@@ -383,7 +413,7 @@ def main(argv=None) -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
         # the files after every configuration, so that an interrupted run keeps what it measured
-        write(rows, meta | {"load_end": "{:.1f}".format(os.getloadavg()[0])}, args.part)
+        write(rows, meta | {"load_end": "{:.1f}".format(os.getloadavg()[0])})
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 plain path (logits formed, then the chunked divergences), masks and τ² included, for every
 divergence, every method and the engine's step; errors for the uses it cannot serve."""
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +195,29 @@ def test_a_loss_that_uses_the_logits_directly_stops_with_one_sentence():
     with pytest.raises(UserError, match="per_token needs the student logits.*set distill.fused: false"):
         D.per_token(D._forward_kl_rows, student, teacher, mask)
     assert D.zero(student).item() == 0.0
+
+
+@pytest.mark.slow  # the first stages, then two distillation runs
+def test_the_distill_stage_takes_the_path_the_switch_picks(tmp_path):
+    """`distill.fused` reaches the engine through the stage: the run records the path it took,
+    and the fused run's trace equals the plain one's (auto keeps the tiny vocabulary plain)."""
+    import shutil
+
+    import pandas as pd
+
+    from kdbench import io
+    from kdbench import stages as S
+    from kdbench.paths import RUN_FILES, Paths
+    from kdbench_cli import prepare_tree, tiny_profile
+
+    base = prepare_tree(tmp_path, tiny_profile(tmp_path))
+    traces = {}
+    for setting, expected in (("auto", False), (True, True)):
+        cfg = {**base, "distill": {**base["distill"], "fused": setting}}
+        S.distill(cfg, "tiny", "kd", "default", 0)
+        run = Path(Paths(cfg).run_dir("tiny", "kd", "default", 0))
+        assert io.read_json(run / RUN_FILES["train"])["fused"] is expected
+        traces[expected] = pd.read_csv(run / RUN_FILES["trace"])
+        shutil.rmtree(run)
+    for col in ("loss", "ce", "distill"):
+        assert traces[True][col].to_numpy() == pytest.approx(traces[False][col].to_numpy(), rel=1e-4, abs=1e-6)
