@@ -44,6 +44,8 @@ def compare(ref: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (m, v), g in ref.groupby(["method", "variant"]):
         o = other[(other.method == m) & (other.variant == v)]
+        if o.empty:  # not run the second time (--main-only leaves out the ablation grid)
+            continue
         n = len(g)
         half = float(T975.get(n - 1, 1.96) * g.rouge_l.std(ddof=1) / n ** 0.5) if n > 1 else float("nan")
         delta = float(o.rouge_l.mean() - g.rouge_l.mean()) if len(o) else float("nan")
@@ -61,6 +63,8 @@ def main() -> None:
     ap.add_argument("--configfile", default="config/default.yaml")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cores", default="all")
+    ap.add_argument("--main-only", action="store_true",
+                    help="second run without the ablation grid (the main table's methods only)")
     args = ap.parse_args()
     raw = yaml.safe_load(open(REPO / args.configfile))
     cfg = C.validate(raw, source=args.configfile)
@@ -70,6 +74,8 @@ def main() -> None:
     if args.threads == cfg["threads"]:
         sys.exit(f"the profile already runs with threads={cfg['threads']}; pass another --threads.")
     other = dict(raw, profile=f"{cfg['profile']}-threads{args.threads}", threads=args.threads)
+    if args.main_only:
+        other["ablations"] = {"method": None}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=REPO, delete=False) as f:
         yaml.safe_dump(other, f, sort_keys=False)
     try:
@@ -84,7 +90,7 @@ def main() -> None:
     held = int(table.holds.sum())
     md = [f"# Thread count: {cfg['threads']} vs {args.threads} threads per job ({cfg['profile']} profile)", "",
           f"Command: `python benchmarks/threads.py --configfile {args.configfile} --threads {args.threads} "
-          f"--cores {args.cores}`; "
+          f"--cores {args.cores}{' --main-only' if args.main_only else ''}`; "
           f"machine: {platform.processor() or platform.machine()}, {platform.system()}.", "",
           "avg = mean over training seeds of the average Rouge-L over test sets; delta = the other run minus "
           "this one; the conclusion holds when |delta| < the half-width of the 95% t interval over seeds; "

@@ -529,7 +529,9 @@ def collect(cfg: dict) -> None:
             runs.append({**keys, "benchmark": bench, **b, "train_wall_s": t.get("train_wall_s", np.nan),
                          "train_tokens": t.get("train_tokens", np.nan), "train_examples": t.get("train_examples", np.nan),
                          "train_tokens_per_s": t.get("train_tokens_per_s", np.nan),
-                         "train_gen_s": t.get("train_gen_s", 0.0), "student_params": t.get("params")})
+                         "train_gen_s": t.get("train_gen_s", 0.0), "student_params": t.get("params"),
+                         "selected_epoch": t.get("selected_epoch"), "n_epochs": t.get("n_epochs"),
+                         "val_loss_change_last20": t.get("val_loss_change_last20")})
         examples.append(pd.read_csv(P.run_file("scores", **keys)).assign(**keys))
         for name, bucket in (("trace", traces), ("epochs", epochs), ("bin_loss", bins)):
             path = Path(P.run_file(name, **keys))

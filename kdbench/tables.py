@@ -556,8 +556,12 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     With train_gen_s in runs.csv: `gen_share` = the share of the training wall time spent
     sampling the student's own answers (on-policy methods; 0 for the others).
     With `epochs` (epochs.csv): `data_fraction` = examples seen / (epochs × training-set
-    size), the size being the largest epoch of the pair — below 1 for curricula that train
-    on subsets. With `ablations`: non-default variants are labelled by ablation name.
+    size), the size being the largest epoch among the pair's students (the teacher's own for
+    the teacher, which may train on another split) — below 1 for curricula that train on subsets.
+    With selected_epoch and val_loss_change_last20 in runs.csv (convergence): `best_epoch`
+    (the epoch kept, 1-based; mean ± std over seeds) and `val_loss_change` (the relative change
+    of the validation loss over the last 20% of the steps, %, of the seed where it is largest).
+    With `ablations`: non-default variants are labelled by ablation name.
     The teacher is listed first only if it was trained in this profile (finite wall time).
     """
     values = ["train_wall_s", "train_tokens_per_s", "train_examples", "gen_tokens_per_s"]
@@ -567,12 +571,17 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     if "train_gen_s" in runs.columns:
         gen = runs.groupby(_KEY + ["seed"])["train_gen_s"].mean().fillna(0.0)
         per_run["gen_share"] = gen / per_run["train_wall_s"]
+    if "selected_epoch" in runs.columns and runs["selected_epoch"].notna().any():
+        g = runs.groupby(_KEY + ["seed"])
+        per_run["best_epoch"] = g["selected_epoch"].mean() + 1
+        per_run["val_loss_change"] = 100 * g["val_loss_change_last20"].mean()
     if epochs is not None and not select_pair(epochs, pair).empty:
         ep = require_columns(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
                       LONG_TABLES["epochs"])
-        full = ep["n_examples"].max()
-        g = ep.groupby(_KEY + ["seed"])
-        frac = g["n_examples"].sum() / (g["epoch"].nunique() * full)
+        # the full set is the largest epoch among the students, or among the teacher's runs
+        full = ep.groupby(ep["method"] == TEACHER)["n_examples"].transform("max")
+        g = ep.assign(share=ep["n_examples"] / full).groupby(_KEY + ["seed"])
+        frac = g["share"].sum() / g["epoch"].nunique()
         per_run["data_fraction"] = frac.reindex(per_run.index)
     per_run = per_run[~((per_run.index.get_level_values("method") == TEACHER)
                         & per_run["train_wall_s"].isna())]
@@ -588,6 +597,11 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     base = df.loc[baseline, "train_wall_s_mean"] if baseline in df.index else np.nan
     df["time_ratio_mean"] = df["train_wall_s_mean"] / base
     df["time_ratio_std"] = np.nan
+    if "val_loss_change" in per_run.columns:  # the worst seed, not the mean: did every run converge?
+        change = per_run["val_loss_change"]
+        worst = change.loc[change.abs().groupby(level=_KEY).idxmax().dropna()].droplevel("seed")
+        df["val_loss_change_mean"] = [worst.get(mv, np.nan) for mv in rows.values()]
+        df["val_loss_change_std"] = np.nan
 
     cols = [
         _col_spec("train_wall_s", "train time (s)", _magnitude_fmt(df["train_wall_s_mean"]),
@@ -604,6 +618,10 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     if "gen_share_mean" in df.columns:
         cols.insert(-1, _col_spec("gen_share", "on-policy gen share", "{:.2f}", best=None,
                                   show_std=False))
+    if "best_epoch_mean" in df.columns:
+        cols[4:4] = [_col_spec("best_epoch", "best epoch", "{:.1f}", best=None),
+                     _col_spec("val_loss_change", "val-loss Δ last 20% (%)", "{:+.1f}", best=None,
+                               show_std=False)]
     cols += [_col_spec(key, header, "{:.2f}", best=None) for key, header in ANSWER_SHAPE.items()
              if f"{key}_mean" in df.columns]
     order = [f"{c['key']}_{s}" for c in cols for s in ("mean", "std")]
@@ -618,6 +636,13 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     ]
     if "data_fraction_mean" in df.columns:
         notes.insert(2, "Data fraction: examples seen / (epochs × training-set size).")
+    if "best_epoch_mean" in df.columns:
+        n_epochs = _range_text(runs.loc[runs["method"] != TEACHER, "n_epochs"]) if "n_epochs" in runs else "?"
+        over = df.loc[(df["method"] != TEACHER) & (df["val_loss_change_mean"].abs() > 2.0)].index.tolist()
+        notes.insert(-1, f"Best epoch: the epoch kept (best validation Rouge-L; of {n_epochs}), mean ± std "
+                         "over seeds. Val-loss Δ last 20%: the relative change of the validation loss over "
+                         "the last 20% of the training steps, of the seed where it is largest (negative: "
+                         "still falling); beyond ±2% the run had not flattened" + (f" ({', '.join(over)})." if over else " (no student row)."))
     if "gen_share_mean" in df.columns:
         notes.insert(-1, "On-policy gen share: share of the training time spent sampling the "
                          "student's own answers (included in train time).")

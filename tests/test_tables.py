@@ -377,3 +377,22 @@ def test_seed_counts_in_the_caption():
     assert df.loc["teacher", "avg_std"] == pytest.approx(math.sqrt(2))
     notes = " ".join(df.attrs["footnote"])
     assert "mean ± sample std over 3 training seeds (teacher: mean ± sample std over 2 teacher seeds)" in notes
+
+
+def test_runtime_table_convergence_and_the_teachers_own_data_fraction():
+    runs = make_runs()
+    runs["selected_epoch"] = runs["seed"] + 17          # seeds 0, 1, 2 keep epochs 18, 19, 20
+    runs["n_epochs"] = 20
+    change = {0: -0.01, 1: 0.005, 2: -0.03}             # seed 2's change is the largest: -3%
+    runs["val_loss_change_last20"] = runs["seed"].map(change)
+    ep = [dict(pair="p", method=m, variant="default", seed=s, epoch=e, n_examples=n)
+          for m, n in (("teacher", 2000), ("kd", 1000)) for s in range(3) for e in range(3)]
+    df = T.runtime_table(runs, pd.DataFrame(ep))
+    assert df.loc["kd", "best_epoch_mean"] == pytest.approx(19.0)
+    assert df.loc["kd", "best_epoch_std"] == pytest.approx(1.0)
+    assert df.loc["kd", "val_loss_change_mean"] == pytest.approx(-3.0)
+    # the teacher trains on twice as many examples: it does not halve the students' fraction
+    assert df.loc["kd", "data_fraction_mean"] == pytest.approx(1.0)
+    f = T.format_table(df, "md").set_index("method")
+    assert f.loc["kd", "val-loss Δ last 20% (%)"] == "-3.0"
+    assert "had not flattened (sft, kd, cpd)." in " ".join(df.attrs["footnote"])

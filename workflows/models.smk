@@ -17,7 +17,7 @@ rule train_teacher:
     params:
         fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], CFG["training"]["teacher"], CFG["training"]["teacher_pretrain"],
                          CFG["training"]["teacher_data"], CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"]),
-    threads: max(1, workflow.cores // CFG["teacher_seeds"])  # the teacher seeds share the cores
+    threads: max(CFG["threads"], workflow.cores // CFG["teacher_seeds"])  # the teacher seeds share the cores, each with at least `threads`
     priority: 10  # the critical path: every distillation waits for the teacher
     resources:
         gpu=GPU,
