@@ -32,6 +32,13 @@ per-row gradient (one (N, V) copy in the student's dtype) is kept for backward, 
 (chunk, V) intermediates. This is exact because every per-token divergence depends on its own
 row only, so the Jacobian is block diagonal and backward is a per-row rescale.
 
+Large vocabularies (the fused path, kdbench/fused.py, docs/engine.md): the student may also be
+a `kdbench.fused.ProjectedLogits`, hidden states and output layer standing for logits that are
+never formed. `token_mean` (and so every named divergence) then projects one chunk of rows at
+a time and applies the same per-chunk step (`_chunk_value_grad`); the gradients for the hidden
+states and the output layer are made in the forward pass, and nothing (N, V) is kept.
+`per_token` needs formed logits.
+
 Extension point: `per_token(kernel, ...)` / `token_mean(kernel, ...)` apply any row-wise
 `kernel(log_q, log_p) -> (rows,)` of student and teacher log-probabilities with the same
 chunking, masking, τ² and float32 rules (methods such as AKL and TAID use it). `kl_rows` and
@@ -63,7 +70,7 @@ CHUNK_ELEMENTS: int | None = None
 __all__ = [
     "forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "jensen_shannon",
     "total_variation", "per_token", "token_mean", "kl_rows", "log_mixture", "zero",
-    "CHUNK_ELEMENTS", "CPU_CHUNK_ELEMENTS",
+    "CHUNK_ELEMENTS", "CPU_CHUNK_ELEMENTS", "rows_per_chunk",
     "ACCELERATOR_CHUNK_ELEMENTS",
 ]
 
@@ -160,14 +167,34 @@ def _guarded_rows_value(kernel: Kernel, s: torch.Tensor, t: torch.Tensor) -> tor
     return torch.where(valid, value, 0.0)
 
 
-def _chunk_rows(vocab: int, chunk_rows: int | None, device: torch.device) -> int:
-    if chunk_rows is not None:
-        if int(chunk_rows) < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}.")
-        return int(chunk_rows)
+def rows_per_chunk(vocab: int, device: torch.device, override: int | None = None) -> int:
+    """Rows of V logits per chunk on `device` (`override`, if given, must be >= 1)."""
+    if override is not None:
+        if int(override) < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {override!r}.")
+        return int(override)
     elements = CHUNK_ELEMENTS or (CPU_CHUNK_ELEMENTS if device.type == "cpu"
                                   else ACCELERATOR_CHUNK_ELEMENTS)
     return max(1, elements // max(1, vocab))
+
+
+def _chunk_value_grad(kernel: Kernel, s: torch.Tensor, t: torch.Tensor, temperature: float,
+                      need_grad: bool):
+    """Per-row values × τ² of student rows `s` and teacher rows `t` (rows, V), both in the
+    compute dtype, and (if `need_grad`, else None) their gradient with respect to `s`:
+    closed form where the kernel has one, autograd through the kernel otherwise. The one
+    per-chunk step of both the plain path (`_PerToken`) and the fused one (kdbench/fused.py)."""
+    closed = _CLOSED_FORM.get(kernel) if need_grad else None
+    vg = closed(s, t, temperature) if closed is not None else None
+    if vg is not None:
+        return vg
+    if not need_grad:
+        return _rows_value(kernel, s, t, temperature), None
+    s = s.detach().requires_grad_(True)
+    with torch.enable_grad():
+        v = _rows_value(kernel, s, t, temperature)
+        (g,) = torch.autograd.grad(v.sum(), s)
+    return v.detach(), g
 
 
 class _PerToken(torch.autograd.Function):
@@ -195,18 +222,7 @@ class _PerToken(torch.autograd.Function):
                 # CPU with several threads and long rows (torch 2.13: 2 s instead of 0.03 s per chunk)
                 sel = idx[lo:lo + rows]
                 s, t = student[sel].to(cd), teacher[sel].to(cd)
-            closed = _CLOSED_FORM.get(kernel) if need_grad else None
-            vg = closed(s, t, temperature) if closed is not None else None
-            if vg is not None:
-                v, g = vg
-            elif need_grad:
-                s = s.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    v = _rows_value(kernel, s, t, temperature)
-                    (g,) = torch.autograd.grad(v.sum(), s)
-                v = v.detach()
-            else:
-                v, g = _rows_value(kernel, s, t, temperature), None
+            v, g = _chunk_value_grad(kernel, s, t, temperature, need_grad)
             out[lo:lo + rows] = v
             if g is not None:
                 jac[lo:lo + rows] = g
@@ -251,6 +267,27 @@ def _forward_kl_value_grad(s: torch.Tensor, t: torch.Tensor, temperature: float)
 _CLOSED_FORM = {_forward_kl_rows: _forward_kl_value_grad}
 
 
+def _rows_index(student_logits, teacher_logits, mask) -> torch.Tensor:
+    """The flat indices (n,) of the masked rows, after checking shapes and mask."""
+    if student_logits.shape != teacher_logits.shape:
+        if student_logits.shape[:-1] == teacher_logits.shape[:-1]:
+            raise UserError(f"teacher and student vocabularies differ ({teacher_logits.shape[-1]} "
+                            f"vs {student_logits.shape[-1]} logits); pick a teacher-student pair "
+                            "that shares a tokenizer.")
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must have the same shape.")
+    if len(student_logits.shape) < 1 or not student_logits.dtype.is_floating_point:
+        raise ValueError("logits must be a floating-point tensor of shape (..., V).")
+    lead = student_logits.shape[:-1]
+    if mask is None:
+        return torch.arange(lead.numel(), device=student_logits.device)
+    if tuple(mask.shape) != tuple(lead):
+        raise ValueError(f"mask shape {tuple(mask.shape)} must equal the logits' leading "
+                         f"shape {tuple(lead)}.")
+    flat = mask.reshape(-1).to(device=student_logits.device, dtype=torch.bool)
+    return flat.nonzero().squeeze(1)
+
+
 def per_token(kernel: Kernel, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
               mask: torch.Tensor | None, *, temperature: float = 1.0,
               chunk_rows: int | None = None) -> torch.Tensor:
@@ -261,50 +298,56 @@ def per_token(kernel: Kernel, student_logits: torch.Tensor, teacher_logits: torc
     row only (this is what makes the chunked gradient exact). The order of the N values is
     the row-major order of the true entries of `mask`. Gradients flow to `student_logits`
     only. `chunk_rows` overrides the rows per chunk (tests force small chunks with it).
+    Not on the fused path (a `ProjectedLogits` student): use `token_mean` there.
     """
     temperature = check_temperature(temperature)
-    if student_logits.shape != teacher_logits.shape:
-        if student_logits.shape[:-1] == teacher_logits.shape[:-1]:
-            raise UserError(f"teacher and student vocabularies differ ({teacher_logits.shape[-1]} "
-                            f"vs {student_logits.shape[-1]} logits); pick a teacher-student pair "
-                            "that shares a tokenizer.")
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} must have the same shape.")
-    if student_logits.dim() < 1 or not student_logits.is_floating_point():
-        raise ValueError("logits must be a floating-point tensor of shape (..., V).")
+    if not isinstance(student_logits, torch.Tensor):  # per-token gradients need (N, V) rows
+        raise UserError("per_token needs the student logits, which the fused large-vocabulary path does not "
+                        "form; write the loss with token_mean, or set distill.fused: false in the profile.")
+    idx = _rows_index(student_logits, teacher_logits, mask)
     vocab = student_logits.shape[-1]
-    lead = student_logits.shape[:-1]
-    if mask is None:
-        idx = torch.arange(lead.numel(), device=student_logits.device)
-    else:
-        if tuple(mask.shape) != tuple(lead):
-            raise ValueError(f"mask shape {tuple(mask.shape)} must equal the logits' leading "
-                             f"shape {tuple(lead)}.")
-        flat = mask.reshape(-1).to(device=student_logits.device, dtype=torch.bool)
-        idx = flat.nonzero().squeeze(1)
     student = student_logits.reshape(-1, vocab)
     if not torch.is_grad_enabled():  # evaluation: skip the per-row gradients
         student = student.detach()
     teacher = teacher_logits.detach().reshape(-1, vocab)
     return _PerToken.apply(student, teacher, idx, kernel, temperature,
-                           _chunk_rows(vocab, chunk_rows, student.device))
+                           rows_per_chunk(vocab, student.device, chunk_rows))
 
 
 def token_mean(kernel: Kernel, student_logits, teacher_logits, mask, *, temperature: float = 1.0,
                chunk_rows: int | None = None) -> torch.Tensor:
-    """Mean over masked tokens of `per_token(...)`; 0 (with a grad_fn) when nothing is masked in."""
-    values = per_token(kernel, student_logits, teacher_logits, mask,
-                       temperature=temperature, chunk_rows=chunk_rows)
-    total = values.sum()
-    return total / values.numel() if values.numel() else total
+    """Mean over masked tokens of `per_token(...)`; 0 (with a grad_fn) when nothing is masked in.
+
+    `student_logits` may also be a `kdbench.fused.ProjectedLogits` (the fused path): the same
+    chunk computation (`_chunk_value_grad`) then runs on each chunk of projected rows.
+    """
+    if isinstance(student_logits, torch.Tensor):
+        values = per_token(kernel, student_logits, teacher_logits, mask,
+                           temperature=temperature, chunk_rows=chunk_rows)
+        total, n = values.sum(), values.numel()
+    else:
+        temperature = check_temperature(temperature)
+        idx = _rows_index(student_logits, teacher_logits, mask)
+        vocab = student_logits.shape[-1]
+        teacher = teacher_logits.detach().reshape(-1, vocab)
+        cd = _compute_dtype(student_logits, teacher)
+        need_grad = torch.is_grad_enabled() and student_logits.requires_grad
+
+        def rows(s, sel):
+            return _chunk_value_grad(kernel, s.to(cd), teacher[sel].to(cd), temperature, need_grad)
+        total, _ = student_logits.rows_sum(idx, rows, rows_per_chunk(vocab, student_logits.device, chunk_rows))
+        n = idx.numel()
+    return total / n if n else total
 
 
 def zero(student_logits: torch.Tensor) -> torch.Tensor:
     """A float32 0 connected to `student_logits` (zero gradient, finite even with inf logits).
 
     For methods whose distillation term is empty (SFT, SeqKD): the engine can still call
-    backward on it.
+    backward on it. On the fused path, connected to the student's hidden states.
     """
+    if not isinstance(student_logits, torch.Tensor):
+        return student_logits.hidden[..., :0].float().sum()
     return student_logits[..., :0].float().sum()
 
 

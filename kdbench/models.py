@@ -145,19 +145,29 @@ def save(model, tokenizer, out_dir: str | Path) -> None:
 PLAIN_HEAD = frozenset({"llama", "gpt2", "opt", "qwen2", "qwen3", "mistral"})
 
 
+def projects_rows(model) -> bool:
+    """Whether `model`'s logits are its output layer applied to the last hidden state."""
+    return model.config.model_type in PLAIN_HEAD and getattr(model, model.base_model_prefix, None) is not None
+
+
+def rows_hidden(model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (N, H) at the N true positions of `mask` (B, T), in row-major order;
+    the model's output layer turns them into its logits (PLAIN_HEAD architectures only)."""
+    body = getattr(model, model.base_model_prefix)
+    return body(input_ids=input_ids, use_cache=False).last_hidden_state[mask]
+
+
 def rows_logits(model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Logits (N, V) at the N true positions of `mask` (B, T), in row-major order.
 
     For PLAIN_HEAD architectures the output layer runs on those N hidden states only, so the
     (B, T, V) logits are never formed (on the default profile N is about 1/8 of B * T, and the
     output layer is most of the step's arithmetic). Other architectures: full logits, then the
-    rows.
+    rows. (The fused path, kdbench/fused.py, does not form the (N, V) rows either.)
     """
-    body = getattr(model, model.base_model_prefix, None)
-    if model.config.model_type not in PLAIN_HEAD or body is None:
+    if not projects_rows(model):
         return model(input_ids=input_ids, use_cache=False).logits[mask]
-    hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
-    return model.get_output_embeddings()(hidden[mask])
+    return model.get_output_embeddings()(rows_hidden(model, input_ids, mask))
 
 
 def next_token_logits(model, input_ids, attention_mask, position_ids, cache):

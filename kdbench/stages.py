@@ -343,6 +343,7 @@ def load_difficulty(cfg: dict, pair: str) -> np.ndarray:
 def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     """Train one student run with one method, variant and seed (distilling from teacher seed
     seed mod teacher_seeds)."""
+    from kdbench.fused import use_fused
     from kdbench.teacher import CachedTeacher, OnlineTeacher
     from kdbench.train import train
 
@@ -369,6 +370,7 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     difficulty = load_difficulty(cfg, pair) if meth.uses_difficulty else None
     budget, train_seed = C.student_budget(cfg, method), C.derive_seed(cfg["seed"], pair, seed, "train")
     kd_ratio = cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0
+    fused = use_fused(cfg["distill"]["fused"], student, vocab or student.config.vocab_size)
     on_policy = _on_policy(cfg, meth, examples, tok, student, train_seed) if cls.train_on == "mixed" else None
     if on_policy is not None and teacher is not online:
         from kdbench.onpolicy import Teacher
@@ -381,11 +383,11 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
                 kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, on_policy=on_policy,
                 validate=_validator(cfg, tok, pair, seed),
-                desc=f"{pair}/{method}/{variant}/seed{seed}", checkpoint=ckpt)
+                desc=f"{pair}/{method}/{variant}/seed{seed}", checkpoint=ckpt, fused=fused)
     with io.staged(P.run_dir(pair, method, variant, seed), marker=RUN_FILES["train"]) as tmp:
         _write_run_tables(tmp, res)
         models.save(student, tok, tmp / RUN_FILES["model"])
-        io.write_json(tmp / RUN_FILES["train"], {**res.stats, "method": method, "variant": variant,
+        io.write_json(tmp / RUN_FILES["train"], {**res.stats, "method": method, "variant": variant, "fused": fused,
                                                  "method_params": {**M.defaults(cls), **run.params},
                                                  "teacher_seed": tseed if cls.needs_teacher else None,
                                                  "params": models.n_params(student), **provenance(cfg)})

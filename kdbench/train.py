@@ -36,7 +36,8 @@ from tqdm import tqdm
 from kdbench.data import Encoded, collate, make_batches
 from kdbench.errors import UserError
 from kdbench.method import EpochContext, Method, Progress
-from kdbench.models import autocast, rows_logits
+from kdbench.fused import ProjectedLogits, cross_entropy as fused_cross_entropy
+from kdbench.models import autocast, rows_hidden, rows_logits
 from kdbench.resume import Checkpoint
 
 
@@ -72,7 +73,8 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
 def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: int,
           method: Method | None = None, teacher=None, kd_ratio: float = 0.0,
           difficulty: np.ndarray | None = None, vocab_size: int | None = None,
-          on_policy=None, validate=None, desc: str = "train", checkpoint: Checkpoint | None = None) -> Result:
+          on_policy=None, validate=None, desc: str = "train", checkpoint: Checkpoint | None = None,
+          fused: bool = False) -> Result:
     """Train `model` in place. `teacher(batch) -> (N, V)` logits at the N true entries of
     batch["mask"] (row-major) are needed when kd_ratio > 0.
 
@@ -83,6 +85,9 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     With a `checkpoint`, the run resumes from it when there is one of the same run and saves
     one at every epoch end and every `checkpoint.every_minutes` (kdbench/resume.py); the
     caller removes it once the run's outputs are written.
+
+    `fused` takes the large-vocabulary path (kdbench/fused.py): the student's output layer and
+    its losses run chunk by chunk, never forming the (N, V) logits (`fused.use_fused` decides).
     """
     if not examples:
         raise UserError(f"{desc}: the training split has no examples; check the data files (prepare_data).")
@@ -153,7 +158,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
                     continue
                 batch = {k_: v.to(dev) for k_, v in batch.items()}
                 loss, ce, distill, tok_ce = _micro_step(model, batch, budget["precision"], ratio,
-                                                        method, teacher, vocab_size, progress)
+                                                        method, teacher, vocab_size, progress, fused)
                 w = n_micro / n_window
                 # one host read per micro-batch for the trace and the finiteness check
                 loss_v, ce_v, distill_v = torch.stack([loss.detach(), ce.detach(), distill.detach()]).tolist()
@@ -333,25 +338,36 @@ class _Suspect:
 
 
 def _micro_step(model, batch: dict, precision: str, ratio: float, method, teacher,
-                vocab_size: int | None, progress: Progress):
+                vocab_size: int | None, progress: Progress, fused: bool = False):
     """The losses of one micro-batch, computed at its N loss positions only.
 
     Returns (loss, ce, distill) as 0-d float32 tensors (loss carries the graph) and the
     per-token CE (N,). The student's logits and the teacher's are (N, V) rows at the true
     entries of batch["mask"] in row-major order, so the method sees an all-true (N,) mask.
+    With `fused`, the student's rows are a `ProjectedLogits` (hidden states and output layer,
+    kdbench/fused.py) and the CE and the method's loss run chunk by chunk over them; the CE's
+    gradient is skipped when its weight is 0.
     """
     mask = batch["mask"]
+    targets = batch["targets"][mask]
     with autocast(precision, mask.device):
-        logits = rows_logits(model, batch["input_ids"], mask)
-    tok_ce = F.cross_entropy(logits.float(), batch["targets"][mask], reduction="none")
-    ce = tok_ce.mean()
+        if fused:
+            logits = ProjectedLogits.of(model.get_output_embeddings(), rows_hidden(model, batch["input_ids"], mask))
+        else:
+            logits = rows_logits(model, batch["input_ids"], mask)
+    if fused:
+        ce, tok_ce = fused_cross_entropy(logits, targets, grad=ratio < 1)
+    else:
+        tok_ce = F.cross_entropy(logits.float(), targets, reduction="none")
+        ce = tok_ce.mean()
     loss = (1 - ratio) * ce if ratio < 1 else ce * 0
     distill = torch.zeros((), device=mask.device)
     if ratio > 0:
         t_logits = teacher(batch)
         V = vocab_size or t_logits.shape[-1]
-        distill = method.loss(logits[:, :V], t_logits[:, :V],
-                              torch.ones(len(logits), dtype=torch.bool, device=mask.device), progress)
+        student = logits.vocab_prefix(V) if fused else logits[:, :V]
+        distill = method.loss(student, t_logits[:, :V],
+                              torch.ones(len(targets), dtype=torch.bool, device=mask.device), progress)
         loss = loss + ratio * distill
     return loss, ce, distill.float(), tok_ce
 

@@ -43,6 +43,7 @@ def test_every_schema_key_is_described():
 @pytest.mark.parametrize("edit, words", [
     (lambda c: c["training"]["student"].update(lr="fast"), ["training.student.lr"]),
     (lambda c: c.update(training_seeds=0), ["training_seeds"]),
+    (lambda c: c.setdefault("distill", {}).update(fused="yes"), ["distill.fused"]),
     (lambda c: c.update(typo_key=1), ["typo_key"]),
     (lambda c: c.setdefault("methods", {}).update(include=["kd", "nosuch"]), ["nosuch", "available", "kd"]),
     (lambda c: c.setdefault("methods", {}).update(params={"skl": {"gamma": 1}}), ["skl", "gamma"]),

@@ -19,7 +19,10 @@ def distill_inputs(wc):
 
 
 def run_settings(wc):
-    return fp(run_of(wc).params, C.student_budget(CFG, wc.method), CFG["distill"], CFG["data"]["max_length"],
+    # distill.fused only picks how the same losses are evaluated (equal up to float rounding,
+    # tests/test_fused.py), like the thread count: not a reason to rerun a finished run
+    distill = {k: v for k, v in CFG["distill"].items() if k != "fused"}
+    return fp(run_of(wc).params, C.student_budget(CFG, wc.method), distill, CFG["data"]["max_length"],
               CFG["evaluation"], CFG["seed"])
 
 
