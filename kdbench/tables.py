@@ -599,7 +599,8 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     df["time_ratio_std"] = np.nan
     if "val_loss_change" in per_run.columns:  # the worst seed, not the mean: did every run converge?
         change = per_run["val_loss_change"]
-        worst = change.loc[change.abs().groupby(level=_KEY).idxmax().dropna()].droplevel("seed")
+        worst = change.groupby(level=_KEY).agg(
+            lambda x: x[x.abs().idxmax()] if x.notna().any() else np.nan)  # NaN: no validation
         df["val_loss_change_mean"] = [worst.get(mv, np.nan) for mv in rows.values()]
         df["val_loss_change_std"] = np.nan
 

@@ -385,6 +385,7 @@ def test_runtime_table_convergence_and_the_teachers_own_data_fraction():
     runs["n_epochs"] = 20
     change = {0: -0.01, 1: 0.005, 2: -0.03}             # seed 2's change is the largest: -3%
     runs["val_loss_change_last20"] = runs["seed"].map(change)
+    runs.loc[runs["method"] == "sft", ["selected_epoch", "val_loss_change_last20"]] = np.nan  # no validation
     ep = [dict(pair="p", method=m, variant="default", seed=s, epoch=e, n_examples=n)
           for m, n in (("teacher", 2000), ("kd", 1000)) for s in range(3) for e in range(3)]
     df = T.runtime_table(runs, pd.DataFrame(ep))
@@ -395,4 +396,5 @@ def test_runtime_table_convergence_and_the_teachers_own_data_fraction():
     assert df.loc["kd", "data_fraction_mean"] == pytest.approx(1.0)
     f = T.format_table(df, "md").set_index("method")
     assert f.loc["kd", "val-loss Δ last 20% (%)"] == "-3.0"
-    assert "had not flattened (sft, kd, cpd)." in " ".join(df.attrs["footnote"])
+    assert np.isnan(df.loc["sft", "val_loss_change_mean"])
+    assert "had not flattened (kd, cpd)." in " ".join(df.attrs["footnote"])
