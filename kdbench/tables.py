@@ -567,14 +567,13 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     values = ["train_wall_s", "train_tokens_per_s", "train_examples", "gen_tokens_per_s"]
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed"] + values, LONG_TABLES["runs"])
     values += [c for c in ANSWER_SHAPE if c in runs.columns]  # runs scored before they existed lack them
-    per_run = runs.groupby(_KEY + ["seed"])[values].mean()
+    by_run = runs.groupby(_KEY + ["seed"])  # runs.csv repeats a run's values per benchmark
+    per_run = by_run[values].mean()
     if "train_gen_s" in runs.columns:
-        gen = runs.groupby(_KEY + ["seed"])["train_gen_s"].mean().fillna(0.0)
-        per_run["gen_share"] = gen / per_run["train_wall_s"]
+        per_run["gen_share"] = by_run["train_gen_s"].mean().fillna(0.0) / per_run["train_wall_s"]
     if "selected_epoch" in runs.columns and runs["selected_epoch"].notna().any():
-        g = runs.groupby(_KEY + ["seed"])
-        per_run["best_epoch"] = g["selected_epoch"].mean() + 1
-        per_run["val_loss_change"] = 100 * g["val_loss_change_last20"].mean()
+        per_run["best_epoch"] = by_run["selected_epoch"].mean() + 1
+        per_run["val_loss_change"] = 100 * by_run["val_loss_change_last20"].mean()
     if epochs is not None and not select_pair(epochs, pair).empty:
         ep = require_columns(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
                       LONG_TABLES["epochs"])
