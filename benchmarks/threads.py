@@ -28,10 +28,7 @@ sys.path.insert(0, str(REPO))
 from kdbench import config as C  # noqa: E402
 from kdbench import io  # noqa: E402
 from kdbench.paths import Paths  # noqa: E402
-
-
-# two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond the table)
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+from kdbench.tables import t_quantile  # noqa: E402
 
 
 def per_seed_avg(runs_csv: Path) -> pd.DataFrame:
@@ -47,8 +44,8 @@ def compare(ref: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
         if o.empty:  # not run the second time (--main-only leaves out the ablation grid)
             continue
         n = len(g)
-        half = float(T975.get(n - 1, 1.96) * g.rouge_l.std(ddof=1) / n ** 0.5) if n > 1 else float("nan")
-        delta = float(o.rouge_l.mean() - g.rouge_l.mean()) if len(o) else float("nan")
+        half = float(t_quantile(0.975, n - 1) * g.rouge_l.std(ddof=1) / n ** 0.5) if n > 1 else float("nan")
+        delta = float(o.rouge_l.mean() - g.rouge_l.mean())
         # seeds whose score moved at all: the thread count did change the arithmetic
         moved = int((g.set_index("seed").rouge_l - o.set_index("seed").rouge_l).abs().gt(0).sum())
         rows.append({"method": m, "variant": v, "seeds": n, "seeds_moved": moved,
