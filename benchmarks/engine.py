@@ -18,8 +18,10 @@ once, before timing) for every implementation.
     baseline (with --baseline REV) `train` of the kdbench at git revision REV, run in a
              subprocess worker with the same data and seed, alternating with the current one
 (b) sampling the `id`-style synthetic prompts (100 prompts, batch 100, at most 64 new tokens,
-    temperature 1, top_p 1, top_k 0, same seed): `kdbench.generate.sample` against
-    `model.generate` on the same left-padded batches (the previous kdbench sampler).
+    temperature 1, top_p 1, top_k 0, same seed): `kdbench.generate.sample` (its static-cache
+    decoder, kdbench/decode.py, which also stops computing rows that have ended) against
+    `model.generate` on the same left-padded batches; on each pair's untrained student and on
+    the committed default's trained kd student (`default, trained`, when results/default exists)
 (c) the FLOP floor: matmul/attention FLOPs of each measured call (torch.utils.flop_counter)
     divided by the measured fp32 matmul rate (a 1024^3 matmul) of the same thread count.
 
@@ -63,6 +65,9 @@ MID_PAIR = {
     "teacher": {"hidden_size": 384, "intermediate_size": 1152, "num_hidden_layers": 4},
 }
 PAIRS = {"default": DEFAULT_PAIR, "mid": MID_PAIR}
+# the committed default's kd student (seed 0): sampling is also timed on it, because a trained
+# student's answers end at EOS at different lengths (an untrained one runs every row to the cap)
+TRAINED = ROOT / "results/default/runs/tiny/kd/default/seed0/model"
 BATCH, N_PROMPTS, MAX_NEW, MAX_LENGTH = 32, 100, 64, 256
 BUDGET = {"batch_size": BATCH, "grad_accum": 1, "lr": 4e-3, "min_lr_ratio": 0.1, "warmup": 0.05,
           "weight_decay": 0.01, "grad_clip": 1.0, "loss_on": "response", "precision": "fp32",
@@ -299,18 +304,26 @@ def main(argv=None) -> None:
                                          (f"kdbench {args.baseline} (worker)", base, float("nan"))):
                     rows.append(_row(pair, "step", name, [(c, float("nan")) for c in t], n_flops,
                                      rate, n_tokens, "response tokens", cmd, args.threads))
-            model = build(tok, pair, "student", 3).eval()
-            samplers = {"kdbench": kdbench_sample(tok, prompts, model), "hf_generate": hf_generate(tok, prompts, model)}
-            gen_tokens = {name: fn() for name, fn in samplers.items()}  # warm-up, and the token counts
-            gen_flops = {name: flops(fn) for name, fn in samplers.items()}
-            stimes = {name: [] for name in samplers}
-            for _ in range(reps):
-                for name, fn in samplers.items():
-                    stimes[name].append(timed(fn)[:2])
-            for name, t in stimes.items():
-                rows.append(_row(pair, "sample", name, t, gen_flops[name], rate, gen_tokens[name],
-                                 "generated tokens (EOS included)", cmd, args.threads))
+            rows += sampling_rows(pair, tok, prompts, build(tok, pair, "student", 3).eval(), reps, rate, cmd, args.threads)
+        if TRAINED.exists():  # answers that end at EOS, as in the pipeline's validation and test sets
+            from kdbench.models import load_model, load_tokenizer
+
+            rows += sampling_rows("default, trained", load_tokenizer(TRAINED), prompts, load_model(TRAINED).eval(),
+                                  reps, rate, cmd, args.threads)
     write(pd.DataFrame(rows), rate, args.threads, cmd)
+
+
+def sampling_rows(pair, tok, prompts, model, reps, rate, cmd, threads) -> list[dict]:
+    """kdbench's sampler against `generate` on `model`, interleaved repetitions."""
+    samplers = {"kdbench": kdbench_sample(tok, prompts, model), "hf_generate": hf_generate(tok, prompts, model)}
+    gen_tokens = {name: fn() for name, fn in samplers.items()}  # warm-up, and the token counts
+    gen_flops = {name: flops(fn) for name, fn in samplers.items()}
+    times = {name: [] for name in samplers}
+    for _ in range(reps):
+        for name, fn in samplers.items():
+            times[name].append(timed(fn)[:2])
+    return [_row(pair, "sample", name, t, gen_flops[name], rate, gen_tokens[name],
+                 "generated tokens (EOS included)", cmd, threads) for name, t in times.items()]
 
 
 def _row(pair, what, impl, times, n_flops, rate, n_tokens, unit, cmd, threads) -> dict:
@@ -341,7 +354,7 @@ def write(df: pd.DataFrame, rate: float, threads: int, cmd: str) -> None:
         g = g.assign(**{"x kdbench": g["cpu_s_median"] / ref, "floor share": g["floor_s"] / g["cpu_s_median"]})
         cols = ["impl", "reps", "cpu_s_min", "cpu_s_median", "tokens_per_cpu_s", "gflop", "floor_s",
                 "floor share", "x kdbench"]
-        lines.append(f"## {pair} pair: {'one distillation step (batch 32, cached teacher logits)' if what == 'step' else 'sampling (100 prompts, batch 100, <= 64 new tokens)'}\n")
+        lines.append(f"## {pair}: {'one distillation step (batch 32, cached teacher logits)' if what == 'step' else 'sampling (100 prompts, batch 100, <= 64 new tokens)'}\n")
         lines.append(g[cols].to_markdown(index=False, floatfmt=".4g") + "\n")
         lines.append("`x kdbench`: median CPU time relative to kdbench (above 1: slower than kdbench).\n")
     io.write_text(RESULTS / "engine.md", "\n".join(lines))

@@ -9,8 +9,8 @@ The number of new tokens of an answer never depends on the batch it is in: at mo
 `max_new_tokens` (when null: max_length minus the longest prompt of `records`), and never
 past max_length for its own prompt.
 
-The loop is our own rather than `transformers`' `generate`: one forward per new token on the
-model's own KV cache, the output layer applied to the last position only, and the same
+The loop is our own rather than `transformers`' `generate`: one forward per new token on a
+static KV cache (kdbench/decode.py), the output layer applied to the last position only, and the same
 sampling rules as `generate` (temperature, then top-k, then top-p, then a draw from the
 filtered distribution with the global torch generator; inverse-CDF rather than
 `torch.multinomial`, so the same distribution but not the same tokens for a seed). It skips
@@ -27,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from kdbench.data import encode_prompt
-from kdbench.models import autocast, next_token_logits
+from kdbench.decode import decoder
+from kdbench.models import autocast
 
 
 @torch.no_grad()
@@ -82,25 +83,32 @@ def sample_batch(model, prompts: list[list[int]], limits: list[int], *, eos: int
         ids[b, T - len(p):] = torch.tensor(p)
         attn[b, T - len(p):] = 1
     steps = max(limits)
-    # the attention mask of every step is a prefix of one preallocated (B, T + steps) mask
-    attn = torch.cat([attn, torch.ones((B, steps), dtype=attn.dtype)], dim=1).to(dev)
+    # the keys of every step are a prefix of one preallocated (B, T + steps) validity mask
+    valid = torch.cat([attn.bool(), torch.ones((B, steps), dtype=torch.bool)], dim=1).to(dev)
     ids, limit = ids.to(dev), torch.tensor(limits, device=dev)
     out = torch.full((B, steps), pad, dtype=torch.long, device=dev)
     done = limit <= 0
     # positions count real tokens only, as in `generate` (padding gets position 1)
-    prompt_attn = attn[:, :T]
+    prompt_attn = attn.to(dev)
     pos = (prompt_attn.cumsum(-1) - 1).masked_fill_(prompt_attn == 0, 1)
-    logits, cache = next_token_logits(model, ids, prompt_attn, pos, None)
+    dec = decoder(model, valid)
+    logits = dec(ids, pos)
     last_pos = pos[:, -1:]
+    active = torch.arange(B, device=dev)  # the rows of `out` still sampling, in the decoder's order
     for step in range(steps):
         token = _draw(logits.float(), temperature, top_p, top_k)
         token = token.masked_fill_(done, pad)
-        out[:, step] = token
+        out[active, step] = token
         done = done | (token == eos) | (limit <= step + 1)
-        if bool(done.all()):
+        n_done = int(done.sum())
+        if n_done == len(done):
             break
+        if 4 * n_done >= len(done):  # a quarter of the rows have finished: stop computing them
+            rows = (~done).nonzero().squeeze(1)
+            dec.keep(rows)
+            active, token, last_pos, limit, done = active[rows], token[rows], last_pos[rows], limit[rows], done[rows]
         last_pos = last_pos + 1
-        logits, cache = next_token_logits(model, token[:, None], attn[:, :T + step + 1], last_pos, cache)
+        logits = dec(token[:, None], last_pos)
     rows = out.tolist()
     return [r[:r.index(eos)] if eos in r else r[:lim] for r, lim in zip(rows, limits)]
 
