@@ -41,7 +41,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -330,9 +329,10 @@ def _row(pair, what, impl, times, n_flops, rate, n_tokens, unit, cmd, threads) -
     cpu = [c for c, _ in times]
     wall = [w for _, w in times]
     return {"pair": pair, "what": what, "impl": impl, "threads": threads, "reps": len(times),
-            "cpu_s_min": min(cpu), "cpu_s_median": statistics.median(cpu),
-            "wall_s_min": min(wall), "wall_s_median": statistics.median(wall),
-            "tokens": n_tokens, "token_unit": unit, "tokens_per_cpu_s": n_tokens / statistics.median(cpu),
+            # numpy's median: benchmarks/statistics.py shadows the standard library's module here
+            "cpu_s_min": min(cpu), "cpu_s_median": np.median(cpu),
+            "wall_s_min": min(wall), "wall_s_median": np.median(wall),
+            "tokens": n_tokens, "token_unit": unit, "tokens_per_cpu_s": n_tokens / np.median(cpu),
             "gflop": n_flops / 1e9, "floor_s": n_flops / rate, "command": cmd}
 
 
