@@ -117,7 +117,8 @@ def kdbench_step(tok, examples, cache: Path, student):
     from kdbench.teacher import CachedTeacher
     from kdbench.train import train
 
-    meth = M.discover(ROOT / "methods")["kd"]()
+    # the methods folder beside the kdbench being timed (a baseline worker runs an older tree)
+    meth = M.discover(Path(M.__file__).resolve().parents[1] / "methods")["kd"]()
     teacher = CachedTeacher(cache, examples)
 
     def step():
@@ -275,7 +276,7 @@ def main(argv=None) -> None:
         if args.baseline:
             base_tree = work / "baseline"
             base_tree.mkdir()
-            archive = subprocess.run(["git", "archive", args.baseline, "kdbench"], cwd=ROOT, capture_output=True, check=True)
+            archive = subprocess.run(["git", "archive", args.baseline, "kdbench", "methods"], cwd=ROOT, capture_output=True, check=True)
             subprocess.run(["tar", "-x", "-C", str(base_tree)], input=archive.stdout, check=True)
         rate = matmul_rate()
         for pair in pairs:
