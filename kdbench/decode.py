@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from kdbench.models import next_token_logits
+
 # model_type -> nothing beyond the Llama block (norm, attention with rotary, norm, gated MLP)
 DECODERS = frozenset({"llama", "qwen2"})
 
@@ -98,8 +100,6 @@ class HFDecoder:
         self.model, self.mask, self.cache, self.len = model, valid.long(), None, 0
 
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor):
-        from kdbench.models import next_token_logits
-
         self.len += input_ids.shape[1]
         logits, self.cache = next_token_logits(self.model, input_ids, self.mask[:, :self.len], position_ids, self.cache)
         return logits
