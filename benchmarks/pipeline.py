@@ -5,7 +5,8 @@
 
 --cold deletes results/<profile>/ first (the tokenizer, teacher and every run are rebuilt).
 The DAG is run twice: the first run does the work, the second must find nothing to do.
-Throughput comes from the profile's own tables (runs.csv) and Snakemake's benchmark files.
+Throughput comes from the profile's own tables (runs.csv) and the jobs' timing files; the CPU
+seconds of Snakemake's own process are those of the whole command minus its jobs'.
 Results: benchmarks/results/pipeline_<profile>.md (overwritten).
 """
 from __future__ import annotations
@@ -28,21 +29,30 @@ from kdbench import io  # noqa: E402
 from kdbench.paths import Paths  # noqa: E402
 
 
-def run(configfile: str, cores: str) -> float:
-    t0 = time.perf_counter()
+def run(configfile: str, cores: str) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system of Snakemake and every job) of one DAG run."""
+    import resource
+
+    t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "snakemake", "--cores", cores, "--configfile", configfile, "-q"],
                    cwd=REPO, check=True)
-    return time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return time.perf_counter() - t0, cpu
 
 
 def stage_times(timings: Path) -> pd.DataFrame:
-    """Wall seconds per rule from Snakemake's timing (`benchmark:`) files (sum and count of jobs)."""
+    """Wall and CPU seconds per rule from the jobs' timing files (`--timing`): count of jobs,
+    sum and mean of the wall seconds, sum of the CPU seconds."""
     rows = []
     for tsv in timings.rglob("*.tsv"):
-        rule = tsv.relative_to(timings).parts[0]
-        rows.append({"rule": rule, "s": float(pd.read_csv(tsv, sep="\t")["s"].iloc[-1])})
+        t = pd.read_csv(tsv, sep="\t").iloc[-1]
+        rows.append({"rule": tsv.relative_to(timings).parts[0], "s": float(t["s"]), "cpu_s": float(t["cpu_time"])})
     df = pd.DataFrame(rows)
-    return df.groupby("rule")["s"].agg(["count", "sum", "mean"]).round(1) if len(df) else df
+    if not len(df):
+        return df
+    out = df.groupby("rule").agg(count=("s", "size"), sum=("s", "sum"), mean=("s", "mean"), cpu_sum=("cpu_s", "sum"))
+    return out.round(1)
 
 
 def main() -> None:
@@ -55,8 +65,10 @@ def main() -> None:
     root = REPO / Paths(cfg).root
     if args.cold and root.exists():
         shutil.rmtree(root)
-    first = run(args.configfile, args.cores)
-    again = run(args.configfile, args.cores)
+    first, first_cpu = run(args.configfile, args.cores)
+    again, _ = run(args.configfile, args.cores)
+    per_rule = stage_times(REPO / Paths(cfg).timing())
+    jobs_cpu = float(per_rule["cpu_sum"].sum()) if len(per_rule) else 0.0
     runs = pd.read_csv(REPO / Paths(cfg).long_table("runs"))
     per_run = runs.drop_duplicates(["pair", "method", "variant", "seed"])
     teacher = per_run[per_run.method == "teacher"]
@@ -71,6 +83,8 @@ def main() -> None:
         "| what | value |",
         "|---|---|",
         f"| end to end, first run | {first / 60:.1f} min ({first:.0f} s) |",
+        f"| CPU seconds, first run: all processes | {first_cpu:.0f} |",
+        f"| CPU seconds, first run: Snakemake's own process (all minus the jobs') | {first_cpu - jobs_cpu:.0f} |",
         f"| rerun with nothing changed | {again:.1f} s |",
         f"| student runs | {len(students)} |",
         f"| teacher training tokens/s (response tokens) | {teacher['train_tokens_per_s'].mean():.0f} |",
@@ -78,10 +92,10 @@ def main() -> None:
         f"| generation tokens/s, teacher | {runs[runs.method == 'teacher']['gen_tokens_per_s'].mean():.0f} |",
         f"| generation tokens/s, students, mean | {runs[runs.method != 'teacher']['gen_tokens_per_s'].mean():.0f} |",
         "",
-        "Wall seconds per rule (Snakemake timing files, results/<profile>/timings/; jobs run in parallel, so the sum exceeds the",
-        "end-to-end time):",
+        "Seconds per rule (each job's timing file, results/<profile>/timings/): wall (sum, mean) and CPU (sum);",
+        "jobs run in parallel, so the wall sum exceeds the end-to-end time:",
         "",
-        stage_times(REPO / Paths(cfg).timing()).to_markdown(),
+        per_rule.to_markdown(),
         "",
     ]
     out = REPO / "benchmarks" / "results" / f"pipeline_{cfg['profile']}.md"

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import time
+
+_T0 = time.perf_counter()  # the job's start, for --timing
 
 from kdbench import config as C
 from kdbench import offline
@@ -21,8 +24,7 @@ STAGES = {
     "prepare_data": (), "train_tokenizer": (), "collect": (), "tables": (), "figures": (),
     "train_teacher": ("pair", "tseed"), "cache_teacher": ("pair", "tseed"), "teacher_samples": ("pair", "tseed"),
     "score_difficulty": ("pair",), "init_student": ("pair", "seed"),
-    "distill": ("pair", "method", "variant", "seed"), "generate": ("pair", "method", "variant", "seed"),
-    "score": ("pair", "method", "variant", "seed"),
+    "distill": ("pair", "method", "variant", "seed"), "evaluate": ("pair", "method", "variant", "seed"),
 }
 
 
@@ -38,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
                                               "one it decided with)")
         for w in wildcards:
             s.add_argument(f"--{w}", required=True, type=int if w in ("seed", "tseed") else str)
+        s.add_argument("--timing", help="write the job's wall seconds, CPU seconds and peak memory to this TSV "
+                                        "when the stage succeeds (the DAG's timings/ files)")
     g = sub.add_parser("convert_gguf", help="dequantize a GGUF checkpoint into a safetensors folder")
     g.add_argument("--path", required=True, help="local folder holding the .gguf file, or a hub model repo")
     g.add_argument("--gguf-file", required=True, help="file name of the checkpoint inside --path")
@@ -86,6 +90,8 @@ def main(argv=None) -> int:
 
         kwargs = {w: getattr(args, w) for w in STAGES[args.stage]}
         getattr(stages, args.stage)(cfg, **kwargs)
+        if args.timing:
+            write_timing(args.timing)
     except UserError as exc:
         print(f"kdbench {args.stage}: error: {exc}", file=sys.stderr)
         return 2
@@ -97,6 +103,23 @@ def main(argv=None) -> int:
               "or make the results folder writable, then rerun (nothing was half-written).", file=sys.stderr)
         return 2
     return 0
+
+
+def write_timing(path: str) -> None:
+    """This command's wall seconds (from when Python imported this module), CPU seconds (user + system, its children
+    included) and peak resident memory, as a one-row TSV with the column names of Snakemake's
+    `benchmark:` files (s, cpu_time, max_rss in MB). The stage measures itself: Snakemake's
+    benchmark threads poll every job's process tree, which cost its scheduler process a
+    quarter of a core on the default profile (benchmarks/results/pipeline_default.md)."""
+    import resource
+
+    from kdbench import io
+
+    wall = time.perf_counter() - _T0
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    rss_mb = max(own.ru_maxrss, children.ru_maxrss) / 1024  # kB on Linux
+    io.write_text(path, f"s\tcpu_time\tmax_rss\n{wall:.2f}\t{cpu:.2f}\t{rss_mb:.1f}\n")
 
 
 # errno values and library messages (torch, safetensors) of a write the file system refused

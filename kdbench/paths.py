@@ -18,7 +18,7 @@ as Snakemake wildcards and, given values, as paths in the stages.
       tables/   LONG_TABLES, then main, ablation, runtime (.md/.csv/.tex; `_<pair>` per pair
                 when the profile has several pairs)
       figures/  <name>[_<pair>].png/.pdf
-      logs/<rule>/..., timings/<rule>/...   Snakemake logs and per-job timings
+      logs/<rule>/..., timings/<rule>/...   per-job logs, and timings the jobs write (--timing)
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 shell syntax, no spaces, no leading dash or dot (workflows/schemas/config.schema.yaml)."""
 TEACHER = "teacher"  # the method name of the teachers' runs (variant "default", seed = teacher seed)
 
-#: files of a run folder (the distill rule's outputs; generate adds answers/, score the rest)
+#: files of a run folder (a training job writes them all: train_teacher or distill, which end with `evaluate`)
 RUN_FILES = {"model": "model", "train": "train.json", "trace": "trace.csv", "epochs": "epochs.csv",
              "bin_loss": "bin_loss.csv", "scores": "scores.csv", "metrics": "metrics.json"}
 #: the long tables `collect` writes (the contract of results/<profile>/tables/)
@@ -129,6 +129,6 @@ class Paths:
     def table(self, stem, pair, ext) -> str:
         return self._p("tables", f"{per_pair(stem, pair, self.pairs)}.{ext}")
 
-    # --- Snakemake's logs and per-job timings (`benchmark:` files) --------------------------
+    # --- per-job logs and timings (each job writes its own: `python -m kdbench ... --timing`) ---
     def log(self, *parts): return self._p("logs", *parts)
     def timing(self, *parts): return self._p("timings", *parts)

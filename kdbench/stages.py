@@ -2,7 +2,7 @@
 paths of `kdbench.paths.Paths`; the Snakemake rules and `python -m kdbench <stage>` call them.
 
     prepare_data ─► train_tokenizer* ─► train_teacher ─► cache_teacher* ─► score_difficulty
-    init_student (per seed) ─► distill (pair, method, variant, seed) ─► generate ─► score
+    init_student (per seed) ─► distill (pair, method, variant, seed; ends with evaluate)
     collect ─► tables, figures
 """
 from __future__ import annotations
@@ -184,6 +184,7 @@ def train_teacher(cfg: dict, pair: str, tseed: int) -> None:
     for c in (pre_ckpt, ckpt):
         if c is not None:
             c.remove()
+    evaluate(cfg, pair, TEACHER, "default", tseed, model, tok)
 
 
 def init_student(cfg: dict, pair: str, seed: int) -> None:
@@ -393,6 +394,7 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
                                                  "params": models.n_params(student), **provenance(cfg)})
     if ckpt is not None:
         ckpt.remove()
+    evaluate(cfg, pair, method, variant, seed, student, tok)
 
 
 def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
@@ -429,69 +431,67 @@ def _write_run_tables(folder: Path, res) -> None:
         io.write_csv(Path(folder) / RUN_FILES[name], getattr(res, name) if res is not None else pd.DataFrame())
 
 
-def generate(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
-    """Sample answers on every test set with every evaluation seed (`Paths.answers`)."""
+def evaluate(cfg: dict, pair: str, method: str, variant: str, seed: int, model=None, tok=None) -> None:
+    """Sample answers on every test set with every evaluation seed and score them: the run's
+    answers/ (`Paths.answers`, `Paths.answer_stats`), scores.csv and metrics.json.
+
+    The training stages (train_teacher, distill) call it on the model they have just trained
+    and saved, so a run is one process; `python -m kdbench evaluate` reruns it by hand on a
+    saved run's model (the answers are the same: the sampler is seeded per evaluation seed).
+
+    scores.csv holds Rouge-L and the shape of every answer (`kdbench.metrics.answer_shape`);
+    metrics.json, per benchmark: Rouge-L (mean over eval seeds), length_ratio (mean answer
+    words / mean reference words), capped (share of answers that hit the length cap without
+    EOS) and repetition (mean repeated-trigram share), with the run's train.json and provenance.
+    """
     from kdbench.generate import sample
+    from kdbench.metrics import answer_shape, rouge_l_per_example
 
     P, dev, ev = Paths(cfg), _setup(cfg), cfg["evaluation"]
     key = dict(pair=pair, method=method, variant=variant, seed=seed)
-    model = models.load_model(P.run_file("model", **key)).to(dev)
-    tok = models.load_tokenizer(P.run_file("model", **key))
-    outputs = {}
+    if model is None:
+        model = models.load_model(P.run_file("model", **key)).to(dev)
+        tok = models.load_tokenizer(P.run_file("model", **key))
+    model.eval()
+    frames, summary, outputs = [], {}, {}
     for bench in cfg["data"]["benchmarks"]:
         records = load_records(P.data(bench))
         rows, stats = [], {"gen_tokens": 0, "gen_wall_s": 0.0}
         for es in ev["seeds"]:
-            answers, st = sample(model, tok, records, seed=es, temperature=ev["temperature"], top_p=ev["top_p"],
-                                 top_k=ev["top_k"], max_length=cfg["data"]["max_length"],
-                                 max_prompt_tokens=cfg["data"]["max_prompt_tokens"],
-                                 max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
-                                 precision=ev["precision"], desc=f"{method}/{variant}/seed{seed} {bench} s{es}")
+            texts, st = sample(model, tok, records, seed=es, temperature=ev["temperature"], top_p=ev["top_p"],
+                               top_k=ev["top_k"], max_length=cfg["data"]["max_length"],
+                               max_prompt_tokens=cfg["data"]["max_prompt_tokens"],
+                               max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
+                               precision=ev["precision"], desc=f"{method}/{variant}/seed{seed} {bench} s{es}")
             rows += [{"id": r["id"], "eval_seed": es, "answer": a, "ended": e}
-                     for r, a, e in zip(records, answers, st["ended"])]
+                     for r, a, e in zip(records, texts, st["ended"])]
             stats = {k: stats[k] + st[k] for k in stats}
         outputs[bench] = rows, stats
-    answers_dir = Path(P.answers(next(iter(outputs)), **key)).parent
-    with io.atomic_path(answers_dir) as out:  # every test set's answers, or none
-        out.mkdir()
-        for bench, (rows, stats) in outputs.items():
-            io.write_jsonl(out / Path(P.answers(bench, **key)).name, rows)
-            io.write_json(out / Path(P.answer_stats(bench, **key)).name, stats)
-
-
-def score(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
-    """Rouge-L and the shape of every answer (scores.csv; `kdbench.metrics.answer_shape`) and
-    the run's metrics.json with provenance. Per benchmark: Rouge-L (mean over eval seeds),
-    length_ratio (mean answer words / mean reference words), capped (share of answers that
-    hit the length cap without EOS) and repetition (mean repeated-trigram share)."""
-    from kdbench.metrics import answer_shape, rouge_l_per_example
-
-    P = Paths(cfg)
-    key = dict(pair=pair, method=method, variant=variant, seed=seed)
-    frames, summary = [], {}
-    for bench in cfg["data"]["benchmarks"]:
-        records = {r["id"]: r for r in load_records(P.data(bench))}
-        answers = pd.DataFrame(io.read_jsonl(P.answers(bench, **key)))
-        refs = [records[i]["output"] for i in answers["id"]]
+        by_id = {r["id"]: r for r in records}
+        answers = pd.DataFrame(rows)
+        refs = [by_id[i]["output"] for i in answers["id"]]
         texts = answers["answer"].fillna("").tolist()
         answers["rouge_l"] = rouge_l_per_example(texts, refs)
-        ended = answers["ended"].tolist() if "ended" in answers else [None] * len(answers)
-        answers = pd.concat([answers, answer_shape(texts, refs, ended)], axis=1)
+        answers = pd.concat([answers, answer_shape(texts, refs, answers["ended"].tolist())], axis=1)
         answers["benchmark"] = bench
-        answers["task"] = [records[i].get("task") for i in answers["id"]]
-        answers["difficulty"] = [records[i].get("difficulty") for i in answers["id"]]
-        frames.append(answers.drop(columns=["answer", "ended"], errors="ignore").rename(columns={"id": "example_id"}))
+        answers["task"] = [by_id[i].get("task") for i in answers["id"]]
+        answers["difficulty"] = [by_id[i].get("difficulty") for i in answers["id"]]
+        frames.append(answers.drop(columns=["answer", "ended"]).rename(columns={"id": "example_id"}))
         per_seed = answers.groupby("eval_seed")["rouge_l"].mean()
-        gen = io.read_json(P.answer_stats(bench, **key))
         summary[bench] = {"rouge_l": float(per_seed.mean()), "rouge_l_eval_std": float(per_seed.std(ddof=0)),
                           "n_eval_seeds": int(len(per_seed)), "n_examples": len(records),
-                          "gen_tokens_per_s": gen["gen_tokens"] / max(gen["gen_wall_s"], 1e-9),
+                          "gen_tokens_per_s": stats["gen_tokens"] / max(stats["gen_wall_s"], 1e-9),
                           "answer_words": float(answers["answer_words"].mean()),
                           "length_ratio": float(answers["answer_words"].mean() / max(answers["reference_words"].mean(), 1e-9)),
                           "capped": float(answers["capped"].mean()),
                           "repetition": float(answers["repetition"].mean())}
     train_info = io.read_json(P.run_file("train", **key))
-    with io.staged(P.run_dir(**key), marker=RUN_FILES["metrics"]) as tmp:
+    with io.staged(P.run_dir(**key), marker=RUN_FILES["metrics"]) as tmp:  # answers, scores and metrics, or none
+        answers_dir = tmp / Path(P.answers(next(iter(outputs)), **key)).parent.name
+        answers_dir.mkdir()
+        for bench, (rows, stats) in outputs.items():
+            io.write_jsonl(answers_dir / Path(P.answers(bench, **key)).name, rows)
+            io.write_json(answers_dir / Path(P.answer_stats(bench, **key)).name, stats)
         io.write_csv(tmp / RUN_FILES["scores"], pd.concat(frames, ignore_index=True))
         io.write_json(tmp / RUN_FILES["metrics"], {**key, "benchmarks": summary, "train": train_info})
 

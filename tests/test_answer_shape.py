@@ -1,5 +1,5 @@
 """Scores that expose degenerate answers (kdbench.metrics.answer_shape): the sampler's
-per-answer EOS flag, a planted babbling model flagged by the score stage, and the columns in
+per-answer EOS flag, a planted babbling model flagged by the evaluate stage, and the columns in
 the runtime table."""
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_sampler_reports_per_answer_whether_it_ended_at_eos(records, tokenizer, 
 
 
 def test_score_flags_a_babbling_model(records, tokenizer, make_model, tmp_path, monkeypatch):
-    """generate + score on a run whose model never ends (babbles to the cap) and on one that
+    """evaluate on a run whose model never ends (babbles to the cap) and on one that
     always ends at once: capped is 1 and 0, per answer (scores.csv) and per run (metrics.json)."""
     raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     raw.update(results_dir=str(tmp_path), methods_dir=str(ROOT / "methods"))
@@ -72,8 +72,7 @@ def test_score_flags_a_babbling_model(records, tokenizer, make_model, tmp_path, 
         load(path, spec), tokenizer.eos_token_id, ends="stopper" in str(path)))
     shape = {}
     for variant in ("babbler", "stopper"):
-        stages.generate(cfg, "tiny", "kd", variant, 0)
-        stages.score(cfg, "tiny", "kd", variant, 0)
+        stages.evaluate(cfg, "tiny", "kd", variant, 0)
         run = Path(P.run_dir("tiny", "kd", variant, 0))
         shape[variant] = io.read_json(run / "metrics.json")["benchmarks"]["id"]
         per_answer = pd.read_csv(run / "scores.csv")

@@ -67,7 +67,7 @@ def _nan_gradient_method(work, cfg):
 def _corrupt_model(work, cfg):
     model = Path(cfg["results_dir"]) / "tiny/runs/tiny/teacher/default/seed0/model/model.safetensors"
     model.write_bytes(model.read_bytes()[:100])
-    return ["generate", "--config", write_profile(work, cfg), *TEACHER_RUN]
+    return ["evaluate", "--config", write_profile(work, cfg), *TEACHER_RUN]
 
 
 def _missing_config(work, cfg):
@@ -116,7 +116,7 @@ CASES = {
     "malformed JSONL line": (_data("train", (LINE * 2 + LINE[:20] + "\n").encode()), "line 3, is not valid JSON"),
     "record without output": (_data("train", b'{"id": "x", "instruction": "a"}\n'), "lacks ['output']"),
     "empty training split": (_data("train", b"", ("train_teacher", "--pair", "tiny", "--tseed", "0")), "holds no records"),
-    "missing data file": (_data("train", b"", ("generate", *TEACHER_RUN)), None),  # replaced below
+    "missing data file": (_data("train", b"", ("evaluate", *TEACHER_RUN)), None),  # replaced below
     "corrupted model folder": (_corrupt_model, "is not a readable model"),
     "NaN gradients from a method": (_nan_gradient_method, "method 'kd' is the suspect"),
     "run not in the profile": (_unknown_run, "has no run"),
@@ -125,7 +125,7 @@ CASES = {
 
 def _missing_benchmark(work, cfg):
     (Path(cfg["results_dir"]) / "tiny/data/id.jsonl").unlink()
-    return ["generate", "--config", write_profile(work, cfg), *TEACHER_RUN]
+    return ["evaluate", "--config", write_profile(work, cfg), *TEACHER_RUN]
 
 
 CASES["missing data file"] = (_missing_benchmark, "is missing; run the prepare_data stage")

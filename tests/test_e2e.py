@@ -1,5 +1,6 @@
 """End to end: the smoke profile through Snakemake in a temporary directory, a rerun that
 does nothing, method discovery in the DAG, and the notebooks on the smoke results."""
+import json
 import os
 import shutil
 import subprocess
@@ -57,6 +58,14 @@ def test_smoke_profile_end_to_end(smoke_results):
         for ext in ("md", "csv", "tex"):
             assert (tables / f"{stem}.{ext}").stat().st_size > 0
     assert list((smoke_results / "figures").glob("*.png"))
+    # every training job timed itself (`--timing`): one row of wall, CPU seconds and peak memory,
+    # a run's wall covering at least its training and validation (train.json)
+    timing = pd.read_csv(smoke_results / "timings/distill/tiny/kd/default/seed0.tsv", sep="\t")
+    assert list(timing.columns) == ["s", "cpu_time", "max_rss"] and len(timing) == 1
+    train = json.loads((smoke_results / "runs/tiny/kd/default/seed0/train.json").read_text())
+    assert timing["s"][0] >= train["train_wall_s"] + train["val_wall_s"] and timing["cpu_time"][0] > 0
+    assert timing["max_rss"][0] > 50  # MB: torch alone takes more
+    assert {p.parts[-1] for p in (smoke_results / "timings").iterdir()} >= {"train_teacher", "init_student", "distill"}
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ def test_stages_of_a_local_profile_open_no_socket(tmp_path):
     log = tmp_path / "net.log"
     config = write_profile(tmp_path, tiny_profile(tmp_path))
     run = ["--pair", "tiny", "--method", "teacher", "--variant", "default", "--seed", "0"]
-    for stage in (["prepare_data"], ["train_tokenizer"], ["train_teacher", "--pair", "tiny", "--tseed", "0"], ["generate", *run]):
+    for stage in (["prepare_data"], ["train_tokenizer"], ["train_teacher", "--pair", "tiny", "--tseed", "0"], ["evaluate", *run]):
         kdbench(tmp_path, *stage, "--config", config, netguard_log=log)
     assert (tmp_path / "results/tiny/runs/tiny/teacher/default/seed0/answers/id.jsonl").is_file()
     assert not log.exists(), log.read_text()[:3000]

@@ -7,8 +7,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_RULES = {"train_teacher", "init_student", "cache_teacher", "score_difficulty", "teacher_samples",
-             "distill", "generate"}
-CPU_RULES = {"prepare_data", "train_tokenizer", "score", "collect", "tables", "figures"}
+             "distill"}
+CPU_RULES = {"prepare_data", "train_tokenizer", "collect", "tables", "figures"}
 
 
 def _profile(name):
@@ -56,5 +56,5 @@ def test_slurm_profile_has_every_rule_and_gpus_where_needed():
     assert {r for r in res if res[r].get("gpu") == 1} == GPU_RULES
     assert all("gres" not in v for v in res.values())  # the plugin refuses gpu and gres together
     args = _snakemake_args("slurm")
-    assert "generate:gpu=1" in args["set-resources"] and "collect:gpu=1" not in args["set-resources"]
+    assert "distill:gpu=1" in args["set-resources"] and "collect:gpu=1" not in args["set-resources"]
 

@@ -5,15 +5,25 @@
 TRAIN_FILES = ("model", "train", "trace", "epochs", "bin_loss")  # what a training stage writes into a run
 
 
+def eval_outputs(**run):
+    """What evaluating a run adds to its folder (a training job ends with it): the answers
+    and their statistics per test set, scores.csv and metrics.json."""
+    return ([P.answers(b, **run) for b in TEST_SETS] + [P.answer_stats(b, **run) for b in TEST_SETS]
+            + [P.run_file("scores", **run), P.run_file("metrics", **run)])
+
+
 rule train_teacher:
     input:
         tokenizer_inputs(),
         broad_inputs(),
         train=P.data("train"),
         validation=P.data("validation"),
+        test_sets=[P.data(b) for b in TEST_SETS],
     output:
         directory(P.teacher_model()),
         *[P.teacher_file(name) for name in TRAIN_FILES[1:]],
+        *eval_outputs(pair="{pair}", method=TEACHER, variant="default", seed="{tseed}"),
+        timing=P.timing("train_teacher", "{pair}", "seed{tseed}.tsv"),
     params:
         fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], CFG["training"]["teacher"], CFG["training"]["teacher_pretrain"],
                          CFG["training"]["teacher_data"], CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"]),
@@ -23,10 +33,8 @@ rule train_teacher:
         gpu=GPU,
     log:
         P.log("train_teacher", "{pair}", "seed{tseed}.log"),
-    benchmark:
-        P.timing("train_teacher", "{pair}", "seed{tseed}.tsv")
     shell:
-        "{KD} train_teacher {STAGE_ARGS} --pair {wildcards.pair:q} --tseed {wildcards.tseed} --threads {threads} 2> {log:q}"
+        "{KD} train_teacher {STAGE_ARGS} --pair {wildcards.pair:q} --tseed {wildcards.tseed} --threads {threads} --timing {output.timing:q} 2> {log:q}"
 
 
 def init_inputs(wc):
@@ -40,6 +48,7 @@ rule init_student:
         init_inputs,
     output:
         directory(P.student_init()),
+        timing=P.timing("init_student", "{pair}", "seed{seed}.tsv"),
     params:
         fp=lambda wc: fp(CFG["pairs"][wc.pair]["student"], CFG["training"]["pretrain"], CFG["data"]["max_length"],
                          CFG["seed"]),
@@ -48,10 +57,8 @@ rule init_student:
         gpu=GPU,
     log:
         P.log("init_student", "{pair}", "seed{seed}.log"),
-    benchmark:
-        P.timing("init_student", "{pair}", "seed{seed}.tsv")
     shell:
-        "{KD} init_student {STAGE_ARGS} --pair {wildcards.pair:q} --seed {wildcards.seed} --threads {threads} 2> {log:q}"
+        "{KD} init_student {STAGE_ARGS} --pair {wildcards.pair:q} --seed {wildcards.seed} --threads {threads} --timing {output.timing:q} 2> {log:q}"
 
 
 rule cache_teacher:
@@ -60,6 +67,7 @@ rule cache_teacher:
         train=P.data("train"),
     output:
         directory(P.teacher_cache()),
+        timing=P.timing("cache_teacher", "{pair}", "seed{tseed}.tsv"),
     params:
         fp=fp(CFG["training"]["student"]["precision"], CFG["data"]["max_length"]),
     threads: CFG["threads"]
@@ -67,10 +75,8 @@ rule cache_teacher:
         gpu=GPU,
     log:
         P.log("cache_teacher", "{pair}", "seed{tseed}.log"),
-    benchmark:
-        P.timing("cache_teacher", "{pair}", "seed{tseed}.tsv")
     shell:
-        "{KD} cache_teacher {STAGE_ARGS} --pair {wildcards.pair:q} --tseed {wildcards.tseed} --threads {threads} 2> {log:q}"
+        "{KD} cache_teacher {STAGE_ARGS} --pair {wildcards.pair:q} --tseed {wildcards.tseed} --threads {threads} --timing {output.timing:q} 2> {log:q}"
 
 
 rule teacher_samples:
@@ -79,6 +85,7 @@ rule teacher_samples:
         train=P.data("train"),
     output:
         P.teacher_samples(),
+        timing=P.timing("teacher_samples", "{pair}", "seed{tseed}.tsv"),
     params:
         fp=fp(CFG["evaluation"], CFG["data"]["max_length"], CFG["seed"]),
     threads: CFG["threads"]
@@ -86,10 +93,8 @@ rule teacher_samples:
         gpu=GPU,
     log:
         P.log("teacher_samples", "{pair}", "seed{tseed}.log"),
-    benchmark:
-        P.timing("teacher_samples", "{pair}", "seed{tseed}.tsv")
     shell:
-        "{KD} teacher_samples {STAGE_ARGS} --pair {wildcards.pair:q} --tseed {wildcards.tseed} --threads {threads} 2> {log:q}"
+        "{KD} teacher_samples {STAGE_ARGS} --pair {wildcards.pair:q} --tseed {wildcards.tseed} --threads {threads} --timing {output.timing:q} 2> {log:q}"
 
 
 def difficulty_inputs(wc):
@@ -103,6 +108,7 @@ rule score_difficulty:
         difficulty_inputs,
     output:
         P.difficulty(),
+        timing=P.timing("score_difficulty", "{pair}.tsv"),
     params:
         fp=fp(CFG["difficulty"], CFG["evaluation"]["precision"], CFG["evaluation"]["max_new_tokens"],
               CFG["data"]["max_length"], CFG["seed"]),
@@ -111,7 +117,5 @@ rule score_difficulty:
         gpu=GPU,
     log:
         P.log("score_difficulty", "{pair}.log"),
-    benchmark:
-        P.timing("score_difficulty", "{pair}.tsv")
     shell:
-        "{KD} score_difficulty {STAGE_ARGS} --pair {wildcards.pair:q} --threads {threads} 2> {log:q}"
+        "{KD} score_difficulty {STAGE_ARGS} --pair {wildcards.pair:q} --threads {threads} --timing {output.timing:q} 2> {log:q}"

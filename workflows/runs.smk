@@ -1,11 +1,12 @@
-# Per run (pair, method, variant, seed): distil, sample answers on every test set, score them.
-# The teachers' runs (teacher/default/seed<t>) share the generate and score rules.
+# Per run (pair, method, variant, seed): one job distils, then samples answers on every test
+# set and scores them (kdbench.stages.evaluate, in the same process: a run pays the start-up
+# of Python, torch and transformers once).
 
 
 def distill_inputs(wc):
     cls, meth, tseed = METHODS[wc.method], method_of(wc), P.teacher_seed(wc.seed)
     out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"), "validation": P.data("validation"),
-           "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
+           "test_sets": [P.data(b) for b in TEST_SETS], "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
         out["teacher"] = (P.teacher_cache(wc.pair, tseed) if C.uses_teacher_cache(CFG, cls)
                           else P.teacher_model(wc.pair, tseed))
@@ -32,6 +33,8 @@ rule distill:
     output:
         directory(P.run_file("model")),
         *[P.run_file(name) for name in TRAIN_FILES[1:]],
+        *eval_outputs(),
+        timing=P.timing("distill", "{pair}", "{method}", "{variant}", "seed{seed}.tsv"),
     params:
         fp=run_settings,
         key=run_key,
@@ -42,43 +45,5 @@ rule distill:
         gpu=GPU,
     log:
         P.log("distill", "{pair}", "{method}", "{variant}", "seed{seed}.log"),
-    benchmark:
-        P.timing("distill", "{pair}", "{method}", "{variant}", "seed{seed}.tsv")
     shell:
-        "{KD} distill {STAGE_ARGS} {params.key} --threads {threads} 2> {log:q}"
-
-
-rule generate:
-    input:
-        model=P.run_file("model"),
-        test_sets=[P.data(b) for b in TEST_SETS],
-    output:
-        answers=[P.answers(b) for b in TEST_SETS],
-        stats=[P.answer_stats(b) for b in TEST_SETS],
-    params:
-        fp=fp(CFG["evaluation"], CFG["data"]["max_length"]),
-        key=run_key,
-    threads: CFG["threads"]
-    resources:
-        gpu=GPU,
-    log:
-        P.log("generate", "{pair}", "{method}", "{variant}", "seed{seed}.log"),
-    benchmark:
-        P.timing("generate", "{pair}", "{method}", "{variant}", "seed{seed}.tsv")
-    shell:
-        "{KD} generate {STAGE_ARGS} {params.key} --threads {threads} 2> {log:q}"
-
-
-rule score:
-    input:
-        answers=[P.answers(b) for b in TEST_SETS],
-        info=P.run_file("train"),
-    output:
-        P.run_file("scores"),
-        P.run_file("metrics"),
-    params:
-        key=run_key,
-    log:
-        P.log("score", "{pair}", "{method}", "{variant}", "seed{seed}.log"),
-    shell:
-        "{KD} score {STAGE_ARGS} {params.key} 2> {log:q}"
+        "{KD} distill {STAGE_ARGS} {params.key} --threads {threads} --timing {output.timing:q} 2> {log:q}"
