@@ -14,12 +14,13 @@ rule prepare_data:
         test_sets=[P.data(b) for b in TEST_SETS],
         broad=broad_inputs(),
         report=P.data_report,
+        timing=P.timing("prepare_data.tsv"),
     params:
         fp=data_settings(),
     log:
         P.log("prepare_data.log"),
     shell:
-        "{KD} prepare_data {STAGE_ARGS} 2> {log:q}"
+        "{KD} prepare_data {STAGE_ARGS} --timing {output.timing:q} 2> {log:q}"
 
 
 rule train_tokenizer:
@@ -27,9 +28,10 @@ rule train_tokenizer:
         P.data("train"),
     output:
         directory(P.tokenizer),
+        timing=P.timing("train_tokenizer.tsv"),
     params:
         fp=fp(CFG["tokenizer"]),
     log:
         P.log("train_tokenizer.log"),
     shell:
-        "{KD} train_tokenizer {STAGE_ARGS} 2> {log:q}"
+        "{KD} train_tokenizer {STAGE_ARGS} --timing {output.timing:q} 2> {log:q}"

@@ -28,13 +28,14 @@ rule collect:
         METRICS,
     output:
         LONG_TABLE_FILES,
+        timing=P.timing("collect.tsv"),
     params:
         # the ablation rows (ablations.csv); the runs themselves are the inputs
         fp=fp(C.ablation_variants(CFG)),
     log:
         P.log("collect.log"),
     shell:
-        "{KD} collect {STAGE_ARGS} 2> {log:q}"
+        "{KD} collect {STAGE_ARGS} --timing {output.timing:q} 2> {log:q}"
 
 
 rule tables:
@@ -42,10 +43,11 @@ rule tables:
         LONG_TABLE_FILES,
     output:
         report_tables(),
+        timing=P.timing("tables.tsv"),
     log:
         P.log("tables.log"),
     shell:
-        "{KD} tables {STAGE_ARGS} 2> {log:q}"
+        "{KD} tables {STAGE_ARGS} --timing {output.timing:q} 2> {log:q}"
 
 
 rule figures:
@@ -58,9 +60,10 @@ rule figures:
         report(directory(P.figures), patterns=["{name}.png"], caption="report/figures.rst",
                category="Figures", labels={"figure": "{name}"}),
         touch(P.figures_done),
+        timing=P.timing("figures.tsv"),
     params:
         fp=fp(CFG["ablations"]["method"]),
     log:
         P.log("figures.log"),
     shell:
-        "{KD} figures {STAGE_ARGS} 2> {log:q}"
+        "{KD} figures {STAGE_ARGS} --timing {output.timing:q} 2> {log:q}"
