@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import fixtures_hub as fx  # noqa: E402
 
-from kdbench import checkpoints  # noqa: E402
+from kdbench import checkpoints, io  # noqa: E402
 from kdbench.errors import UserError  # noqa: E402
 
 
@@ -240,6 +240,8 @@ def test_gguf_teacher_is_converted_once_by_train_teacher(tmp_path):
     teacher = {"init": "pretrained", "path": str(tmp_path / "gguf"), "gguf_file": "tiny.gguf", "finetuned": True}
     cfg = fx.hub_cfg(tmp_path, teacher, {"init": "layers_from_teacher", "layers": [1]})
     P = Paths(cfg)
+    # train_teacher ends by answering the test set (stages.evaluate): one prompt
+    io.write_jsonl(P.data("unused"), [{"id": "q", "instruction": "a b", "input": "", "output": ["a"]}])
     stages.train_teacher(cfg, "p", 0)
     saved = Path(P.teacher_model("p", 0))
     t = AutoModelForCausalLM.from_pretrained(saved)
