@@ -47,7 +47,8 @@ def stage_times(timings: Path) -> pd.DataFrame:
     rows = []
     for tsv in timings.rglob("*.tsv"):
         t = pd.read_csv(tsv, sep="\t").iloc[-1]
-        rows.append({"rule": tsv.relative_to(timings).parts[0].removesuffix(".tsv"), "s": float(t["s"]), "cpu_s": float(t["cpu_time"])})
+        rule = tsv.relative_to(timings).parts[0].removesuffix(".tsv")  # timings/<rule>/... or timings/<rule>.tsv
+        rows.append({"rule": rule, "s": float(t["s"]), "cpu_s": float(t["cpu_time"])})
     df = pd.DataFrame(rows)
     if not len(df):
         return df

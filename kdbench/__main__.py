@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         if args.timing:
             write_timing(args.timing)
         # everything is written: spare the interpreter's exit its collection passes over every
-        # object torch and transformers created (about 0.8 s per job on a 2-core laptop)
+        # object torch and transformers created (exit 1.5 -> 0.4 s per job on a 2-core Xeon)
         gc.freeze()
     except UserError as exc:
         print(f"kdbench {args.stage}: error: {exc}", file=sys.stderr)
@@ -110,11 +110,11 @@ def main(argv=None) -> int:
 
 
 def write_timing(path: str) -> None:
-    """This command's wall seconds (from when Python imported this module), CPU seconds (user + system, its children
-    included) and peak resident memory, as a one-row TSV with the column names of Snakemake's
-    `benchmark:` files (s, cpu_time, max_rss in MB). The stage measures itself: Snakemake's
-    benchmark threads poll every job's process tree, which cost its scheduler process a
-    quarter of a core on the default profile (benchmarks/results/pipeline_default.md)."""
+    """This command's wall seconds (from when Python imported this module), CPU seconds (user +
+    system, children included) and peak resident memory, as a one-row TSV with the column
+    names of Snakemake's `benchmark:` files (s, cpu_time, max_rss in MB). The job measures
+    itself instead of a `benchmark:` directive, whose threads poll every job's process tree
+    from Snakemake's own process (and sample CPU time, missing what falls between polls)."""
     import resource
 
     from kdbench import io
