@@ -39,6 +39,7 @@ except UserError as exc:
 P = Paths(CFG)
 PAIRS = list(CFG["pairs"])
 TEST_SETS = list(CFG["data"]["benchmarks"])  # the evaluation sets (config key data.benchmarks)
+TEST_SET_FILES = [P.data(b) for b in TEST_SETS]  # written by prepare_data, read by every training job
 # GPU rules claim the one GPU only where there is one (profiles/default limits gpu to 1)
 GPU = 1 if shutil.which("nvidia-smi") else 0
 

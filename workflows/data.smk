@@ -11,7 +11,7 @@ rule prepare_data:
     output:
         train=P.data("train"),
         validation=P.data("validation"),
-        test_sets=[P.data(b) for b in TEST_SETS],
+        test_sets=TEST_SET_FILES,
         broad=broad_inputs(),
         report=P.data_report,
         timing=P.timing("prepare_data.tsv"),

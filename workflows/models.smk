@@ -18,7 +18,7 @@ rule train_teacher:
         broad_inputs(),
         train=P.data("train"),
         validation=P.data("validation"),
-        test_sets=[P.data(b) for b in TEST_SETS],
+        test_sets=TEST_SET_FILES,
     output:
         directory(P.teacher_model()),
         *[P.teacher_file(name) for name in TRAIN_FILES[1:]],

@@ -6,7 +6,7 @@
 def distill_inputs(wc):
     cls, meth, tseed = METHODS[wc.method], method_of(wc), P.teacher_seed(wc.seed)
     out = {"init": P.student_init(wc.pair, wc.seed), "train": P.data("train"), "validation": P.data("validation"),
-           "test_sets": [P.data(b) for b in TEST_SETS], "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
+           "test_sets": TEST_SET_FILES, "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
         out["teacher"] = (P.teacher_cache(wc.pair, tseed) if C.uses_teacher_cache(CFG, cls)
                           else P.teacher_model(wc.pair, tseed))
