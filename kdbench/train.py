@@ -355,11 +355,14 @@ def _micro_step(model, batch: dict, precision: str, ratio: float, method, teache
             logits = ProjectedLogits.of(model.get_output_embeddings(), rows_hidden(model, batch["input_ids"], mask))
         else:
             logits = rows_logits(model, batch["input_ids"], mask)
+    # at kd_ratio 1 the CE only goes into the trace: no graph, so backward skips a (N, V) pass
+    # whose gradient is zero (the weights' gradients are bitwise those with the graph)
     if fused:
         ce, tok_ce = fused_cross_entropy(logits, targets, grad=ratio < 1)
     else:
-        tok_ce = F.cross_entropy(logits.float(), targets, reduction="none")
-        ce = tok_ce.mean()
+        with torch.set_grad_enabled(ratio < 1 and torch.is_grad_enabled()):
+            tok_ce = F.cross_entropy(logits.float(), targets, reduction="none")
+            ce = tok_ce.mean()
     loss = (1 - ratio) * ce if ratio < 1 else ce * 0
     distill = torch.zeros((), device=mask.device)
     if ratio > 0:

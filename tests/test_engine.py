@@ -119,6 +119,32 @@ def test_fast_step_equals_the_full_logits_computation(examples, tokenizer, make_
         torch.testing.assert_close(a, p.grad, atol=1e-6, rtol=1e-4)
 
 
+def test_kd_ratio_one_leaves_the_ce_out_of_the_graph_bitwise(examples, tokenizer, make_model):
+    """At kd_ratio 1 the CE is computed for the trace only: the gradients are bitwise those of
+    the same step with the CE (weight 0) still in the graph."""
+    import torch.nn.functional as F
+
+    from kdbench.models import rows_logits
+    from kdbench.train import _micro_step
+
+    student, t_model = make_model(seed=6), make_model(seed=7, hidden_size=32)
+    batch = collate(examples[:5], tokenizer.pad_token_id)
+    teacher = OnlineTeacher(t_model, "fp32", torch.device("cpu"))
+    kd, m = M.discover()["kd"](temperature=2.0), batch["mask"]
+    loss, ce, _, _ = _micro_step(student, batch, "fp32", 1.0, kd, teacher, None, M.Progress())
+    assert not ce.requires_grad and ce > 0
+    loss.backward()
+    fast = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    s = rows_logits(student, batch["input_ids"], m)
+    full = F.cross_entropy(s.float(), batch["targets"][m]) * 0 + 1.0 * kd.loss(
+        s, teacher(batch), torch.ones(len(s), dtype=torch.bool), M.Progress())
+    full.backward()
+    assert torch.equal(loss.detach(), full.detach())
+    for a, p in zip(fast, student.parameters()):
+        assert torch.equal(a, p.grad)
+
+
 # --- model selection ---------------------------------------------------------------------
 
 def _scripted_validator(scores):
