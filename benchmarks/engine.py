@@ -16,7 +16,9 @@ once, before timing) for every implementation.
     plain    a hand-written loop: full logits, log-softmax KL over the (B, T, V) tensor at
              the response positions, CE, backward, step
     baseline (with --baseline REV) `train` of the kdbench at git revision REV, run in a
-             subprocess worker with the same data and seed, alternating with the current one
+             subprocess worker with the same data and seed, alternating with the current one;
+             timed on the one batch (a `train` call's set-up included) and, per step, over a
+             12-step epoch of the next examples (the steady state of a pipeline run)
 (b) sampling the `id`-style synthetic prompts (100 prompts, batch 100, at most 64 new tokens,
     temperature 1, top_p 1, top_k 0, same seed): `kdbench.generate.sample` (its static-cache
     decoder, kdbench/decode.py, which also stops computing rows that have ended) against
@@ -68,6 +70,7 @@ PAIRS = {"default": DEFAULT_PAIR, "mid": MID_PAIR}
 # student's answers end at EOS at different lengths (an untrained one runs every row to the cap)
 TRAINED = ROOT / "results/default/runs/tiny/kd/default/seed0/model"
 BATCH, N_PROMPTS, MAX_NEW, MAX_LENGTH = 32, 100, 64, 256
+EPOCH_STEPS = 12  # the baseline comparison also times a 12-step epoch: the steady state of a run
 BUDGET = {"batch_size": BATCH, "grad_accum": 1, "lr": 4e-3, "min_lr_ratio": 0.1, "warmup": 0.05,
           "weight_decay": 0.01, "grad_clip": 1.0, "loss_on": "response", "precision": "fp32",
           "bucket_window": 50}
@@ -75,8 +78,8 @@ BUDGET = {"batch_size": BATCH, "grad_accum": 1, "lr": 4e-3, "min_lr_ratio": 0.1,
 
 # --- fixture (built once, shared with the worker processes) ------------------------------
 
-def fixture(work: Path):
-    """Tokenizer, the training batch's examples, prompts; built into `work` on first use."""
+def fixture(work: Path, n_examples: int = BATCH):
+    """Tokenizer, the first `n_examples` training examples, prompts; built into `work` on first use."""
     from kdbench.data import encode
     from kdbench.models import load_tokenizer
     from kdbench.synthetic import generate_split
@@ -86,7 +89,7 @@ def fixture(work: Path):
     if not (work / "tok").exists():
         train_bpe(records, 1024, work / "tok")
     tok = load_tokenizer(work / "tok")
-    examples = encode(tok, records[:BATCH], MAX_LENGTH)
+    examples = encode(tok, records[:n_examples], MAX_LENGTH)
     prompts = generate_split("id", N_PROMPTS, seed=1)
     return tok, examples, prompts
 
@@ -103,7 +106,7 @@ def build(tok, pair: str, role: str, seed: int):
 def teacher_cache(work: Path, tok, examples, pair: str) -> Path:
     from kdbench.teacher import build_cache
 
-    out = work / f"cache-{pair}"
+    out = work / f"cache-{pair}-{len(examples)}"
     if not out.exists():
         build_cache(build(tok, pair, "teacher", 1), examples, tok.pad_token_id, out, "fp32", torch.device("cpu"))
     return out
@@ -190,9 +193,9 @@ def kdbench_sample(tok, prompts, model):
 
 def hf_generate(tok, prompts, model):
     """`model.generate` on the same left-padded, length-sorted batch (kdbench's previous sampler)."""
-    from kdbench.data import encode_prompt
+    from kdbench.data import encode_prompts
 
-    enc = sorted((encode_prompt(tok, r) for r in prompts), key=len)
+    enc = sorted(encode_prompts(tok, prompts), key=len)
     T = max(len(p) for p in enc)
     ids = torch.full((len(enc), T), tok.pad_token_id)
     attn = torch.zeros_like(ids)
@@ -236,19 +239,20 @@ def matmul_rate() -> float:
     return 2 * 1024 ** 3 / best
 
 
-def worker(work: Path, pair: str, reps: int) -> list[float]:
-    """CPU seconds per kdbench step for `reps` steps (runs in a subprocess, any kdbench tree)."""
+def worker(work: Path, pair: str, reps: int, n_steps: int) -> list[float]:
+    """CPU seconds per kdbench step (runs in a subprocess, any kdbench tree): `reps` calls of
+    `train` over `n_steps` batches each (1: one step with the call's set-up; more: an epoch)."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    tok, examples, _ = fixture(work)
-    step = kdbench_step(tok, examples, work / f"cache-{pair}", build(tok, pair, "student", 2))
+    tok, examples, _ = fixture(work, n_steps * BATCH)
+    step = kdbench_step(tok, examples, work / f"cache-{pair}-{len(examples)}", build(tok, pair, "student", 2))
     step()
-    return [timed(step)[0] for _ in range(reps)]
+    return [timed(step)[0] / n_steps for _ in range(reps)]
 
 
-def run_worker(work: Path, tree: Path, pair: str, reps: int) -> list[float]:
+def run_worker(work: Path, tree: Path, pair: str, reps: int, n_steps: int) -> list[float]:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "1")}
-    out = subprocess.run([sys.executable, __file__, "--worker", str(work), pair, str(reps)], env=env,
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, __file__, "--worker", str(work), pair, str(reps), str(n_steps)],
+                         env=env, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -258,10 +262,10 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--baseline", help="git revision of the kdbench to compare the engine with")
-    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(Path(args.worker[0]), args.worker[1], int(args.worker[2]))))
+        print(json.dumps(worker(Path(args.worker[0]), args.worker[1], int(args.worker[2]), int(args.worker[3]))))
         return
     os.environ["BENCH_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
@@ -295,15 +299,21 @@ def main(argv=None) -> None:
             for name, t in times.items():
                 rows.append(_row(pair, "step", name, t, step_flops[name], rate, n_tokens, "response tokens", cmd, args.threads))
             if base_tree is not None:
-                cur, base = [], []
-                for _ in range(2):  # alternating subprocesses: current tree, baseline tree
-                    cur += run_worker(work, ROOT, pair, max(1, reps // 2))
-                    base += run_worker(work, base_tree, pair, max(1, reps // 2))
-                # FLOPs counted for the current tree only (the baseline tree is not imported here)
-                for name, t, n_flops in (("kdbench (worker)", cur, step_flops["kdbench"]),
-                                         (f"kdbench {args.baseline} (worker)", base, float("nan"))):
-                    rows.append(_row(pair, "step", name, [(c, float("nan")) for c in t], n_flops,
-                                     rate, n_tokens, "response tokens", cmd, args.threads))
+                for n_steps, label in ((1, ""), (EPOCH_STEPS, f", {EPOCH_STEPS}-step epoch")):
+                    batches = fixture(work, n_steps * BATCH)[1]
+                    teacher_cache(work, tok, batches, pair)
+                    step_tokens = sum(e.n_response for e in batches) / n_steps  # mean per step
+                    cur, base = [], []
+                    for _ in range(2):  # alternating subprocesses: current tree, baseline tree
+                        cur += run_worker(work, ROOT, pair, max(1, reps // 2), n_steps)
+                        base += run_worker(work, base_tree, pair, max(1, reps // 2), n_steps)
+                    # FLOPs counted for the current tree only (the baseline tree is not imported
+                    # here), and for the one-step batch: an epoch's batches have other lengths
+                    for name, t, n_flops in ((f"kdbench (worker{label})", cur, step_flops["kdbench"]),
+                                             (f"kdbench {args.baseline} (worker{label})", base, float("nan"))):
+                        rows.append(_row(pair, "step", name, [(c, float("nan")) for c in t],
+                                         n_flops if n_steps == 1 else float("nan"), rate, step_tokens,
+                                         "response tokens", cmd, args.threads))
             rows += sampling_rows(pair, tok, prompts, build(tok, pair, "student", 3).eval(), reps, rate, cmd, args.threads)
         if TRAINED.exists():  # answers that end at EOS, as in the pipeline's validation and test sets
             from kdbench.models import load_model, load_tokenizer

@@ -64,19 +64,22 @@ class Encoded:
         return len(self.ids) - self.n_prompt
 
 
-def encode_prompt(tokenizer, record: dict) -> list[int]:
-    return tokenizer(format_prompt(record["instruction"], record.get("input", "")))["input_ids"]
+def encode_prompts(tokenizer, records: list[dict]) -> list[list[int]]:
+    """The token ids of every record's prompt, with the special tokens the tokenizer adds; one
+    batched call (a call per prompt costs about 0.2 ms of Python overhead each)."""
+    if not records:
+        return []
+    return tokenizer([format_prompt(r["instruction"], r.get("input", "")) for r in records])["input_ids"]
 
 
 def encode(tokenizer, records: list[dict], max_length: int, responses: list[str] | None = None) -> list[Encoded]:
     """Tokenise prompts and (reference or given) responses; responses are cut to max_length."""
     out = []
     eos = tokenizer.eos_token_id
-    for i, rec in enumerate(records):
-        prompt = encode_prompt(tokenizer, rec)
-        text = responses[i] if responses is not None else rec["output"][0]
-        resp = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
-        ids = (prompt + resp)[:max_length]
+    texts = responses if responses is not None else [rec["output"][0] for rec in records]
+    answers = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if records else []
+    for i, (rec, prompt, answer) in enumerate(zip(records, encode_prompts(tokenizer, records), answers)):
+        ids = (prompt + answer + [eos])[:max_length]
         if len(ids) <= len(prompt):
             raise UserError(f"example {rec.get('id', i)} has a prompt of {len(prompt)} tokens, which "
                             f"leaves no room for a response within max_length={max_length}; raise "

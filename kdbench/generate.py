@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdbench.data import encode_prompt
+from kdbench.data import encode_prompts
 from kdbench.decode import decoder
 from kdbench.models import autocast
 
@@ -40,7 +40,7 @@ def sample(model, tokenizer, records: list[dict], *, seed: int, temperature: flo
     when answer i stopped at EOS, False when it ran into the length cap (max_new_tokens or
     max_length) without one."""
     dev = next(model.parameters()).device
-    prompts = [encode_prompt(tokenizer, r)[:max_prompt_tokens] for r in records]
+    prompts = [p[:max_prompt_tokens] for p in encode_prompts(tokenizer, records)]
     order = np.argsort([len(p) for p in prompts], kind="stable")
     answers: list[str] = [""] * len(records)
     ended = [False] * len(records)

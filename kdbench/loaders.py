@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from kdbench.data import PROMPT, PROMPT_WITH_INPUT, encode_prompt
+from kdbench.data import PROMPT, PROMPT_WITH_INPUT, encode_prompts
 from kdbench.errors import UserError
 
 # --------------------------------------------------------------------------------------
@@ -512,9 +512,9 @@ def filter_by_prompt_length(
     """Drop records whose prompt has more than `max_prompt_tokens` tokens (the protocol's rule).
 
     Tokens are counted exactly as the engine encodes prompts for training and generation,
-    `kdbench.data.encode_prompt(tokenizer, record)` (the Alpaca prompt of `format_prompt`,
+    `kdbench.data.encode_prompts(tokenizer, records)` (the Alpaca prompt of `format_prompt`,
     with whatever special tokens the tokenizer adds, e.g. OPT's leading `</s>`), so a kept
     prompt is never cut later. Returns (kept records in order, number dropped).
     """
-    kept = [r for r in records if len(encode_prompt(tokenizer, r)) <= max_prompt_tokens]
+    kept = [r for r, ids in zip(records, encode_prompts(tokenizer, list(records))) if len(ids) <= max_prompt_tokens]
     return kept, len(records) - len(kept)

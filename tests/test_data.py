@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from kdbench.data import PROMPT, collate, encode, format_prompt, make_batches
+from kdbench.data import PROMPT, collate, encode, encode_prompts, format_prompt, make_batches
 
 
 def test_prompt_template_is_the_protocols():
@@ -31,6 +31,21 @@ def test_encode_appends_eos_and_marks_the_response(tokenizer, records):
         predicted = batch["targets"][b][batch["mask"][b]].tolist()
         assert predicted == e.ids[e.n_prompt:]
         assert tokenizer.decode(e.ids[e.n_prompt:-1]) == records[b]["output"][0]
+
+
+def test_batched_encoding_equals_one_text_at_a_time(tokenizer, records):
+    """encode/encode_prompts tokenise in one batched call: the same ids as a call per text, with
+    inputs, empty responses and given responses."""
+    recs = [*records[:6], {**records[0], "input": "b a c"}]
+    responses = ["", *[r["output"][-1] for r in recs[1:]]]
+    prompts = [tokenizer(format_prompt(r["instruction"], r["input"]))["input_ids"] for r in recs]
+    assert encode_prompts(tokenizer, recs) == prompts and encode_prompts(tokenizer, []) == []
+    for given in (None, responses):
+        texts = given or [r["output"][0] for r in recs]
+        want = [p + tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                for p, t in zip(prompts, texts)]
+        ex = encode(tokenizer, recs, max_length=512, responses=given)
+        assert [e.ids for e in ex] == want and [e.n_prompt for e in ex] == [len(p) for p in prompts]
 
 
 def test_loss_on_all_covers_every_real_token(tokenizer, records):

@@ -7,7 +7,7 @@ from transformers.generation.logits_process import (TemperatureLogitsWarper, Top
                                                     TopPLogitsWarper)
 
 import kdbench.generate as G
-from kdbench.data import encode_prompt
+from kdbench.data import encode_prompts
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def _lengths_spy(monkeypatch):
 
 @pytest.mark.parametrize("batch_size", [1, 3, 40])
 def test_new_tokens_never_exceed_the_cap_whatever_the_batch(batch_size, model, tokenizer, records, monkeypatch):
-    longest = max(len(encode_prompt(tokenizer, r)) for r in records)
+    longest = max(len(p) for p in encode_prompts(tokenizer, records))
     seen = _lengths_spy(monkeypatch)
     tokenizer = _NoEOS(tokenizer)  # every answer runs to its cap
     G.sample(model, tokenizer, records, seed=0, max_length=longest + 7, max_new_tokens=None,
@@ -69,7 +69,7 @@ def test_greedy_equals_transformers_generate(model, tokenizer, records):
     recs = records[:6]
     ours, _ = G.sample(model, tokenizer, recs, seed=0, top_k=1, max_length=512, max_new_tokens=12,
                        batch_size=6, precision="fp32")
-    prompts = [encode_prompt(tokenizer, r) for r in recs]
+    prompts = encode_prompts(tokenizer, recs)
     order = np.argsort([len(p) for p in prompts], kind="stable")
     T = max(len(p) for p in prompts)
     ids = torch.full((len(recs), T), tokenizer.pad_token_id)
@@ -87,7 +87,7 @@ def test_greedy_equals_transformers_generate(model, tokenizer, records):
 
 def test_first_token_follows_the_filtered_distribution(model, tokenizer, records):
     """4000 draws of the first new token against the distribution transformers' warpers give."""
-    prompt = encode_prompt(tokenizer, records[0])
+    prompt, = encode_prompts(tokenizer, records[:1])
     temperature, top_k, top_p, n = 0.5, 20, 0.9, 4000
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompt])).logits[:, -1].float()

@@ -223,12 +223,12 @@ def test_field_mapping_config_first_then_aliases(tmp_path):
 
 
 def test_prompt_length_filter_drops_and_counts(snapshot, cache, tok):
-    from kdbench.data import encode_prompt, format_prompt
+    from kdbench.data import encode_prompts, format_prompt
 
     recs = loaders.load_instruction_split(snapshot["dolly"], "validation", limit=10, cache_dir=cache)
     # hand count of the no-input prompt "... ### Instruction:\nwhat is 0\n\n### Response:\n": 27 tokens
     assert fx.count_tokens(format_prompt("what is 0")) == 27
-    lengths = [len(encode_prompt(tok, r)) for r in recs]
+    lengths = [len(ids) for ids in encode_prompts(tok, recs)]  # one batched call, counted one by one
     assert lengths == [fx.count_tokens(fx.alpaca(r["instruction"], r["input"])) for r in recs]
     kept, dropped = loaders.filter_by_prompt_length(recs, tok, max_prompt_tokens=27)
     assert dropped == 5 and [r["id"] for r in kept] == [f"dolly-validation-{i}" for i in range(0, 10, 2)]

@@ -12,7 +12,7 @@ import torch
 
 from kdbench import config as C
 from kdbench import method as M
-from kdbench.data import encode, encode_prompt
+from kdbench.data import encode, encode_prompts
 from kdbench.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def test_a_long_benchmark_prompt_is_cut_to_its_first_tokens_and_answered(tokeniz
     from kdbench.generate import sample
 
     long = {**records[0], "id": "long", "instruction": " ".join(["word"] * 300)}
-    prompt = encode_prompt(tokenizer, long)
+    prompt, = encode_prompts(tokenizer, [long])
     assert len(prompt) > 300
     model = make_model()
     seen = []  # the token ids of every forward pass, as the input embedding reads them
