@@ -21,9 +21,21 @@ import functools
 
 @functools.lru_cache(maxsize=1)
 def _scorer():
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer, tokenizers
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    class Memo(tokenizers.Tokenizer):
+        """rouge_score's own tokenizer (lower case, alphanumeric runs, Porter stemmer), each
+        text tokenised once per process: references are scored at every validation epoch, and
+        stemming is most of Rouge-L's time (about 60 ms per 200 answers, against 8 ms cached)."""
+
+        def __init__(self):
+            self.inner = tokenizers.DefaultTokenizer(use_stemmer=True)
+
+        @functools.lru_cache(maxsize=1 << 17)
+        def tokenize(self, text):
+            return self.inner.tokenize(text)
+
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=Memo())
 
 
 def rouge_l_per_example(predictions: list[str], references: list[list[str]]) -> list[float]:
