@@ -171,6 +171,29 @@ def test_selection_keeps_the_best_or_the_last_epoch(selection, expected, example
     assert res.stats["val_rouge_l_selected"] == [10.0, 30.0, 30.0, 20.0][expected]
 
 
+def test_validator_scores_teacher_forced_loss_and_sampled_rouge(records, tokenizer, make_model):
+    """val_loss: the mean token cross-entropy of the references from the full (B, T, V)
+    logits; val_rouge_l: Rouge-L of the answers `sample` draws with the validation seed."""
+    import torch.nn.functional as F
+
+    from kdbench.generate import sample
+    from kdbench.metrics import rouge_l
+    from kdbench.validation import validator
+
+    model, recs = make_model(seed=8).eval(), records[:7]
+    evaluation = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 6, "batch_size": 4,
+                  "precision": "fp32"}
+    got = validator(tokenizer, recs, max_length=512, evaluation=evaluation, seed=3, batch_size=3)(model)
+    batch = collate(encode(tokenizer, recs, max_length=512), tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits[batch["mask"]]
+    want = float(F.cross_entropy(logits, batch["targets"][batch["mask"]]))
+    answers, _ = sample(model, tokenizer, recs, seed=3, max_length=512, max_new_tokens=6, batch_size=4,
+                        precision="fp32")
+    assert got["val_loss"] == pytest.approx(want, rel=1e-6)
+    assert got["val_rouge_l"] == rouge_l(answers, [r["output"] for r in recs])
+
+
 def test_validation_loss_change_over_the_last_fifth():
     import pandas as pd
 
