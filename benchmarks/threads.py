@@ -13,6 +13,7 @@ Results: benchmarks/results/threads.{md,csv} (overwritten).
 from __future__ import annotations
 
 import argparse
+import datetime
 import platform
 import subprocess
 import sys
@@ -55,6 +56,11 @@ def compare(ref: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configfile", default="config/default.yaml")
@@ -88,7 +94,8 @@ def main() -> None:
     md = [f"# Thread count: {cfg['threads']} vs {args.threads} threads per job ({cfg['profile']} profile)", "",
           f"Command: `python benchmarks/threads.py --configfile {args.configfile} --threads {args.threads} "
           f"--cores {args.cores}{' --main-only' if args.main_only else ''}`; "
-          f"machine: {platform.processor() or platform.machine()}, {platform.system()}.", "",
+          f"machine: {platform.processor() or platform.machine()}, {platform.system()}; measured "
+          f"{datetime.date.today()} at commit {_commit()}.", "",
           "avg = mean over training seeds of the average Rouge-L over test sets; delta = the other run minus "
           "this one; the conclusion holds when |delta| < the half-width of the 95% t interval over seeds; "
           "seeds_moved: seeds whose average changed at all.", "",
