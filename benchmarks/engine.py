@@ -22,8 +22,10 @@ once, before timing) for every implementation.
 (b) sampling the `id`-style synthetic prompts (100 prompts, batch 100, at most 64 new tokens,
     temperature 1, top_p 1, top_k 0, same seed): `kdbench.generate.sample` (its static-cache
     decoder, kdbench/decode.py, which also stops computing rows that have ended) against
-    `model.generate` on the same left-padded batches; on each pair's untrained student and on
-    the committed default's trained kd student (`default, trained`, when results/default exists)
+    `model.generate` on the same left-padded batches, both timed from prompt records to
+    answer texts (tokenising, padding, sampling, cutting at EOS, decoding); on each pair's
+    untrained student and on the committed default's trained kd student (`default, trained`,
+    when results/default exists)
 (c) the FLOP floor: matmul/attention FLOPs of each measured call (torch.utils.flop_counter)
     divided by the measured fp32 matmul rate (a 1024^3 matmul) of the same thread count.
 
@@ -192,26 +194,29 @@ def kdbench_sample(tok, prompts, model):
 
 
 def hf_generate(tok, prompts, model):
-    """`model.generate` on the same left-padded, length-sorted batch (kdbench's previous sampler)."""
+    """`model.generate` on the same left-padded, length-sorted batch (kdbench's previous sampler),
+    with the same work around it as `kdbench.generate.sample`: the prompts tokenised and padded,
+    the answers cut at EOS and decoded to text."""
     from kdbench.data import encode_prompts
-
-    enc = sorted(encode_prompts(tok, prompts), key=len)
-    T = max(len(p) for p in enc)
-    ids = torch.full((len(enc), T), tok.pad_token_id)
-    attn = torch.zeros_like(ids)
-    for b, p in enumerate(enc):
-        ids[b, T - len(p):], attn[b, T - len(p):] = torch.tensor(p), 1
 
     @torch.no_grad()
     def run():
+        enc = sorted(encode_prompts(tok, prompts), key=len)
+        T = max(len(p) for p in enc)
+        ids = torch.full((len(enc), T), tok.pad_token_id)
+        attn = torch.zeros_like(ids)
+        for b, p in enumerate(enc):
+            ids[b, T - len(p):], attn[b, T - len(p):] = torch.tensor(p), 1
         torch.manual_seed(0)
         out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0, top_p=1.0,
                              top_k=0, max_new_tokens=MAX_NEW, eos_token_id=tok.eos_token_id,
                              pad_token_id=tok.pad_token_id)
-        new = out[:, T:]
-        ended = (new == tok.eos_token_id).any(1)
-        lengths = torch.where(ended, (new == tok.eos_token_id).int().argmax(1), new.shape[1])
-        return int((lengths + 1).sum())
+        n_tokens = 0
+        for row in out[:, T:].tolist():
+            new = row[:row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
+            tok.decode(new, skip_special_tokens=True).strip()
+            n_tokens += len(new) + 1
+        return n_tokens
     return run
 
 
@@ -242,9 +247,14 @@ def matmul_rate() -> float:
 def worker(work: Path, pair: str, reps: int, n_steps: int) -> list[float]:
     """CPU seconds per kdbench step (runs in a subprocess, any kdbench tree): `reps` calls of
     `train` over `n_steps` batches each (1: one step with the call's set-up; more: an epoch)."""
+    from kdbench import teacher
+
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     tok, examples, _ = fixture(work, n_steps * BATCH)
-    step = kdbench_step(tok, examples, work / f"cache-{pair}-{len(examples)}", build(tok, pair, "student", 2))
+    # the teacher cache in the format of the tree being timed (it changed across revisions)
+    tree = work / f"caches-{Path(teacher.__file__).resolve().parents[1].name}"
+    tree.mkdir(exist_ok=True)
+    step = kdbench_step(tok, examples, teacher_cache(tree, tok, examples, pair), build(tok, pair, "student", 2))
     step()
     return [timed(step)[0] / n_steps for _ in range(reps)]
 
@@ -301,7 +311,6 @@ def main(argv=None) -> None:
             if base_tree is not None:
                 for n_steps, label in ((1, ""), (EPOCH_STEPS, f", {EPOCH_STEPS}-step epoch")):
                     batches = fixture(work, n_steps * BATCH)[1]
-                    teacher_cache(work, tok, batches, pair)
                     step_tokens = sum(e.n_response for e in batches) / n_steps  # mean per step
                     cur, base = [], []
                     for _ in range(2):  # alternating subprocesses: current tree, baseline tree
