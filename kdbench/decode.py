@@ -67,8 +67,8 @@ class StaticDecoder:
         if t > 1:  # no future keys; a padding query sees itself, so no row is all -inf (NaN)
             query_at = torch.arange(start, end, device=x.device)[:, None]   # (t, 1)
             key_at = torch.arange(end, device=x.device)[None]                # (1, end)
-            causal = torch.zeros((t, end), dtype=bias.dtype, device=x.device).masked_fill_(key_at > query_at, float("-inf"))
-            bias = bias + causal                                            # (B, 1, t, end)
+            causal = torch.zeros((t, end), dtype=bias.dtype, device=x.device)
+            bias = bias + causal.masked_fill_(key_at > query_at, float("-inf"))  # (B, 1, t, end)
             bias.diagonal(offset=start, dim1=-2, dim2=-1).fill_(0.0)
         for layer, k_cache, v_cache in zip(self.body.layers, self.k, self.v):
             attn = layer.self_attn
