@@ -106,11 +106,16 @@ def build(tok, pair: str, role: str, seed: int):
 
 
 def teacher_cache(work: Path, tok, examples, pair: str) -> Path:
-    from kdbench.teacher import build_cache
+    """The teacher's cached logits of `examples`, in the format of the kdbench tree imported
+    here (the format changed across revisions: a baseline worker builds its own)."""
+    from kdbench import teacher
 
-    out = work / f"cache-{pair}-{len(examples)}"
+    tree = Path(teacher.__file__).resolve().parents[1].name
+    out = work / f"caches-{tree}" / f"cache-{pair}-{len(examples)}"
     if not out.exists():
-        build_cache(build(tok, pair, "teacher", 1), examples, tok.pad_token_id, out, "fp32", torch.device("cpu"))
+        out.parent.mkdir(exist_ok=True)
+        teacher.build_cache(build(tok, pair, "teacher", 1), examples, tok.pad_token_id, out, "fp32",
+                            torch.device("cpu"))
     return out
 
 
@@ -214,7 +219,7 @@ def hf_generate(tok, prompts, model):
         n_tokens = 0
         for row in out[:, T:].tolist():
             new = row[:row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
-            tok.decode(new, skip_special_tokens=True).strip()
+            tok.decode(new, skip_special_tokens=True).strip()  # the answer text: timed, not kept
             n_tokens += len(new) + 1
         return n_tokens
     return run
@@ -247,14 +252,9 @@ def matmul_rate() -> float:
 def worker(work: Path, pair: str, reps: int, n_steps: int) -> list[float]:
     """CPU seconds per kdbench step (runs in a subprocess, any kdbench tree): `reps` calls of
     `train` over `n_steps` batches each (1: one step with the call's set-up; more: an epoch)."""
-    from kdbench import teacher
-
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     tok, examples, _ = fixture(work, n_steps * BATCH)
-    # the teacher cache in the format of the tree being timed (it changed across revisions)
-    tree = work / f"caches-{Path(teacher.__file__).resolve().parents[1].name}"
-    tree.mkdir(exist_ok=True)
-    step = kdbench_step(tok, examples, teacher_cache(tree, tok, examples, pair), build(tok, pair, "student", 2))
+    step = kdbench_step(tok, examples, teacher_cache(work, tok, examples, pair), build(tok, pair, "student", 2))
     step()
     return [timed(step)[0] / n_steps for _ in range(reps)]
 
