@@ -5,10 +5,10 @@ For a Llama-style decoder (`DECODERS`: RMSNorm, rotary positions, SwiGLU MLP, op
 biases, grouped-query attention) a decoding step is a few dozen small operations; through the
 model's `forward` most of its time went to building the attention mask, growing the
 `DynamicCache` by concatenation and the output bookkeeping (benchmarks/results/engine.md).
-`StaticDecoder` calls the model's embedding, norms, projections, rotary embedding and MLP
-modules directly, writes each step's keys and values into a cache allocated once for the
-whole batch, and attends with an explicit mask (left padding and causality). The logits equal
-the model's forward up to float rounding (tests/test_decode.py).
+`StaticDecoder` uses the model's embedding, norms, rotary embedding and weights directly (q/k/v
+and gate/up stacked into one product each), writes each step's keys and values into a cache
+allocated once for the whole batch, and attends with an explicit mask (left padding and
+causality). The logits equal the model's forward up to float rounding (tests/test_decode.py).
 
 Other architectures (GPT-2, OPT, models with a sliding window or per-head q/k norms) take
 `HFDecoder`: the model's forward with its own KV cache. Both are called the same way:
@@ -23,6 +23,7 @@ input_ids, position_ids: (B, t), the next t tokens of every row and their positi
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from kdbench.models import next_token_logits
 
@@ -57,6 +58,11 @@ class StaticDecoder:
         # (B, 1, 1, max_len) additive attention mask: -inf on left padding
         self.bias = torch.zeros(valid.shape, dtype=p.dtype, device=dev).masked_fill_(~valid.to(dev), float("-inf"))
         self.bias = self.bias[:, None, None]
+        # per layer, q/k/v and gate/up as one product each: two calls fewer per step and layer,
+        # the same values (each output column is the same dot product as in its own layer)
+        self.qkv = [_stacked(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj) for l in self.body.layers]
+        self.gate_up = [_stacked(l.mlp.gate_proj, l.mlp.up_proj) for l in self.body.layers]
+        self.widths = [self.n_heads * self.d, self.n_kv * self.d, self.n_kv * self.d]  # of q, k, v
 
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor):
         B, t = input_ids.shape
@@ -70,13 +76,13 @@ class StaticDecoder:
             causal = torch.zeros((t, end), dtype=bias.dtype, device=x.device)
             bias = bias + causal.masked_fill_(key_at > query_at, float("-inf"))  # (B, 1, t, end)
             bias.diagonal(offset=start, dim1=-2, dim2=-1).fill_(0.0)
-        for layer, k_cache, v_cache in zip(self.body.layers, self.k, self.v):
-            attn = layer.self_attn
-            h = _rms_norm(layer.input_layernorm, x)
-            q = attn.q_proj(h).view(B, t, self.n_heads, self.d).transpose(1, 2)  # (B, heads, t, d)
-            k = attn.k_proj(h).view(B, t, self.n_kv, self.d).transpose(1, 2)     # (B, kv, t, d)
+        for layer, k_cache, v_cache, qkv, gate_up in zip(self.body.layers, self.k, self.v, self.qkv, self.gate_up):
+            attn, mlp = layer.self_attn, layer.mlp
+            q, k, v = F.linear(_rms_norm(layer.input_layernorm, x), *qkv).split(self.widths, -1)
+            q = q.view(B, t, self.n_heads, self.d).transpose(1, 2)                  # (B, heads, t, d)
+            k = k.view(B, t, self.n_kv, self.d).transpose(1, 2)                     # (B, kv, t, d)
             k_cache[:, :, start:end] = k * cos + _rotate_half(k) * sin
-            v_cache[:, :, start:end] = attn.v_proj(h).view(B, t, self.n_kv, self.d).transpose(1, 2)
+            v_cache[:, :, start:end] = v.view(B, t, self.n_kv, self.d).transpose(1, 2)
             q = (q * cos + _rotate_half(q) * sin) * self.scale
             # grouped-query attention: heads share their group's keys (B, kv, g * t, d)
             q = q.reshape(B, self.n_kv, -1, self.d)
@@ -84,7 +90,8 @@ class StaticDecoder:
             w = (scores + bias).softmax(-1).view(B, self.n_kv, -1, end)
             out = (w @ v_cache[:, :, :end]).view(B, self.n_heads, t, self.d)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(B, t, self.n_heads * self.d))
-            x = x + layer.mlp(_rms_norm(layer.post_attention_layernorm, x))
+            gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, x), *gate_up).chunk(2, -1)
+            x = x + mlp.down_proj(mlp.act_fn(gate) * up)                        # (B, t, H)
         self.len = end
         return self.head(_rms_norm(self.body.norm, x[:, -1]))
 
@@ -109,6 +116,14 @@ class HFDecoder:
     def keep(self, rows: torch.Tensor) -> None:
         self.cache.batch_select_indices(rows)
         self.mask = self.mask[rows]
+
+
+def _stacked(*linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of linear layers that read the same input, as one layer whose output is
+    theirs side by side."""
+    biases = [lin.bias for lin in linears]
+    return (torch.cat([lin.weight for lin in linears]),
+            None if biases[0] is None else torch.cat(biases))
 
 
 def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
