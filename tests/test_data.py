@@ -22,6 +22,22 @@ def test_tokenizer_round_trip(tokenizer, records):
     assert tokenizer.eos_token_id != tokenizer.pad_token_id
 
 
+def test_trained_tokenizer_spends_one_token_per_template_piece(tokenizer, records):
+    from kdbench.tokenizer import template_pieces
+
+    pieces = template_pieces()
+    assert len(pieces) == 4 and all(len(tokenizer(p)["input_ids"]) == 1 for p in pieces)
+    r = next(r for r in records if r["input"])
+    with_input, plain = format_prompt(r["instruction"], r["input"]), format_prompt(r["instruction"])
+
+    def n(text):
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # a prompt's tokens: its fields' own tokens plus 3 (with an input) or 2 (without)
+    assert n(with_input) == n(r["instruction"]) + n(r["input"]) + 3
+    assert n(plain) == n(r["instruction"]) + 2
+
+
 def test_encode_appends_eos_and_marks_the_response(tokenizer, records):
     ex = encode(tokenizer, records[:4], max_length=512)
     batch = collate(ex, tokenizer.pad_token_id)
