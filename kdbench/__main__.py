@@ -1,5 +1,6 @@
 """Command line: `python -m kdbench <stage> --config FILE [--pair P --method M --variant V --seed K]`
-(the teacher's stages take `--pair P --tseed T`, T the teacher seed).
+(the teacher's stages take `--pair P --tseed T`, T the teacher seed; `distill` takes one or more
+seeds, `--seed 0 1 2`, and runs them one after the other in the same process).
 
 Every DAG rule is one such line, so any stage can be rerun by hand. Extra commands:
 `validate` checks a config, `methods` lists the discovered methods, their defaults and references,
@@ -40,7 +41,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--fingerprint", help="stop unless the config has this fingerprint (the DAG passes the "
                                               "one it decided with)")
         for w in wildcards:
-            s.add_argument(f"--{w}", required=True, type=int if w in ("seed", "tseed") else str)
+            many = (stage, w) == ("distill", "seed")
+            s.add_argument(f"--{w}", required=True, type=int if w in ("seed", "tseed") else str,
+                           nargs="+" if many else None)
         s.add_argument("--timing", help="write the job's wall seconds, CPU seconds and peak memory to this TSV "
                                         "when the stage succeeds (the DAG's timings/ files)")
     g = sub.add_parser("convert_gguf", help="dequantize a GGUF checkpoint into a safetensors folder")
@@ -90,7 +93,11 @@ def main(argv=None) -> int:
         from kdbench import stages
 
         kwargs = {w: getattr(args, w) for w in STAGES[args.stage]}
-        getattr(stages, args.stage)(cfg, **kwargs)
+        if args.stage == "distill":
+            for seed in kwargs.pop("seed"):
+                stages.distill(cfg, **kwargs, seed=seed)
+        else:
+            getattr(stages, args.stage)(cfg, **kwargs)
         if args.timing:
             write_timing(args.timing)
         # everything is written: spare the interpreter's exit its collection passes over every

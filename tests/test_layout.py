@@ -78,11 +78,13 @@ def test_two_pairs_and_teacher_seeds(tmp_path):
         for t in (0, 1):
             assert P.run_file("metrics", pair=pair, method="teacher", variant="default", seed=t) in out
             assert f"train_teacher --config" in out and f"--pair {pair} --tseed {t}" in out
-    jobs = out.split("\n\n")
-    distill = {s: next(j for j in jobs if "rule distill:" in j and f"runs/tiny/kd/default/seed{s}/train.json" in j)
-               for s in (0, 1, 2)}
-    assert P.teacher_cache("tiny", 0) in distill[0] and P.teacher_cache("tiny", 1) in distill[1]
-    assert P.teacher_cache("tiny", 0) in distill[2] and P.teacher_cache("tiny", 1) not in distill[2]
+    # one distill job per (pair, method, variant) runs every training seed, reading the teacher
+    # caches its seeds distil from
+    jobs = [j for j in out.split("\n\n") if "rule distill:" in j and "runs/tiny/kd/default/" in j]
+    assert len(jobs) == 1 and all(f"runs/tiny/kd/default/seed{s}/train.json" in jobs[0] for s in (0, 1, 2))
+    assert "--seed 0 1 2" in jobs[0]
+    assert P.teacher_cache("tiny", 0) in jobs[0] and P.teacher_cache("tiny", 1) in jobs[0]
+    assert [P.teacher_seed(s) for s in (0, 1, 2)] == [0, 1, 0]
 
 
 # --- config integrity ----------------------------------------------------------------------
@@ -172,3 +174,13 @@ def test_every_shell_word_from_a_name_is_quoted():
 def test_the_schema_and_paths_agree_on_safe_names():
     assert C.schema()["$defs"]["name"]["pattern"] == SAFE_NAME
     assert C.schema()["properties"]["ablations"]["properties"]["method"]["pattern"] == SAFE_NAME
+
+
+def test_distill_takes_every_seed_of_its_job_and_other_stages_one():
+    from kdbench.__main__ import parser
+
+    key = ["--pair", "tiny", "--method", "kd", "--variant", "default"]
+    assert parser().parse_args(["distill", *key, "--seed", "0", "1", "2"]).seed == [0, 1, 2]
+    assert parser().parse_args(["evaluate", *key, "--seed", "1"]).seed == 1
+    with pytest.raises(SystemExit):
+        parser().parse_args(["init_student", "--pair", "tiny", "--seed", "0", "1"])

@@ -62,11 +62,14 @@ def fp(*sections):
     return C.fingerprint(sections)
 
 
-RUN_INDEX = {(r.pair, r.method, r.variant, r.seed): r for r in RUNS}
+# the training seeds: every (pair, method, variant) runs each of them, in one distill job
+SEEDS = list(range(CFG["training_seeds"]))
+# (pair, method, variant) -> its runs' shared settings (the runs differ in their seed only)
+RUN_INDEX = {(r.pair, r.method, r.variant): r for r in RUNS}
 
 
 def run_of(wc):
-    return RUN_INDEX[(wc.pair, wc.method, wc.variant, int(wc.seed))]
+    return RUN_INDEX[(wc.pair, wc.method, wc.variant)]
 
 
 def method_of(wc):
@@ -76,9 +79,11 @@ def method_of(wc):
 
 
 def run_key(wc):
-    """Command-line words naming a run (quoted, although the schema already restricts names)."""
-    return " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in
-                    (("pair", wc.pair), ("method", wc.method), ("variant", wc.variant), ("seed", wc.seed)))
+    """Command-line words naming a distill job's runs: pair, method, variant and every training
+    seed (quoted, although the schema already restricts names)."""
+    return " ".join([*(f"--{k} {shlex.quote(str(v))}" for k, v in
+                       (("pair", wc.pair), ("method", wc.method), ("variant", wc.variant))),
+                     "--seed", *map(str, SEEDS)])
 
 
 def broad_inputs():
