@@ -5,7 +5,7 @@ The prompt template's fixed text (the Alpaca preamble with its `### Instruction:
 the `### Input:` and `### Response:` headers) is added as one token per piece, as chat models'
 tokenizers do with their template's control tokens. Prompts keep the protocol's text verbatim
 (kdbench.data.format_prompt), but the template costs 2-3 positions instead of 30-45 (the
-default's examples average 30 tokens instead of 72), which is most of what every step of the
+default's examples average 33 tokens instead of 72), which is most of what every step of the
 embedded default computes."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 # Per (pair, method, variant): one job distils a student for every training seed in turn, each
 # then sampling answers on every test set and scoring them (kdbench.stages.evaluate, in the same
 # process). A job pays the start-up of Python, torch and transformers once for all its seeds
-# (about 4 s each on a 2-core Xeon: a sixth of a run of the default).
+# (about 4 s on a 2-core Xeon, a quarter of what one run of the default costs).
 
 
 def distill_inputs(wc):
