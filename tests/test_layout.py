@@ -85,6 +85,16 @@ def test_two_pairs_and_teacher_seeds(tmp_path):
     assert "--seed 0 1 2" in jobs[0]
     assert P.teacher_cache("tiny", 0) in jobs[0] and P.teacher_cache("tiny", 1) in jobs[0]
     assert [P.teacher_seed(s) for s in (0, 1, 2)] == [0, 1, 0]
+    # distill.group_seeds: false (the paper profiles): one job per seed, reading its own teacher
+    raw["distill"] = {**raw.get("distill", {}), "group_seeds": False}
+    (tmp_path / "per_seed.yaml").write_text(yaml.safe_dump(raw))
+    out = dry_run(tmp_path, tmp_path / "per_seed.yaml", "--printshellcmds")
+    jobs = [j for j in out.split("\n\n") if "rule distill:" in j and "runs/tiny/kd/default/" in j]
+    assert len(jobs) == 3
+    for s in (0, 1, 2):
+        job = next(j for j in jobs if f"runs/tiny/kd/default/seed{s}/train.json" in j)
+        assert f"--seed {s} " in job and P.teacher_cache("tiny", P.teacher_seed(s)) in job
+        assert P.teacher_cache("tiny", 1 - P.teacher_seed(s)) not in job
 
 
 # --- config integrity ----------------------------------------------------------------------

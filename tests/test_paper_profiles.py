@@ -112,14 +112,15 @@ def test_paper_profile_dry_run_offline(name, tmp_path):
     cfg = _cfg(name)
     jobs = _dry_run(name, tmp_path)
     # independent count: every method file (default variant) plus the ablation rows that are not
-    # the default; one distill job per method and variant runs every training seed (and samples
-    # and scores each run's answers)
+    # the default, times the training seeds: the paper profiles run one job per seed
+    # (distill.group_seeds: false; each job also samples and scores its run's answers)
     n_methods = len([p for p in (REPO / "methods").glob("*.py") if not p.name.startswith(("_", "template"))])
     abl = cfg["ablations"]["variants"]
     # a method's grid adds its combinations beyond the default one (the default value is in each grid)
     n_grid = sum(math.prod(len(v) for v in grid.values()) - 1 for grid in cfg["methods"]["grids"].values())
-    n_jobs = n_methods + n_grid + len([v for v in abl.values() if v])
     seeds = cfg["training_seeds"]
+    n_jobs = seeds * (n_methods + n_grid + len([v for v in abl.values() if v]))
+    assert cfg["distill"]["group_seeds"] is False
     assert jobs == {"prepare_data": 1, "train_teacher": 1, "init_student": seeds, "score_difficulty": 1,
                     "teacher_samples": 1, "distill": n_jobs,
                     "collect": 1, "tables": 1, "figures": 1, "all": 1, "total": n_jobs + 8 + seeds}

@@ -62,7 +62,7 @@ def fp(*sections):
     return C.fingerprint(sections)
 
 
-# the training seeds: every (pair, method, variant) runs each of them, in one distill job
+# the training seeds: every (pair, method, variant) runs each of them
 SEEDS = list(range(CFG["training_seeds"]))
 # (pair, method, variant) -> its runs' shared settings (the runs differ in their seed only)
 RUN_INDEX = {(r.pair, r.method, r.variant): r for r in RUNS}
@@ -76,14 +76,6 @@ def method_of(wc):
     """The run's method instance (its parameters may change what it needs, e.g. cpd without a
     curriculum does not use the difficulty profile)."""
     return M.instantiate(METHODS[wc.method], run_of(wc).params, wc.method)
-
-
-def run_key(wc):
-    """Command-line words naming a distill job's runs: pair, method, variant and every training
-    seed (quoted, although the schema already restricts names)."""
-    return " ".join([*(f"--{k} {shlex.quote(str(v))}" for k, v in
-                       (("pair", wc.pair), ("method", wc.method), ("variant", wc.variant))),
-                     "--seed", *map(str, SEEDS)])
 
 
 def broad_inputs():

@@ -1,13 +1,19 @@
-# Per (pair, method, variant): one job distils a student for every training seed in turn, each
-# then sampling answers on every test set and scoring them (kdbench.stages.evaluate, in the same
-# process). A job pays the start-up of Python, torch and transformers once for all its seeds
-# (about 4 s on a 2-core Xeon, a quarter of what one run of the default costs).
+# One distill job trains a student for every training seed of one (pair, method, variant) in
+# turn (`distill.group_seeds`, the default: Python, torch and transformers start once, about
+# 4 s on a 2-core Xeon, a quarter of what one run of the default costs), or for one seed
+# (`group_seeds: false`, so that seeds run side by side on a cluster). Each run then samples
+# answers on every test set and scores them (kdbench.stages.evaluate, in the same process).
+GROUP_SEEDS = CFG["distill"]["group_seeds"]
+
+
+def job_seeds(wc):
+    return SEEDS if GROUP_SEEDS else [int(wc.seed)]
 
 
 def distill_inputs(wc):
-    cls, meth = METHODS[wc.method], method_of(wc)
-    tseeds = sorted({P.teacher_seed(s) for s in SEEDS})
-    out = {"init": [P.student_init(wc.pair, s) for s in SEEDS], "train": P.data("train"),
+    cls, meth, seeds = METHODS[wc.method], method_of(wc), job_seeds(wc)
+    tseeds = sorted({P.teacher_seed(s) for s in seeds})
+    out = {"init": [P.student_init(wc.pair, s) for s in seeds], "train": P.data("train"),
            "validation": P.data("validation"), "test_sets": TEST_SET_FILES,
            "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
@@ -22,10 +28,24 @@ def distill_inputs(wc):
     return out
 
 
+def run_key(wc):
+    """Command-line words naming a distill job's runs: pair, method, variant and its seeds
+    (quoted, although the schema already restricts names)."""
+    return " ".join([*(f"--{k} {shlex.quote(str(v))}" for k, v in
+                       (("pair", wc.pair), ("method", wc.method), ("variant", wc.variant))),
+                     "--seed", *map(str, job_seeds(wc))])
+
+
+# a job's files: every seed's run folder, or the one of its {seed}
+JOB_RUNS = [{"seed": s} for s in SEEDS] if GROUP_SEEDS else [{}]
+JOB = "{variant}" if GROUP_SEEDS else "{variant}/seed{seed}"  # its timing and log file names
+
+
 def run_settings(wc):
     # distill.fused only picks how the same losses are evaluated (equal up to float rounding,
-    # tests/test_fused.py), like the thread count: not a reason to rerun a finished run
-    distill = {k: v for k, v in CFG["distill"].items() if k != "fused"}
+    # tests/test_fused.py), like the thread count, and group_seeds how runs share processes:
+    # not reasons to rerun a finished run
+    distill = {k: v for k, v in CFG["distill"].items() if k not in ("fused", "group_seeds")}
     return fp(run_of(wc).params, C.student_budget(CFG, wc.method), distill, CFG["data"]["max_length"],
               CFG["evaluation"], CFG["seed"])
 
@@ -34,10 +54,10 @@ rule distill:
     input:
         unpack(distill_inputs),
     output:
-        *[directory(P.run_file("model", seed=s)) for s in SEEDS],
-        *[P.run_file(name, seed=s) for s in SEEDS for name in TRAIN_FILES[1:]],
-        *[f for s in SEEDS for f in eval_outputs(seed=s)],
-        timing=P.timing("distill", "{pair}", "{method}", "{variant}.tsv"),
+        *[directory(P.run_file("model", **r)) for r in JOB_RUNS],
+        *[P.run_file(name, **r) for r in JOB_RUNS for name in TRAIN_FILES[1:]],
+        *[f for r in JOB_RUNS for f in eval_outputs(**r)],
+        timing=P.timing("distill", "{pair}", "{method}", JOB + ".tsv"),
     params:
         fp=run_settings,
         key=run_key,
@@ -47,6 +67,6 @@ rule distill:
     resources:
         gpu=GPU,
     log:
-        P.log("distill", "{pair}", "{method}", "{variant}.log"),
+        P.log("distill", "{pair}", "{method}", JOB + ".log"),
     shell:
         "{KD} distill {STAGE_ARGS} {params.key} --threads {threads} --timing {output.timing:q} 2> {log:q}"
