@@ -62,8 +62,6 @@ def fp(*sections):
     return C.fingerprint(sections)
 
 
-# the training seeds: every (pair, method, variant) runs each of them
-SEEDS = list(range(CFG["training_seeds"]))
 # (pair, method, variant) -> its runs' shared settings (the runs differ in their seed only)
 RUN_INDEX = {(r.pair, r.method, r.variant): r for r in RUNS}
 

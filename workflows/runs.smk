@@ -4,6 +4,7 @@
 # (`group_seeds: false`, so that seeds run side by side on a cluster). Each run then samples
 # answers on every test set and scores them (kdbench.stages.evaluate, in the same process).
 GROUP_SEEDS = CFG["distill"]["group_seeds"]
+SEEDS = list(range(CFG["training_seeds"]))  # every (pair, method, variant) runs each of them
 
 
 def job_seeds(wc):
