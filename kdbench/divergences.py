@@ -58,10 +58,16 @@ from kdbench.method import check_temperature, check_unit
 
 Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-CPU_CHUNK_ELEMENTS = 1 << 22
-"""Logits per chunk on the CPU (rows = max(1, elements // V)): 16 MiB float32 temporaries.
-Smaller chunks are as fast on an idle machine but pay one thread synchronisation per operation
-and chunk, which is slow on a busy one; larger ones fall out of cache."""
+CPU_CHUNK_ELEMENTS = 1 << 17
+"""Logits per chunk on the CPU (rows = max(1, elements // V)): 512 KiB float32 per (rows, V)
+temporary, so the kernel's half-dozen temporaries stay in a core's L2 cache between its passes.
+benchmarks/results/engine.md: forward KL with its gradient on (281, 1024) rows 2-3x faster
+than with 16 MiB chunks, and 1.3-2x at V = 8,192 and 50,257; smaller chunks pay more per-call
+overhead (and one thread synchronisation per operation and chunk) than they gain."""
+CPU_PROJECTED_CHUNK_ELEMENTS = 1 << 22
+"""Logits per chunk on the CPU on the fused path (kdbench/fused.py), 16 MiB float32: each chunk
+multiplies its hidden states by the whole output layer, so a chunk of a few rows would re-read
+the (V, H) weights for every few rows."""
 ACCELERATOR_CHUNK_ELEMENTS = 1 << 24
 """Logits per chunk on a GPU: 64 MiB temporaries, large enough to hide kernel launches."""
 CHUNK_ELEMENTS: int | None = None
@@ -70,7 +76,7 @@ CHUNK_ELEMENTS: int | None = None
 __all__ = [
     "forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "jensen_shannon",
     "total_variation", "per_token", "token_mean", "kl_rows", "log_mixture", "zero",
-    "CHUNK_ELEMENTS", "CPU_CHUNK_ELEMENTS", "rows_per_chunk",
+    "CHUNK_ELEMENTS", "CPU_CHUNK_ELEMENTS", "CPU_PROJECTED_CHUNK_ELEMENTS", "rows_per_chunk",
     "ACCELERATOR_CHUNK_ELEMENTS",
 ]
 
@@ -167,14 +173,16 @@ def _guarded_rows_value(kernel: Kernel, s: torch.Tensor, t: torch.Tensor) -> tor
     return torch.where(valid, value, 0.0)
 
 
-def rows_per_chunk(vocab: int, device: torch.device, override: int | None = None) -> int:
-    """Rows of V logits per chunk on `device` (`override`, if given, must be >= 1)."""
+def rows_per_chunk(vocab: int, device: torch.device, override: int | None = None, *,
+                   projected: bool = False) -> int:
+    """Rows of V logits per chunk on `device` (`override`, if given, must be >= 1);
+    `projected`: chunks of the fused path, which also project their rows (kdbench/fused.py)."""
     if override is not None:
         if int(override) < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {override!r}.")
         return int(override)
-    elements = CHUNK_ELEMENTS or (CPU_CHUNK_ELEMENTS if device.type == "cpu"
-                                  else ACCELERATOR_CHUNK_ELEMENTS)
+    cpu = CPU_PROJECTED_CHUNK_ELEMENTS if projected else CPU_CHUNK_ELEMENTS
+    elements = CHUNK_ELEMENTS or (cpu if device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS)
     return max(1, elements // max(1, vocab))
 
 
@@ -335,7 +343,8 @@ def token_mean(kernel: Kernel, student_logits, teacher_logits, mask, *, temperat
 
         def rows(s, sel):
             return _chunk_value_grad(kernel, s.to(cd), teacher[sel].to(cd), temperature, need_grad)
-        total, _ = student_logits.rows_sum(idx, rows, rows_per_chunk(vocab, student_logits.device, chunk_rows))
+        total, _ = student_logits.rows_sum(idx, rows, rows_per_chunk(vocab, student_logits.device, chunk_rows,
+                                                                         projected=True))
         n = idx.numel()
     return total / n if n else total
 

@@ -20,8 +20,9 @@ depends on its own row of logits only.
 The chunk's values and gradient come from the same functions as on the plain path: the
 distillation terms from `kdbench.divergences` (`token_mean` dispatches a `ProjectedLogits`
 student here, so every method that writes its loss with `token_mean` or the named divergences
-runs fused unchanged), the cross-entropy from `cross_entropy` below; chunks are as many rows
-as the divergences' chunks (`kdbench.divergences.rows_per_chunk`). The projection runs in the
+runs fused unchanged), the cross-entropy from `cross_entropy` below; chunks are
+`kdbench.divergences.rows_per_chunk(..., projected=True)` rows, larger than the plain path's
+on a CPU because each chunk reads the whole output layer. The projection runs in the
 dtype the plain path's output layer would (bf16 under autocast), the losses in float32.
 
 A method that uses the student logits otherwise (its own tensor arithmetic) cannot run on this
@@ -187,7 +188,7 @@ def cross_entropy(student: ProjectedLogits, targets: torch.Tensor, *, grad: bool
 
     with torch.set_grad_enabled(need):
         total, values = student.rows_sum(torch.arange(n, device=student.device), rows,
-                                         rows_per_chunk(student.shape[-1], student.device))
+                                         rows_per_chunk(student.shape[-1], student.device, projected=True))
     return (total / n if n else total), values
 
 
