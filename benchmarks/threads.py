@@ -5,7 +5,9 @@
 Runs the profile a second time with another `threads` setting (a different number of
 threads changes the order of floating-point reductions, so every weight drifts a little, as
 on another CPU), as a profile of its own, `results/<profile>-threads<N>/`, and compares its
-per-method average Rouge-L with the profile's own results (run the profile first). A method's
+per-method average Rouge-L with the profile's own results (run the profile first). That folder
+is deleted first: Snakemake does not rerun a job when only the package's code changed, so
+runs left from older code would be compared with the new ones. A method's
 conclusion holds when its average moves by less than the half-width of its 95% interval
 (t interval over training seeds, as the tables print it).
 Results: benchmarks/results/threads.{md,csv} (overwritten).
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,6 +82,10 @@ def main() -> None:
     other = dict(raw, profile=f"{cfg['profile']}-threads{args.threads}", threads=args.threads)
     if args.main_only:
         other["ablations"] = {"method": None}
+    other_paths = Paths(C.validate(other, source="threads"))
+    other_root = REPO / other_paths.root
+    if other_root.exists():  # always cold: the second run must use this code, not reuse older runs
+        shutil.rmtree(other_root)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=REPO, delete=False) as f:
         yaml.safe_dump(other, f, sort_keys=False)
     try:
@@ -86,7 +93,7 @@ def main() -> None:
                        cwd=REPO, check=True)
     finally:
         Path(f.name).unlink()
-    other_csv = REPO / Paths(C.validate(other, source="threads")).long_table("runs")
+    other_csv = REPO / other_paths.long_table("runs")
     table = compare(per_seed_avg(ref_csv), per_seed_avg(other_csv))
     out = REPO / "benchmarks" / "results"
     io.write_csv(out / "threads.csv", table)
