@@ -51,7 +51,7 @@ def test_every_method_trains_through_the_engine(name, examples, tokenizer, make_
 
 def test_accumulation_equals_one_big_batch(examples, tokenizer, make_model, monkeypatch):
     # plain SGD so the update is proportional to the gradient (Adam's first step is its sign)
-    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, lr: torch.optim.SGD(groups, lr=lr))
+    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, lr, **_: torch.optim.SGD(groups, lr=lr))
     sub = examples[:8]
     budget = {**BUDGET, "epochs": 1, "grad_clip": 0.0, "warmup": 0.0, "bucket_window": 1}
     a, b = make_model(seed=3), make_model(seed=3)
@@ -59,6 +59,26 @@ def test_accumulation_equals_one_big_batch(examples, tokenizer, make_model, monk
     train(b, sub, {**budget, "batch_size": 4, "grad_accum": 2}, seed=0, pad_id=tokenizer.pad_token_id)
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+
+
+def test_fused_adamw_trains_as_the_default_adamw(examples, tokenizer, make_model, monkeypatch):
+    # the engine takes PyTorch's fused AdamW on a CPU; its updates may differ from the
+    # default (foreach) implementation's in the last float32 bits only
+    made = []
+    adamw = torch.optim.AdamW
+
+    def spy(groups, lr, **kw):
+        made.append(kw.get("fused"))
+        return adamw(groups, lr=lr, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    a, b = make_model(seed=3), make_model(seed=3)
+    train(a, examples, BUDGET, seed=0, pad_id=tokenizer.pad_token_id)
+    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, lr, **_: adamw(groups, lr=lr))
+    train(b, examples, BUDGET, seed=0, pad_id=tokenizer.pad_token_id)
+    assert made == [True]
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
 
 
 def test_cache_equals_online_teacher(examples, tokenizer, make_model, tmp_path):
