@@ -61,8 +61,9 @@ Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CPU_CHUNK_ELEMENTS = 1 << 17
 """Logits per chunk on the CPU (rows = max(1, elements // V)): 512 KiB float32 per (rows, V)
 temporary, so the kernel's half-dozen temporaries stay in a core's L2 cache between its passes.
-benchmarks/results/engine.md: forward KL with its gradient on (281, 1024) rows 2-3x faster
-than with 16 MiB chunks, and 1.3-2x at V = 8,192 and 50,257; smaller chunks pay more per-call
+Forward KL with its gradient on (281, 1024) rows is 2-3x faster than with 16 MiB chunks
+(benchmarks/results/engine.md), and forward KL, JS and reverse KL at V = 4,096 and 50,257 are
+as fast or faster (benchmarks/results/divergences.md, Notes); smaller chunks pay more per-call
 overhead (and one thread synchronisation per operation and chunk) than they gain."""
 CPU_PROJECTED_CHUNK_ELEMENTS = 1 << 22
 """Logits per chunk on the CPU on the fused path (kdbench/fused.py), 16 MiB float32: each chunk
@@ -343,8 +344,8 @@ def token_mean(kernel: Kernel, student_logits, teacher_logits, mask, *, temperat
 
         def rows(s, sel):
             return _chunk_value_grad(kernel, s.to(cd), teacher[sel].to(cd), temperature, need_grad)
-        total, _ = student_logits.rows_sum(idx, rows, rows_per_chunk(vocab, student_logits.device, chunk_rows,
-                                                                         projected=True))
+        chunk = rows_per_chunk(vocab, student_logits.device, chunk_rows, projected=True)
+        total, _ = student_logits.rows_sum(idx, rows, chunk)
         n = idx.numel()
     return total / n if n else total
 

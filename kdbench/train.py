@@ -238,9 +238,9 @@ def _optimizer(model, budget: dict, total: int):
     updates differ from the default's in the last bits of float32 only."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    fused = True if next(model.parameters()).device.type in ("cpu", "cuda") else None  # None: PyTorch's pick
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": budget["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=budget["lr"], fused=fused or None)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=budget["lr"], fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, max(1, total), budget["warmup"], budget["min_lr_ratio"]))
     return opt, sched
