@@ -2,12 +2,18 @@
 
     python benchmarks/pipeline.py --configfile config/smoke.yaml --cold
     python benchmarks/pipeline.py --configfile config/default.yaml --cold   # also writes the committed results
+    python benchmarks/pipeline.py --configfile config/default.yaml --cold --precision bf16 --gpu-jobs 16   # a GPU
 
 --cold deletes results/<profile>/ first (the tokenizer, teacher and every run are rebuilt).
+--precision runs a copy of the profile with every training stage and the sampling at that
+precision, as profile `<profile>-<precision>` (results/<profile>-<precision>/, beside the
+committed runs). --gpu-jobs N lets N jobs share the one GPU (`--resources gpu=N`; the workflow
+profile allows 1, which models this small leave mostly idle).
 The DAG is run twice: the first run does the work, the second must find nothing to do.
 Throughput comes from the profile's own tables (runs.csv) and the jobs' timing files; the CPU
 seconds of Snakemake's own process are those of the whole command minus its jobs'.
-Results: benchmarks/results/pipeline_<profile>.md (overwritten).
+Results: benchmarks/results/pipeline_<profile>.md, pipeline_<profile>-cuda.md where the jobs ran
+on a GPU (overwritten).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -29,12 +36,13 @@ from kdbench import io  # noqa: E402
 from kdbench.paths import Paths  # noqa: E402
 
 
-def run(configfile: str, cores: str) -> tuple[float, float]:
+def run(configfile: str, cores: str, gpu_jobs: int) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system of Snakemake and every job) of one DAG run."""
     import resource
 
     t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-m", "snakemake", "--cores", cores, "--configfile", configfile, "-q"],
+    subprocess.run([sys.executable, "-m", "snakemake", "--cores", cores, "--configfile", configfile, "-q",
+                    "--resources", f"gpu={gpu_jobs}"],
                    cwd=REPO, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -56,18 +64,45 @@ def stage_times(timings: Path) -> pd.DataFrame:
     return out.round(1)
 
 
+def at_precision(raw: dict, precision: str) -> dict:
+    """The profile with every training stage and the sampling at `precision`, renamed
+    `<profile>-<precision>` so that its results sit beside the profile's own."""
+    raw = {**raw, "profile": f"{raw['profile']}-{precision}"}
+    raw["training"] = {k: {**v, "precision": precision} if isinstance(v, dict) and "epochs" in v else v
+                       for k, v in raw["training"].items()}  # the stages, not per_method's overrides
+    raw["evaluation"] = {**raw.get("evaluation", {}), "precision": precision}
+    return raw
+
+
+def accelerator() -> str:
+    """Where the jobs run: the GPU's name, or '' on a machine without one."""
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configfile", default="config/default.yaml")
     ap.add_argument("--cores", default="all")
     ap.add_argument("--cold", action="store_true", help="delete results/<profile>/ first")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], help="run the profile at this precision throughout")
+    ap.add_argument("--gpu-jobs", type=int, default=1, help="jobs sharing the GPU at a time (default 1, as profiles/default)")
     args = ap.parse_args()
-    cfg = C.load(REPO / args.configfile)
+    raw = C.read(REPO / args.configfile)
+    if args.precision:
+        raw = at_precision(raw, args.precision)
+    cfg = C.validate(raw, source=args.configfile)
     root = REPO / Paths(cfg).root
     if args.cold and root.exists():
         shutil.rmtree(root)
-    first, first_cpu = run(args.configfile, args.cores)
-    again, _ = run(args.configfile, args.cores)
+    configfile = args.configfile
+    if args.precision:  # the renamed copy, inside its own results folder
+        configfile = str((root / "profile.yaml").relative_to(REPO))
+        io.write_text(REPO / configfile, yaml.safe_dump(raw, sort_keys=False))
+    first, first_cpu = run(configfile, args.cores, args.gpu_jobs)
+    again, _ = run(configfile, args.cores, args.gpu_jobs)
+    gpu = accelerator()
     per_rule = stage_times(REPO / Paths(cfg).timing())
     jobs_cpu = float(per_rule["cpu_sum"].sum()) if len(per_rule) else 0.0
     runs = pd.read_csv(REPO / Paths(cfg).long_table("runs"))
@@ -79,7 +114,8 @@ def main() -> None:
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
         f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
-        f"`snakemake --cores {args.cores}`; {'cold (results deleted first)' if args.cold else 'warm'}.",
+        + (f"jobs on one {gpu} (`--resources gpu={args.gpu_jobs}`: up to {args.gpu_jobs} at a time), " if gpu else "")
+        + f"`snakemake --cores {args.cores}`; {'cold (results deleted first)' if args.cold else 'warm'}.",
         "",
         "| what | value |",
         "|---|---|",
@@ -99,7 +135,7 @@ def main() -> None:
         per_rule.to_markdown(),
         "",
     ]
-    out = REPO / "benchmarks" / "results" / f"pipeline_{cfg['profile']}.md"
+    out = REPO / "benchmarks" / "results" / f"pipeline_{cfg['profile']}{'-cuda' if gpu else ''}.md"
     io.write_text(out, "\n".join(lines))
     print("\n".join(lines))
 
