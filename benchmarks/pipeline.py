@@ -98,8 +98,8 @@ def main() -> None:
         shutil.rmtree(root)
     configfile = args.configfile
     if args.precision:  # the renamed copy, inside its own results folder
+        io.write_text(root / "profile.yaml", yaml.safe_dump(raw, sort_keys=False))
         configfile = str((root / "profile.yaml").relative_to(REPO))
-        io.write_text(REPO / configfile, yaml.safe_dump(raw, sort_keys=False))
     first, first_cpu = run(configfile, args.cores, args.gpu_jobs)
     again, _ = run(configfile, args.cores, args.gpu_jobs)
     gpu = accelerator()
