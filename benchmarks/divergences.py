@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -96,12 +97,6 @@ def _implementation(impl: str, fn: str):
     return trl_loss
 
 
-def _median(xs: list[float]) -> float:
-    """The median (not `statistics.median`: benchmarks/statistics.py shadows that module here)."""
-    xs = sorted(xs)
-    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
-
-
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -142,8 +137,8 @@ def worker(impl: str, fn: str, vocab: int, batch: int, repeats: int, threads: in
     timed = times[1:] or times  # the first call pays one-off costs; used only if alone
     return {"fn": fn, "vocab": vocab, "tokens": batch * T, "impl": impl,
             "hidden": HIDDEN if impl in HEAD_IMPLS else "",
-            "ms_per_call": round(1e3 * _median([w for w, _ in timed]), 1),
-            "cpu_ms_per_call": round(1e3 * _median([c for _, c in timed]), 1),
+            "ms_per_call": round(1e3 * median([w for w, _ in timed]), 1),
+            "cpu_ms_per_call": round(1e3 * median([c for _, c in timed]), 1),
             "peak_extra_mb": round(peak / 2 ** 20), "value": value, "repeats": len(timed),
             "load": load, "threads": threads}
 

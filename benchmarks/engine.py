@@ -18,7 +18,9 @@ once, before timing) for every implementation.
     baseline (with --baseline REV) `train` of the kdbench at git revision REV, run in a
              subprocess worker with the same data and seed, alternating with the current one;
              timed on the one batch (a `train` call's set-up included) and, per step, over a
-             12-step epoch of the next examples (the steady state of a pipeline run)
+             12-step epoch of the next examples (the steady state of a pipeline run); over
+             that epoch also the current tree with the student's decoder under
+             `torch.compile(dynamic=True)`, its compile time in the first call's column
 (b) sampling the `id`-style synthetic prompts (100 prompts, batch 100, at most 64 new tokens,
     temperature 1, top_p 1, top_k 0, same seed): `kdbench.generate.sample` (its static-cache
     decoder, kdbench/decode.py, which also stops computing rows that have ended) against
@@ -249,20 +251,26 @@ def matmul_rate() -> float:
     return 2 * 1024 ** 3 / best
 
 
-def worker(work: Path, pair: str, reps: int, n_steps: int) -> list[float]:
-    """CPU seconds per kdbench step (runs in a subprocess, any kdbench tree): `reps` calls of
-    `train` over `n_steps` batches each (1: one step with the call's set-up; more: an epoch)."""
+def worker(work: Path, pair: str, reps: int, n_steps: int, compiled: bool = False) -> dict:
+    """CPU seconds of the first `train` call and per kdbench step after it (runs in a
+    subprocess, any kdbench tree): `reps` calls of `train` over `n_steps` batches each (1: one
+    step with the call's set-up; more: an epoch). `compiled`: the student's decoder wrapped in
+    `torch.compile(dynamic=True)` (its compile time is in the first call)."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     tok, examples, _ = fixture(work, n_steps * BATCH)
-    step = kdbench_step(tok, examples, teacher_cache(work, tok, examples, pair), build(tok, pair, "student", 2))
-    step()
-    return [timed(step)[0] / n_steps for _ in range(reps)]
+    student = build(tok, pair, "student", 2)
+    if compiled:
+        setattr(student, student.base_model_prefix,
+                torch.compile(getattr(student, student.base_model_prefix), dynamic=True))
+    step = kdbench_step(tok, examples, teacher_cache(work, tok, examples, pair), student)
+    first = timed(step)[0]
+    return {"first": first, "steps": [timed(step)[0] / n_steps for _ in range(reps)]}
 
 
-def run_worker(work: Path, tree: Path, pair: str, reps: int, n_steps: int) -> list[float]:
+def run_worker(work: Path, tree: Path, pair: str, reps: int, n_steps: int, compiled: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "1")}
-    out = subprocess.run([sys.executable, __file__, "--worker", str(work), pair, str(reps), str(n_steps)],
-                         env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, __file__, "--worker", str(work), pair, str(reps), str(n_steps),
+                          str(int(compiled))], env=env, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -272,10 +280,11 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--baseline", help="git revision of the kdbench to compare the engine with")
-    ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(Path(args.worker[0]), args.worker[1], int(args.worker[2]), int(args.worker[3]))))
+        w = args.worker
+        print(json.dumps(worker(Path(w[0]), w[1], int(w[2]), int(w[3]), bool(int(w[4])))))
         return
     os.environ["BENCH_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
@@ -312,17 +321,23 @@ def main(argv=None) -> None:
                 for n_steps, label in ((1, ""), (EPOCH_STEPS, f", {EPOCH_STEPS}-step epoch")):
                     batches = fixture(work, n_steps * BATCH)[1]
                     step_tokens = sum(e.n_response for e in batches) / n_steps  # mean per step
-                    cur, base = [], []
-                    for _ in range(2):  # alternating subprocesses: current tree, baseline tree
-                        cur += run_worker(work, ROOT, pair, max(1, reps // 2), n_steps)
-                        base += run_worker(work, base_tree, pair, max(1, reps // 2), n_steps)
+                    # alternating subprocesses: current tree, baseline tree, and over an epoch the
+                    # current tree with a compiled decoder
+                    workers = {f"kdbench (worker{label})": (ROOT, False),
+                               f"kdbench {args.baseline} (worker{label})": (base_tree, False)}
+                    if n_steps > 1:
+                        workers[f"kdbench, torch.compile (worker{label})"] = (ROOT, True)
+                    got = {name: [] for name in workers}
+                    for _ in range(2):
+                        for name, (tree, compiled) in workers.items():
+                            got[name].append(run_worker(work, tree, pair, max(1, reps // 2), n_steps, compiled))
                     # FLOPs counted for the current tree only (the baseline tree is not imported
                     # here), and for the one-step batch: an epoch's batches have other lengths
-                    for name, t, n_flops in ((f"kdbench (worker{label})", cur, step_flops["kdbench"]),
-                                             (f"kdbench {args.baseline} (worker{label})", base, float("nan"))):
-                        rows.append(_row(pair, "step", name, [(c, float("nan")) for c in t],
-                                         n_flops if n_steps == 1 else float("nan"), rate, step_tokens,
-                                         "response tokens", cmd, args.threads))
+                    for name, runs in got.items():
+                        n_flops = step_flops["kdbench"] if n_steps == 1 and args.baseline not in name else float("nan")
+                        rows.append({**_row(pair, "step", name, [(c, float("nan")) for r in runs for c in r["steps"]],
+                                            n_flops, rate, step_tokens, "response tokens", cmd, args.threads),
+                                     "first_call_cpu_s": float(np.median([r["first"] for r in runs]))})
             rows += sampling_rows(pair, tok, prompts, build(tok, pair, "student", 3).eval(), reps, rate, cmd, args.threads)
         if TRAINED.exists():  # answers that end at EOS, as in the pipeline's validation and test sets
             from kdbench.models import load_model, load_tokenizer
@@ -349,7 +364,6 @@ def _row(pair, what, impl, times, n_flops, rate, n_tokens, unit, cmd, threads) -
     cpu = [c for c, _ in times]
     wall = [w for _, w in times]
     return {"pair": pair, "what": what, "impl": impl, "threads": threads, "reps": len(times),
-            # numpy's median: benchmarks/statistics.py shadows the standard library's module here
             "cpu_s_min": min(cpu), "cpu_s_median": np.median(cpu),
             "wall_s_min": min(wall), "wall_s_median": np.median(wall),
             "tokens": n_tokens, "token_unit": unit, "tokens_per_cpu_s": n_tokens / np.median(cpu),
@@ -373,10 +387,12 @@ def write(df: pd.DataFrame, rate: float, threads: int, cmd: str) -> None:
         ref = g[g["impl"] == "kdbench"]["cpu_s_median"].iloc[0]
         g = g.assign(**{"x kdbench": g["cpu_s_median"] / ref, "floor share": g["floor_s"] / g["cpu_s_median"]})
         cols = ["impl", "reps", "cpu_s_min", "cpu_s_median", "tokens_per_cpu_s", "gflop", "floor_s",
-                "floor share", "x kdbench"]
+                "floor share", "x kdbench"] + (["first_call_cpu_s"] if "first_call_cpu_s" in g else [])
         lines.append(f"## {pair}: {'one distillation step (batch 32, cached teacher logits)' if what == 'step' else 'sampling (100 prompts, batch 100, <= 64 new tokens)'}\n")
         lines.append(g[cols].to_markdown(index=False, floatfmt=".4g") + "\n")
-        lines.append("`x kdbench`: median CPU time relative to kdbench (above 1: slower than kdbench).\n")
+        lines.append("`x kdbench`: median CPU time relative to kdbench (above 1: slower than kdbench)."
+                     + (" `first_call_cpu_s`: a worker's first `train` call (set-up, warm-up and any "
+                        "compilation), median over its processes." if what == "step" else "") + "\n")
     io.write_text(RESULTS / "engine.md", "\n".join(lines))
 
 

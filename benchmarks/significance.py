@@ -1,6 +1,6 @@
 """How often do the tables' † marks lie, and how long do the tests take?
 
-    python benchmarks/statistics.py [--tables results/default/tables] [--tables-sims 200]
+    python benchmarks/significance.py [--tables results/default/tables] [--table-sims 200]
 
 1. Calibration and power on simulated tables: one method against a baseline, three training
    seeds, three benchmarks (200, 150 and 80 examples) plus avg, Holm over the four tests.
@@ -17,7 +17,7 @@
    table's most significant test must pass (p < 0.05 / m, m = the table's tests). With the
    profile's timing file, the projected cold wall time at S seeds (the distill jobs scale
    with S, the rest does not).
-Results: benchmarks/results/statistics.{md,csv} and seeds.csv (overwritten).
+Results: benchmarks/results/significance.{md,csv} and seeds.csv (overwritten).
 """
 from __future__ import annotations
 
@@ -166,10 +166,10 @@ def main(argv=None):
         print(seeds[-1], flush=True)
     seeds = pd.DataFrame(seeds)
     bench = pd.DataFrame([{"benchmark": b, **c} for b, c in comp["benchmarks"].items()])
-    io.write_csv(RESULTS / "statistics.csv", df)
+    io.write_csv(RESULTS / "significance.csv", df)
     io.write_csv(RESULTS / "seeds.csv", seeds)
     md = ["# Statistics: calibration, power and time", "",
-          f"Machine: {platform.processor() or platform.machine()}; `python benchmarks/statistics.py`.", "",
+          f"Machine: {platform.processor() or platform.machine()}; `python benchmarks/significance.py`.", "",
           "Share of simulated tables with at least one † (Holm over benchmarks + avg, α = 0.05); "
           "three training seeds; null = identical methods, planted = +2 Rouge-L.", "",
           df.to_markdown(index=False, floatfmt=".3f"), "",
@@ -190,7 +190,7 @@ def main(argv=None):
           seeds.to_markdown(index=False, floatfmt=("g", ".3f", ".3f", ".1f")), "",
           "The planted difference is the observed one, which a table that passed a selection would "
           "overstate; read the rows as what the committed variance allows, not as a promise."]
-    io.write_text(RESULTS / "statistics.md", "\n".join(md) + "\n")
+    io.write_text(RESULTS / "significance.md", "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""benchmarks/statistics.py, section 3: variance components, power at S seeds, projected time."""
+"""benchmarks/significance.py, section 3: variance components, power at S seeds, projected time."""
 import importlib.util
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("statistics_bench", REPO / "benchmarks" / "statistics.py")
+spec = importlib.util.spec_from_file_location("significance_bench", REPO / "benchmarks" / "significance.py")
 stats = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(stats)
 
