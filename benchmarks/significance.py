@@ -17,7 +17,7 @@
    table's most significant test must pass (p < 0.05 / m, m = the table's tests). With the
    profile's timing file, the projected cold wall time at S seeds (the distill jobs scale
    with S, the rest does not).
-Results: benchmarks/results/significance.{md,csv} and seeds.csv (overwritten).
+Results: benchmarks/results/significance.{md,csv} and significance_seeds.csv (overwritten).
 """
 from __future__ import annotations
 
@@ -85,6 +85,10 @@ def components(examples: pd.DataFrame, method: str, baseline: str) -> dict:
     """Variance components of the paired seed × example differences method − baseline (main
     variants, Rouge-L averaged over sampling seeds), per benchmark, and the avg difference."""
     ex = examples[examples["variant"] == "default"]
+    missing = [m for m in (method, baseline) if m not in set(ex["method"])]
+    if missing:
+        raise SystemExit(f"--compare: {missing[0]!r} has no main-table runs in these tables; pick two of "
+                         f"{sorted(set(ex['method']) - {'teacher'})}.")
     per = ex.groupby(["method", "benchmark", "seed", "example_id"])["rouge_l"].mean()
     out = {"benchmarks": {}}
     seed_means = []
@@ -167,7 +171,7 @@ def main(argv=None):
     seeds = pd.DataFrame(seeds)
     bench = pd.DataFrame([{"benchmark": b, **c} for b, c in comp["benchmarks"].items()])
     io.write_csv(RESULTS / "significance.csv", df)
-    io.write_csv(RESULTS / "seeds.csv", seeds)
+    io.write_csv(RESULTS / "significance_seeds.csv", seeds)
     md = ["# Statistics: calibration, power and time", "",
           f"Machine: {platform.processor() or platform.machine()}; `python benchmarks/significance.py`.", "",
           "Share of simulated tables with at least one † (Holm over benchmarks + avg, α = 0.05); "

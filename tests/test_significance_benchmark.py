@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("significance_bench", REPO / "benchmarks" / "significance.py")
@@ -56,3 +57,8 @@ def test_projected_minutes_adds_the_distill_cpu_seconds_per_extra_seed(tmp_path)
                   "| distill          |      28 | 1356.8 |   48.5 |    1200.0 |\n")
     assert stats.projected_minutes(md, 3, 3) == 10.0
     assert abs(stats.projected_minutes(md, 6, 3) - (600 + 1200 / 2) / 60) < 1e-9
+
+
+def test_components_name_the_methods_a_comparison_can_use():
+    with pytest.raises(SystemExit, match="'gkd' has no main-table runs.*'kd', 'sft'"):
+        stats.components(_examples(np.random.default_rng(0), 2.0, 1.0, 5.0, 12.0, n_seeds=2, n=3), "gkd", "sft")
