@@ -3,6 +3,7 @@
     python benchmarks/pipeline.py --configfile config/smoke.yaml --cold
     python benchmarks/pipeline.py --configfile config/default.yaml --cold   # also writes the committed results
     python benchmarks/pipeline.py --configfile config/default.yaml --cold --precision bf16 --gpu-jobs 16   # a GPU
+    python benchmarks/pipeline.py --configfile benchmarks/profiles/default214.yaml --cold   # the default of 214c625
 
 --cold deletes results/<profile>/ first (the tokenizer, teacher and every run are rebuilt).
 --precision runs a copy of the profile with every training stage and the sampling at that

@@ -31,3 +31,14 @@ def test_at_precision_sets_every_stage_and_renames_the_profile(name):
         assert {**cfg["training"][k], "precision": None} == {**ref["training"][k], "precision": None}
     for key in ("data", "pairs", "methods", "ablations"):
         assert cfg[key] == ref[key]
+
+
+def test_the_214c625_default_profile_keeps_the_work_of_214c625():
+    """benchmarks/profiles/default214.yaml: the default of 214c625 under today's schema, for a
+    before/after timing of the engine: no per-epoch validation, one job per run, 57 runs."""
+    cfg = C.validate(C.read(REPO / "benchmarks" / "profiles" / "default214.yaml"))
+    assert cfg["profile"] == "default214"
+    assert cfg["training"]["student"]["selection"] == cfg["training"]["teacher"]["selection"] == "last"
+    assert cfg["training"]["student"]["epochs"] == 5 and cfg["data"]["synthetic_sizes"]["train"] == 3000
+    assert cfg["distill"]["group_seeds"] is False
+    assert len(C.runs(cfg)) == 57
