@@ -387,7 +387,7 @@ def write(df: pd.DataFrame, rate: float, threads: int, cmd: str) -> None:
         ref = g[g["impl"] == "kdbench"]["cpu_s_median"].iloc[0]
         g = g.assign(**{"x kdbench": g["cpu_s_median"] / ref, "floor share": g["floor_s"] / g["cpu_s_median"]})
         cols = ["impl", "reps", "cpu_s_min", "cpu_s_median", "tokens_per_cpu_s", "gflop", "floor_s",
-                "floor share", "x kdbench"] + (["first_call_cpu_s"] if "first_call_cpu_s" in g else [])
+                "floor share", "x kdbench"] + (["first_call_cpu_s"] if what == "step" and "first_call_cpu_s" in g else [])
         lines.append(f"## {pair}: {'one distillation step (batch 32, cached teacher logits)' if what == 'step' else 'sampling (100 prompts, batch 100, <= 64 new tokens)'}\n")
         lines.append(g[cols].to_markdown(index=False, floatfmt=".4g") + "\n")
         lines.append("`x kdbench`: median CPU time relative to kdbench (above 1: slower than kdbench)."
