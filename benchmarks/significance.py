@@ -83,25 +83,23 @@ def rate(test, delta, regime, n_tables, seed):
 
 def components(examples: pd.DataFrame, method: str, baseline: str) -> dict:
     """Variance components of the paired seed × example differences method − baseline (main
-    variants, Rouge-L averaged over sampling seeds), per benchmark, and the avg difference."""
-    ex = examples[examples["variant"] == "default"]
-    missing = [m for m in (method, baseline) if m not in set(ex["method"])]
+    variants, Rouge-L averaged over sampling seeds, as the table's test pairs them), per
+    benchmark, and the avg difference."""
+    names = set(examples.loc[examples["variant"] == "default", "method"])
+    missing = [m for m in (method, baseline) if m not in names]
     if missing:
         raise SystemExit(f"--compare: {missing[0]!r} has no main-table runs in these tables; pick two of "
-                         f"{sorted(set(ex['method']) - {'teacher'})}.")
-    per = ex.groupby(["method", "benchmark", "seed", "example_id"])["rouge_l"].mean()
+                         f"{sorted(names - {'teacher'})}.")
+    blocks = T.seed_example_blocks(examples, {(method, "default"), (baseline, "default")})
     out = {"benchmarks": {}}
     seed_means = []
-    for b in sorted(ex["benchmark"].unique()):
-        x = (per[method][b].unstack("example_id") - per[baseline][b].unstack("example_id")).dropna(axis=1)
+    for b in sorted(examples["benchmark"].unique()):
+        x = (blocks[(method, "default", b)] - blocks[(baseline, "default", b)]).dropna(axis=1).to_numpy()
         S, N = x.shape
-        ex_means = x.mean(axis=0)
-        resid = x - x.mean(axis=1).to_numpy()[:, None] - ex_means.to_numpy()[None, :] + x.to_numpy().mean()
-        ms_res = float((resid.to_numpy() ** 2).sum()) / ((S - 1) * (N - 1))
-        ms_ex = S * float(ex_means.var(ddof=1))
+        ms_ex, ms_res = T.mean_squares(x)
         out["benchmarks"][b] = {"n": N, "sd_example": max(0.0, (ms_ex - ms_res) / S) ** 0.5,
                                 "sd_residual": ms_res ** 0.5}
-        seed_means.append(x.mean(axis=1).to_numpy())
+        seed_means.append(x.mean(axis=1))
     a = np.mean(seed_means, axis=0)
     J = len(seed_means)
     res_share = sum(c["sd_residual"] ** 2 / c["n"] for c in out["benchmarks"].values()) / J ** 2

@@ -231,10 +231,7 @@ def crossed_mean_test(blocks: Sequence[np.ndarray], level: float = 0.95
         N = x.shape[1]
         if N < 2:
             continue
-        ex = x.mean(axis=0)
-        ms_ex = S * float(ex.var(ddof=1))
-        resid = x - x.mean(axis=1, keepdims=True) - ex[None, :] + x.mean()
-        ms_res = float((resid ** 2).sum()) / ((S - 1) * (N - 1))
+        ms_ex, ms_res = mean_squares(x)
         scale = S * N * J * J
         if ms_ex > ms_res:
             terms += [(ms_ex / scale, N - 1), (-ms_res / scale, (S - 1) * (N - 1))]
@@ -244,6 +241,16 @@ def crossed_mean_test(blocks: Sequence[np.ndarray], level: float = 0.95
     df = var ** 2 / sum(v * v / d for v, d in terms)
     se = math.sqrt(var)
     return estimate, se, df, 2 * t_sf(abs(estimate) / se, df), t_quantile(0.5 + level / 2, df) * se
+
+
+def mean_squares(x: np.ndarray) -> tuple[float, float]:
+    """(MS_ex, MS_res) of a seeds × examples array (S, N), S, N >= 2: the example mean square
+    S · var(example means) and the residual mean square of the two-way layout without
+    replication (`crossed_mean_test`)."""
+    S, N = x.shape
+    ex = x.mean(axis=0)
+    resid = x - x.mean(axis=1, keepdims=True) - ex[None, :] + x.mean()
+    return S * float(ex.var(ddof=1)), float((resid ** 2).sum()) / ((S - 1) * (N - 1))
 
 
 def t_sf(t: float, df: float) -> float:
@@ -331,8 +338,11 @@ def _seed_example_scores(examples: pd.DataFrame, keys: set[tuple[str, str]]) -> 
     return ex.groupby(_KEY + ["benchmark", "seed", "example_id"], sort=True)["rouge_l"].mean()
 
 
-def _blocks(per: pd.Series) -> dict[tuple[str, str, str], pd.DataFrame]:
-    """Seeds × examples frame of every (method, variant, benchmark) of `per`."""
+def seed_example_blocks(examples: pd.DataFrame, keys: set[tuple[str, str]]
+                        ) -> dict[tuple[str, str, str], pd.DataFrame]:
+    """Seeds × examples frame of Rouge-L (mean over sampling seeds) of every (method, variant,
+    benchmark) whose (method, variant) is in `keys`: the blocks the tables' tests read."""
+    per = _seed_example_scores(examples, keys)
     return {key: g.droplevel([0, 1, 2]).unstack("example_id")
             for key, g in per.groupby(level=[0, 1, 2], sort=False)}
 
@@ -354,7 +364,7 @@ def significance(examples: pd.DataFrame, rows: dict[str, tuple[str, str]], basel
     stats_ = ("lo", "hi", "diff_lo", "diff_hi", "p")
     out = pd.DataFrame(np.nan, index=pd.Index(list(rows)),
                        columns=[f"{c}_{s}" for c in cols for s in stats_])
-    blocks_of = _blocks(_seed_example_scores(examples, set(rows.values())))
+    blocks_of = seed_example_blocks(examples, set(rows.values()))
     base = {b: blocks_of.get(rows[baseline] + (b,)) for b in benchmarks} if baseline in rows else {}
     for label, key in rows.items():
         own = {b: blocks_of.get(key + (b,)) for b in benchmarks}
