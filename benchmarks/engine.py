@@ -334,7 +334,7 @@ def main(argv=None) -> None:
                     # FLOPs counted for the current tree only (the baseline tree is not imported
                     # here), and for the one-step batch: an epoch's batches have other lengths
                     for name, runs in got.items():
-                        n_flops = step_flops["kdbench"] if n_steps == 1 and args.baseline not in name else float("nan")
+                        n_flops = step_flops["kdbench"] if n_steps == 1 and workers[name][0] == ROOT else float("nan")
                         rows.append({**_row(pair, "step", name, [(c, float("nan")) for r in runs for c in r["steps"]],
                                             n_flops, rate, step_tokens, "response tokens", cmd, args.threads),
                                      "first_call_cpu_s": float(np.median([r["first"] for r in runs]))})
