@@ -9,7 +9,8 @@ as Snakemake wildcards and, given values, as paths in the stages.
       configs/<fingerprint>.yaml        the resolved config a DAG run executes with
       data/<split>.jsonl, report.json   train, validation and the test sets
       tokenizer/                        trained BPE (embedded default)
-      pairs/<pair>/student_init/seed<k>/          the student every method starts from
+      pairs/<pair>/student_init/seed<k>/          the pre-trained student (Method.starts_from "pretrained")
+      pairs/<pair>/student_sft/seed<k>/           it fine-tuned on the training split ("sft", sft_init)
       pairs/<pair>/teacher_cache/seed<t>/         cached teacher logits (per teacher seed)
       pairs/<pair>/teacher_samples/seed<t>.jsonl  the teacher's answers (SeqKD)
       difficulty/<pair>.csv             per-example difficulty profile
@@ -93,6 +94,11 @@ class Paths:
         return self.run_file(name, pair=pair, method=TEACHER, variant="default", seed=tseed)
 
     def student_init(self, pair="{pair}", seed="{seed}"): return self._p("pairs", pair, "student_init", f"seed{seed}")
+    def student_sft(self, pair="{pair}", seed="{seed}"): return self._p("pairs", pair, "student_sft", f"seed{seed}")
+
+    def student_start(self, starts_from: str, pair="{pair}", seed="{seed}") -> str:
+        """The folder a run of a method with `Method.starts_from` = `starts_from` loads."""
+        return self.student_sft(pair, seed) if starts_from == "sft" else self.student_init(pair, seed)
     def teacher_cache(self, pair="{pair}", tseed="{tseed}"): return self._p("pairs", pair, "teacher_cache", f"seed{tseed}")
     def teacher_samples(self, pair="{pair}", tseed="{tseed}"):
         return self._p("pairs", pair, "teacher_samples", f"seed{tseed}.jsonl")

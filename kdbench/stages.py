@@ -2,7 +2,8 @@
 paths of `kdbench.paths.Paths`; the Snakemake rules and `python -m kdbench <stage>` call them.
 
     prepare_data ─► train_tokenizer* ─► train_teacher ─► cache_teacher* ─► score_difficulty
-    init_student (per seed) ─► distill (pair, method, variant, seed; ends with evaluate)
+    init_student (per seed) ─► sft_init* (per seed) ─► distill (pair, method, variant, seed; ends with evaluate)
+    (* only for methods with `starts_from = "sft"`)
     collect ─► tables, figures
 """
 from __future__ import annotations
@@ -228,6 +229,31 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
         ckpt.remove()
 
 
+def sft_init(cfg: dict, pair: str, seed: int) -> None:
+    """The *init* student of methods with `starts_from = "sft"`: the pre-trained student of this
+    seed fine-tuned on the training split (references only, cross-entropy) with the budget
+    `training.init` (`config.init_budget`), as DistiLLM's and MiniLLM's scripts do before their
+    on-policy methods (docs/protocol.md, "Starting points"). Saved with the student's
+    `kdbench.json`, so distillation reads the shared vocabulary from whichever start it loads."""
+    from kdbench.train import train
+
+    P, dev = Paths(cfg), _setup(cfg)
+    src = Path(P.student_init(pair, seed))
+    model = models.load_model(src).to(dev)
+    tok = models.load_tokenizer(src)
+    budget, train_seed = C.init_budget(cfg), C.derive_seed(cfg["seed"], pair, seed, "sft_init")
+    examples = _train_examples(cfg, tok)
+    validate = _validator(cfg, tok, pair, seed) if budget["selection"] == "best" else None
+    ckpt = _checkpoint(cfg, (pair, "sft_init", f"seed{seed}"), (budget, train_seed, cfg["evaluation"]), model, examples)
+    res = train(model, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, validate=validate,
+                desc=f"{pair} student SFT init seed{seed}", checkpoint=ckpt)
+    with io.atomic_path(P.student_sft(pair, seed)) as tmp:
+        models.save(model, tok, tmp)
+        io.write_json(tmp / VOCAB_FILE, {**io.read_json(src / VOCAB_FILE), "sft_init": res.stats})
+    if ckpt is not None:
+        ckpt.remove()
+
+
 def _teacher_vocab_size(cfg: dict, pair: str, tok) -> int:
     """The teacher's output size without loading its weights (a scratch teacher is built with
     one logit per token of the trained tokenizer)."""
@@ -276,9 +302,10 @@ def _validator(cfg: dict, tok, pair: str, seed):
                      desc=f"{pair} validate")
 
 
-def _shared_vocab(cfg: dict, pair: str, seed: int, student) -> int:
-    """The vocabulary size init_student checked for this pair (`kdbench.json` of student_init)."""
-    path = Path(Paths(cfg).student_init(pair, seed)) / VOCAB_FILE
+def _shared_vocab(start: str, pair: str, student) -> int:
+    """The vocabulary size init_student checked for this pair (`kdbench.json` of the `start`
+    folder the student was loaded from: student_init, or student_sft, which copies it)."""
+    path = Path(start) / VOCAB_FILE
     if not path.is_file():
         raise UserError(f"{path} is missing (the student was initialised by an older kdbench); rerun "
                         f"init_student for pair {pair} (delete {path.parent} and run snakemake again).")
@@ -353,8 +380,9 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     tseed = P.teacher_seed(seed)
     cls = M.get(method, cfg["methods_dir"])
     meth = M.instantiate(cls, run.params, method)
-    student = models.load_model(P.student_init(pair, seed)).to(dev)
-    tok = models.load_tokenizer(P.student_init(pair, seed))
+    start = P.student_start(cls.starts_from, pair, seed)  # pre-trained, or fine-tuned first (sft_init)
+    student = models.load_model(start).to(dev)
+    tok = models.load_tokenizer(start)
     records = load_records(P.data("train"))
     responses = None
     if cls.train_on == "teacher_samples":
@@ -366,7 +394,7 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
         if cls.train_on == "mixed" or not C.uses_teacher_cache(cfg, cls):
             t_model = models.load_model(P.teacher_model(pair, tseed)).to(dev)
             online = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
-            vocab = _shared_vocab(cfg, pair, seed, student)
+            vocab = _shared_vocab(start, pair, student)
         teacher = CachedTeacher(P.teacher_cache(pair, tseed), examples) if C.uses_teacher_cache(cfg, cls) else online
     difficulty = load_difficulty(cfg, pair) if meth.uses_difficulty else None
     budget, train_seed = C.student_budget(cfg, method), C.derive_seed(cfg["seed"], pair, seed, "train")
@@ -391,6 +419,7 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
         io.write_json(tmp / RUN_FILES["train"], {**res.stats, "method": method, "variant": variant, "fused": fused,
                                                  "method_params": {**M.defaults(cls), **run.params},
                                                  "teacher_seed": tseed if cls.needs_teacher else None,
+                                                 "starts_from": cls.starts_from,
                                                  "params": models.n_params(student), **provenance(cfg)})
     if ckpt is not None:
         ckpt.remove()

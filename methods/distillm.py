@@ -28,6 +28,7 @@ REPLAY_RATIOS = ("decreasing", "constant", "increasing")
 class Method(Base):
     train_on = "mixed"
     uses_validation_loss = True
+    starts_from = "sft"  # its scripts start from the init checkpoint (docs/protocol.md)
     references = ["Ko et al., DistiLLM: Towards Streamlined Distillation for Large Language "
                   "Models, ICML 2024"]
 

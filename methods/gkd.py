@@ -19,6 +19,7 @@ from kdbench.method import Method as Base, check, check_temperature, check_unit
 
 class Method(Base):
     train_on = "mixed"
+    starts_from = "sft"  # its scripts start from the init checkpoint (docs/protocol.md)
     references = ["Agarwal et al., On-Policy Distillation of Language Models: Learning from "
                   "Self-Generated Mistakes, ICLR 2024", "TRL GKDTrainer / GKDConfig"]
 

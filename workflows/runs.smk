@@ -14,7 +14,7 @@ def job_seeds(wc):
 def distill_inputs(wc):
     cls, meth, seeds = METHODS[wc.method], method_of(wc), job_seeds(wc)
     tseeds = sorted({P.teacher_seed(s) for s in seeds})
-    out = {"init": [P.student_init(wc.pair, s) for s in seeds], "train": P.data("train"),
+    out = {"init": [P.student_start(cls.starts_from, wc.pair, s) for s in seeds], "train": P.data("train"),
            "validation": P.data("validation"), "test_sets": TEST_SET_FILES,
            "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
