@@ -6,8 +6,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU_RULES = {"train_teacher", "init_student", "cache_teacher", "score_difficulty", "teacher_samples",
-             "distill"}
+GPU_RULES = {"train_teacher", "init_student", "sft_init", "cache_teacher", "score_difficulty",
+             "teacher_samples", "distill"}
 CPU_RULES = {"prepare_data", "train_tokenizer", "collect", "tables", "figures"}
 
 
