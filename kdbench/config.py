@@ -154,6 +154,9 @@ def _check_semantics(cfg: dict, source: str) -> None:
     for name in cfg["training"]["per_method"]:
         student_budget(cfg, name, source)
     init_budget(cfg, source)
+    if cfg["tuning"]["lr"] and cfg["tuning"]["seed"] >= cfg["training_seeds"]:
+        raise UserError(f"{source}: `tuning.seed` is {cfg['tuning']['seed']} but the profile trains seeds "
+                        f"0..{cfg['training_seeds'] - 1}; pick one of them.")
     # every method name, parameter and grid must resolve (also of methods not included)
     runs(cfg, source)
     for name in set(cfg["methods"]["params"]) | set(cfg["methods"]["grids"]):
@@ -284,6 +287,15 @@ def runs(cfg: dict, source: str = "the config") -> list[Run]:
                     r = Run(pair, name, slug_, k, json.dumps(params, sort_keys=True))
                     out[(pair, name, slug_, k)] = r
     return list(out.values())
+
+
+def tuning_runs(cfg: dict) -> list[tuple[str, str, str, float]]:
+    """(pair, method, variant, lr) of the learning-rate grid: every main-table method and
+    variant (not the ablation-only variants, which train at their method's choice) at every
+    `tuning.lr` value."""
+    mains = [(pair, name, slug_) for pair in cfg["pairs"] for name in method_names(cfg)
+             for slug_ in variants(cfg, name)]
+    return [(*key, float(lr)) for key in mains for lr in cfg["tuning"]["lr"]]
 
 
 def find_run(cfg: dict, pair: str, method: str, variant: str, seed: int) -> Run:

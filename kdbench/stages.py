@@ -370,7 +370,38 @@ def load_difficulty(cfg: dict, pair: str) -> np.ndarray:
 
 def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     """Train one student run with one method, variant and seed (distilling from teacher seed
-    seed mod teacher_seeds)."""
+    seed mod teacher_seeds), then sample and score its answers on the test sets."""
+    P = Paths(cfg)
+    student, tok, res, info, ckpt = _train_student(cfg, pair, method, variant, seed, C.student_budget(cfg, method),
+                                                   (pair, method, variant, f"seed{seed}"))
+    with io.staged(P.run_dir(pair, method, variant, seed), marker=RUN_FILES["train"]) as tmp:
+        _write_run_tables(tmp, res)
+        models.save(student, tok, tmp / RUN_FILES["model"])
+        io.write_json(tmp / RUN_FILES["train"], {**res.stats, **info, **provenance(cfg)})
+    if ckpt is not None:
+        ckpt.remove()
+    evaluate(cfg, pair, method, variant, seed, student, tok)
+
+
+def tune(cfg: dict, pair: str, method: str, variant: str, lr: float) -> None:
+    """One point of the learning-rate grid (`snakemake tune`, `tuning.lr`): the run of seed
+    `tuning.seed` trained at `lr`, judged by its validation Rouge-L only. Nothing is sampled on
+    the test sets, so no test score can take part in the choice (docs/protocol.md, "Tuning")."""
+    P, seed = Paths(cfg), cfg["tuning"]["seed"]
+    budget = {**C.student_budget(cfg, method), "lr": float(lr)}
+    _, _, res, info, ckpt = _train_student(cfg, pair, method, variant, seed, budget,
+                                           (pair, "tuning", method, variant, f"lr{lr}"))
+    curve = res.epochs[["epoch", "val_loss", "val_rouge_l"]].to_dict("records")
+    io.write_json(P.tuning_result(pair, method, variant, lr), {**res.stats, **info, "lr": float(lr), "seed": seed,
+                                                               "epochs": curve, **provenance(cfg)})
+    if ckpt is not None:
+        ckpt.remove()
+
+
+def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, budget: dict, ckpt_parts: tuple):
+    """Train the student of one run with `budget`: (student, tokenizer, train.Result, what the
+    run's train.json records about it, its checkpoint for the caller to remove once the
+    outputs are written)."""
     from kdbench.fused import use_fused
     from kdbench.teacher import CachedTeacher, OnlineTeacher
     from kdbench.train import train
@@ -397,7 +428,7 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
             vocab = _shared_vocab(start, pair, student)
         teacher = CachedTeacher(P.teacher_cache(pair, tseed), examples) if C.uses_teacher_cache(cfg, cls) else online
     difficulty = load_difficulty(cfg, pair) if meth.uses_difficulty else None
-    budget, train_seed = C.student_budget(cfg, method), C.derive_seed(cfg["seed"], pair, seed, "train")
+    train_seed = C.derive_seed(cfg["seed"], pair, seed, "train")
     kd_ratio = cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0
     fused = use_fused(cfg["distill"]["fused"], student, vocab or student.config.vocab_size)
     on_policy = _on_policy(cfg, meth, examples, tok, student, train_seed) if cls.train_on == "mixed" else None
@@ -406,24 +437,17 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
 
         teacher = Teacher(teacher, online)
     # a retrained teacher or a rescored difficulty profile makes an older checkpoint another run's
-    ckpt = _checkpoint(cfg, (pair, method, variant, f"seed{seed}"),
-                       (budget, train_seed, method, run.params, kd_ratio, vocab, tseed, cfg["evaluation"]),
+    ckpt = _checkpoint(cfg, ckpt_parts, (budget, train_seed, method, run.params, kd_ratio, vocab, tseed, cfg["evaluation"]),
                        student, examples, P.teacher_model(pair, tseed) if cls.needs_teacher else None, difficulty)
     res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
                 kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, on_policy=on_policy,
                 validate=_validator(cfg, tok, pair, seed),
                 desc=f"{pair}/{method}/{variant}/seed{seed}", checkpoint=ckpt, fused=fused)
-    with io.staged(P.run_dir(pair, method, variant, seed), marker=RUN_FILES["train"]) as tmp:
-        _write_run_tables(tmp, res)
-        models.save(student, tok, tmp / RUN_FILES["model"])
-        io.write_json(tmp / RUN_FILES["train"], {**res.stats, "method": method, "variant": variant, "fused": fused,
-                                                 "method_params": {**M.defaults(cls), **run.params},
-                                                 "teacher_seed": tseed if cls.needs_teacher else None,
-                                                 "starts_from": cls.starts_from,
-                                                 "params": models.n_params(student), **provenance(cfg)})
-    if ckpt is not None:
-        ckpt.remove()
-    evaluate(cfg, pair, method, variant, seed, student, tok)
+    info = {"method": method, "variant": variant, "fused": fused, "lr": budget["lr"],
+            "method_params": {**M.defaults(cls), **run.params},
+            "teacher_seed": tseed if cls.needs_teacher else None, "starts_from": cls.starts_from,
+            "params": models.n_params(student)}
+    return student, tok, res, info, ckpt
 
 
 def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
@@ -537,7 +561,7 @@ def provenance(cfg: dict) -> dict:
     return {"config": cfg, "git_commit": commit, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__},
-            "device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu: {platform.processor() or platform.machine()}",
+            "device": models.device_name(dev),
             "threads": torch.get_num_threads()}
 
 
@@ -561,7 +585,7 @@ def collect(cfg: dict) -> None:
                          "train_tokens": t.get("train_tokens", np.nan), "train_examples": t.get("train_examples", np.nan),
                          "train_tokens_per_s": t.get("train_tokens_per_s", np.nan),
                          "train_gen_s": t.get("train_gen_s", 0.0), "student_params": t.get("params"),
-                         "selected_epoch": t.get("selected_epoch"), "n_epochs": t.get("n_epochs"),
+                         "selected_epoch": t.get("selected_epoch"), "n_epochs": t.get("n_epochs"), "lr": t.get("lr"),
                          "val_loss_change_last20": t.get("val_loss_change_last20")})
         examples.append(pd.read_csv(P.run_file("scores", **keys)).assign(**keys))
         for name, bucket in (("trace", traces), ("epochs", epochs), ("bin_loss", bins)):
@@ -578,6 +602,12 @@ def collect(cfg: dict) -> None:
     abl = [{"ablation": row, "method": method, "variant": slug}
            for row, (method, slug, _) in C.ablation_variants(cfg).items()]
     io.write_csv(P.long_table("ablations"), pd.DataFrame(abl, columns=["ablation", "method", "variant"]))
+
+
+def tuning_table(cfg: dict) -> None:
+    from kdbench import tuning
+
+    tuning.write(cfg)
 
 
 def tables(cfg: dict) -> None:

@@ -584,6 +584,8 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     if "selected_epoch" in runs.columns and runs["selected_epoch"].notna().any():
         per_run["best_epoch"] = by_run["selected_epoch"].mean() + 1
         per_run["val_loss_change"] = 100 * by_run["val_loss_change_last20"].mean()
+    if "lr" in runs.columns and runs["lr"].notna().any():
+        per_run["lr"] = by_run["lr"].mean()
     if epochs is not None and not select_pair(epochs, pair).empty:
         ep = require_columns(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
                       LONG_TABLES["epochs"])
@@ -594,6 +596,7 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
         per_run["data_fraction"] = frac.reindex(per_run.index)
     per_run = per_run[~((per_run.index.get_level_values("method") == TEACHER)
                         & per_run["train_wall_s"].isna())]
+    gap = val_rouge_gap_last20(select_pair(epochs, pair)) if epochs is not None else None
 
     names: dict[tuple[str, str], list[str]] = {}
     if ablations is not None and not ablations.empty:
@@ -606,6 +609,9 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     base = df.loc[baseline, "train_wall_s_mean"] if baseline in df.index else np.nan
     df["time_ratio_mean"] = df["train_wall_s_mean"] / base
     df["time_ratio_std"] = np.nan
+    if gap is not None and not gap.empty:
+        df["val_gap_mean"] = [gap.get(mv, np.nan) for mv in rows.values()]
+        df["val_gap_std"] = np.nan
     if "val_loss_change" in per_run.columns:  # the worst seed, not the mean: did every run converge?
         change = per_run["val_loss_change"]
         worst = change.groupby(level=_KEY).agg(
@@ -632,6 +638,11 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
         cols[4:4] = [_col_spec("best_epoch", "best epoch", "{:.1f}", best=None),
                      _col_spec("val_loss_change", "val-loss Δ last 20% (%)", "{:+.1f}", best=None,
                                show_std=False)]
+    if "val_gap_mean" in df.columns:
+        cols.insert(cols.index(next(c for c in cols if c["key"] == "time_ratio")),
+                    _col_spec("val_gap", "val R-L gap last 20%", "{:.2f}", best=None, show_std=False))
+    if "lr_mean" in df.columns:
+        cols.insert(0, _col_spec("lr", "lr", "{:g}", best=None, show_std=False))
     cols += [_col_spec(key, header, "{:.2f}", best=None) for key, header in ANSWER_SHAPE.items()
              if f"{key}_mean" in df.columns]
     order = [f"{c['key']}_{s}" for c in cols for s in ("mean", "std")]
@@ -653,6 +664,15 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
                          "over seeds. Val-loss Δ last 20%: the relative change of the validation loss over "
                          "the last 20% of the training steps, of the seed where it is largest (negative: "
                          "still falling); beyond ±2% the run had not flattened" + (f" ({', '.join(over)})." if over else " (no student row)."))
+    if "val_gap_mean" in df.columns:
+        wide = df.loc[(df["method"] != TEACHER) & (df["val_gap_mean"] > 1.0)].index.tolist()
+        notes.insert(-1, "Val R-L gap last 20%: the best validation Rouge-L of the seed-mean curve minus its "
+                         "mean over the last 20% of the epochs; above 1 point the run had not settled at its "
+                         "best" + (f" ({', '.join(wide)})." if wide else " (no student row)."))
+    if "lr_mean" in df.columns:
+        notes.insert(0, "lr: the peak learning rate of the row's runs"
+                        + (" (per method, chosen by validation Rouge-L over a grid: `snakemake tune`)."
+                           if df.loc[df["method"] != TEACHER, "lr_mean"].nunique() > 1 else "."))
     if "gen_share_mean" in df.columns:
         notes.insert(-1, "On-policy gen share: share of the training time spent sampling the "
                          "student's own answers (included in train time).")
@@ -664,6 +684,22 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     df.attrs.update(columns=cols, caption="Training and generation cost per method.",
                     footnote=notes, index_header="method")
     return df
+
+
+def val_rouge_gap_last20(epochs: pd.DataFrame) -> pd.Series:
+    """Per (method, variant): the best validation Rouge-L of its seed-mean curve (epoch by
+    epoch, mean over seeds) minus that curve's mean over the last 20% of its epochs (at least
+    one). Near 0: the run stays at its best to the end; large: it ended below its best epoch
+    (the seed mean keeps one noisy epoch from setting the best). Empty without val_rouge_l."""
+    if epochs is None or "val_rouge_l" not in epochs or epochs["val_rouge_l"].isna().all():
+        return pd.Series(dtype=float)
+    curve = epochs.groupby(_KEY + ["epoch"])["val_rouge_l"].mean()
+
+    def gap(c: pd.Series) -> float:
+        k = max(1, math.ceil(0.2 * len(c)))
+        return float(c.max() - c.iloc[-k:].mean())
+
+    return curve.groupby(level=_KEY).apply(lambda c: gap(c.sort_index()))
 
 
 # --------------------------------------------------------------------------- formatting

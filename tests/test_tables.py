@@ -398,3 +398,17 @@ def test_runtime_table_convergence_and_the_teachers_own_data_fraction():
     assert f.loc["kd", "val-loss Δ last 20% (%)"] == "-3.0"
     assert np.isnan(df.loc["sft", "val_loss_change_mean"])
     assert "had not flattened (kd, cpd)." in " ".join(df.attrs["footnote"])
+
+
+def test_the_validation_gap_is_best_minus_the_last_fifth_of_the_seed_mean_curve():
+    from kdbench.tables import val_rouge_gap_last20
+
+    # two seeds, 10 epochs: seed means 10, 11, ..., 19 except a peak of 25 at epoch 5; the
+    # last 20% are epochs 8 and 9 (means 18 and 19): gap 25 - 18.5
+    rows = []
+    for seed, shift in ((0, -1.0), (1, 1.0)):
+        for e in range(10):
+            rows.append({"method": "kd", "variant": "default", "seed": seed, "epoch": e,
+                         "val_rouge_l": (25.0 if e == 5 else 10.0 + e) + shift})
+    gap = val_rouge_gap_last20(pd.DataFrame(rows))
+    assert gap[("kd", "default")] == pytest.approx(25.0 - 18.5)
