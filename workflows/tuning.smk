@@ -22,7 +22,7 @@ rule tune_run:
     log:
         P.log("tune", "{pair}", "{method}", "{variant}", "lr{lr}.log"),
     shell:
-        "{KD} tune {STAGE_ARGS} {params.key} --lr {wildcards.lr} --threads {threads} --timing {output.timing:q} 2> {log:q}"
+        "{KD} tune {STAGE_ARGS} {params.key} --lr {wildcards.lr:q} --threads {threads} --timing {output.timing:q} 2> {log:q}"
 
 
 rule tune:
