@@ -4,8 +4,9 @@ Inputs follow the contract of `results/<profile>/tables/` (runs.csv, examples.cs
 epochs.csv, ablations.csv; see `read_tables`). Outputs:
 
 * `main_table`     teacher first, then every student (method, variant) of the main grid;
-                   one column per benchmark plus "avg"; Rouge-L mean ± std over training seeds.
-* `ablation_table` one row per ablation name (config order), tested against "full".
+                   one column per benchmark plus "avg"; Rouge-L mean ± std over training
+                   seeds, and each student's difference to kd with its 95% interval.
+* `ablation_table` one row per ablation name (config order), compared with "full" likewise.
 * `runtime_table`  training wall time, throughput, examples seen, time relative to kd, and
                    the shape of the answers (length against the reference, share capped
                    without EOS, repetition), which exposes degenerate answers.
@@ -14,18 +15,20 @@ epochs.csv, ablations.csv; see `read_tables`). Outputs:
 
 The table functions return *numeric* frames: one row per table row (index = row label),
 columns `pair, method, variant, n_seeds` and, for every value column `c`, `c_mean`, `c_std`
-and (main and ablation tables) `c_lo`, `c_hi`, `c_diff_lo`, `c_diff_hi`, `c_p`, `c_p_holm`.
-Formatting (± std, bold best, † for a Holm-adjusted p < 0.05) happens only in
-`format_table` / `write_table`; what to format is described in `df.attrs` ("columns",
-"caption", "footnote", "index_header").
+and (main and ablation tables) `c_lo`, `c_hi`, `c_diff`, `c_diff_lo`, `c_diff_hi`, `c_p`,
+plus `same_as` and `avg_p_holm`. Formatting (± std, Δ [interval], † for a Holm-adjusted
+p < 0.05, bold where a column spec asks) happens only in `format_table` / `write_table`;
+what to format is described in `df.attrs` ("columns", "caption", "footnote",
+"index_header"). A row with no per-example scores (or no seeds) shows dashes in the
+difference columns and is left out of the test.
 
 Significance (`significance`, `crossed_mean_test`, `holm`): every row against a baseline row,
 runs paired by training seed and test examples by id, with a variance that counts both the
-training seeds and the test examples, so that a difference that a new training seed could
-undo is not marked; Holm's correction over all the tests of one table. Why not a bootstrap:
-with the usual three training seeds, resampling seeds sees two degrees of freedom and
-underestimates their variance, and a two-level bootstrap marked differences in about half of
-simulated null tables where the seeds dominate the noise (docs/protocol.md, "Statistics").
+training seeds and the test examples, on S − 1 degrees of freedom. One primary comparison per
+row, its avg against the baseline, Holm's correction over those; the per-test-set
+differences are shown with their intervals, unmarked. Rows whose runs are identical are one
+row (`same_runs`). Size and power of this choice, against the alternatives, in simulated
+tables: benchmarks/significance.py, docs/protocol.md ("Statistics").
 """
 from __future__ import annotations
 
@@ -215,8 +218,9 @@ def crossed_mean_test(blocks: Sequence[np.ndarray], level: float = 0.95):
     seeds), which the first misses. The statistic is referred to Student's t with S − 1
     degrees of freedom whatever the example term: conservative where that term is large
     (its own df are many), exact where the seeds dominate. Satterthwaite's df, which rise
-    when the few seed differences happen to agree, made the test mark 34% of simulated null
-    tables at three seeds (docs/protocol.md, "Statistics"; benchmarks/significance.py).
+    when the few seed differences happen to agree, made the test mark 27% of simulated null
+    tables at three seeds (39% with Holm over every cell; docs/protocol.md, "Statistics";
+    benchmarks/significance.py).
     Applied to paired differences (method − baseline, seeds paired by index, examples by id)
     this is a paired t-test over training seeds that also counts the test examples. It treats
     the S seeds as independent: with fewer teacher seeds than training seeds they are not
@@ -493,6 +497,7 @@ def _score_table(runs, rows, index_name, examples, baseline, what, epochs) -> pd
     same = same_runs(per_run, rows, blocks)
     merged = {label: _same_label(label, others, rows, epochs) for label, others in same.items()}
     rows = {k: v for k, v in rows.items() if not any(k in o for o in same.values())}
+    baseline = next((k for k, o in same.items() if baseline in o), baseline)  # folded: its row
     df = _seed_summary(per_run, rows)
     cols = benchmarks + ["avg"]
     tested = blocks is not None and baseline in rows
@@ -526,7 +531,7 @@ def _score_table(runs, rows, index_name, examples, baseline, what, epochs) -> pd
     specs = [_col_spec(c, headers[c], best=None) for c in cols]
     if not tested:
         why = ("per-example scores (examples.csv.gz) were not given" if blocks is None
-               else f"the {what} row {baseline!r} is missing")
+               else f"the baseline row {baseline!r} is missing")
         notes.append(f"No differences or tests: {why}.")
         caption = f"Rouge-L of every {what} over {n_seeds} (no test: {why})."
     else:
@@ -552,10 +557,10 @@ def _score_table(runs, rows, index_name, examples, baseline, what, epochs) -> pd
             "could not be told apart from it.",
         ]
     if merged:
-        notes.append("; ".join(merged.values()) + ": runs with the same training seeds and the same "
-                     "score on every test example of every seed as the row they repeat, shown and "
-                     "tested once (never sampled: an on-policy run whose epochs drew no sample of "
-                     "the student's own).")
+        notes.append(f"{'; '.join(merged.values())}: one row, one test for runs that are the same "
+                     "run, or that score the same on every test example of every training seed "
+                     "(never sampled: one of them is an on-policy method whose epochs drew no "
+                     "sample of the student's own, so it trained as the other).")
     df.attrs.update(columns=specs, caption=caption, footnote=notes, index_header=index_name)
     return df
 
@@ -807,7 +812,7 @@ def format_table(df: pd.DataFrame, target: str = "md") -> pd.DataFrame:
         key, fmt, kind = spec["key"], spec["fmt"], spec.get("kind", "mean")
         p_holm = column(f"{key}_p_holm")
         if kind == "p":
-            cells = [dash if not np.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.2g}")
+            cells = [dash if not np.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
                      for p in p_holm]
         elif kind == "diff":
             d, lo, hi = column(f"{key}_diff"), column(f"{key}_diff_lo"), column(f"{key}_diff_hi")
