@@ -500,7 +500,7 @@ def _score_table(runs, rows, index_name, examples, baseline, what, epochs) -> pd
     baseline = next((k for k, o in same.items() if baseline in o), baseline)  # folded: its row
     df = _seed_summary(per_run, rows)
     cols = benchmarks + ["avg"]
-    tested = blocks is not None and baseline in rows
+    tested = blocks is not None and baseline in rows  # differences at least; tests from 2 seeds
     if tested:
         sig = significance(blocks, rows, baseline, benchmarks)
     else:
@@ -534,6 +534,12 @@ def _score_table(runs, rows, index_name, examples, baseline, what, epochs) -> pd
                else f"the baseline row {baseline!r} is missing")
         notes.append(f"No differences or tests: {why}.")
         caption = f"Rouge-L of every {what} over {n_seeds} (no test: {why})."
+    elif n_family == 0:
+        specs += [_col_spec(c, f"Δ {headers[c]}", kind="diff") for c in cols]
+        caption = (f"Rouge-L of every {what} over {n_seeds} and its difference Δ to {baseline} (no "
+                   "interval or test: they need two training seeds).")
+        notes.append(f"Δ: the row's mean minus {baseline}'s, runs paired by training seed, test "
+                     "examples by id; no interval or test with fewer than two training seeds.")
     else:
         specs += [_col_spec(c, f"Δ {headers[c]}", kind="diff") for c in cols]
         specs.append(_col_spec("avg", "p (Holm)", kind="p"))
@@ -816,7 +822,7 @@ def format_table(df: pd.DataFrame, target: str = "md") -> pd.DataFrame:
                      for p in p_holm]
         elif kind == "diff":
             d, lo, hi = column(f"{key}_diff"), column(f"{key}_diff_lo"), column(f"{key}_diff_hi")
-            cells = [dash if not np.isfinite(d[i]) else
+            cells = [dash if not np.isfinite(d[i]) else signed(d[i]) if not np.isfinite(lo[i]) else
                      f"{signed(d[i])} [{signed(lo[i])}, {signed(hi[i])}]"
                      + (dagger if p_holm[i] < ALPHA else "") for i in range(len(df))]
         else:

@@ -462,6 +462,11 @@ def test_seed_counts_in_the_caption():
     notes = " ".join(df.attrs["footnote"])
     assert "1 training seed, no std" in notes and "1 training seeds" not in notes
     assert "teacher: 1 teacher seed, no std" in notes
+    # with per-example scores: the differences, without interval or test
+    df = T.main_table(make_runs(one), examples=make_examples()[lambda e: e["seed"] == 0])
+    f = T.format_table(df).set_index("method")
+    assert f.loc["cpd", "Δ a"] == "+5.00" and "p (Holm)" not in f.columns
+    assert "nan" not in "".join(f.to_numpy().ravel()) and "no interval or test" in df.attrs["caption"]
     two = {**SCORES, "teacher": {"a": [40, 44], "b": [30, 30]}}
     df = T.main_table(make_runs(two)).set_index("method")
     assert df.loc["teacher", "n_seeds"] == 2
