@@ -593,8 +593,22 @@ def main_table(runs: pd.DataFrame, ablations: pd.DataFrame | None = None,
         raise UserError("runs.csv has no rows; run the DAG (snakemake) before making tables.")
     examples = select_pair(examples, pair) if examples is not None else None
     rows = {row_label(m, v): (m, v) for m, v in main_rows(runs, ablations)}
-    return _score_table(runs, rows, "method", examples, baseline, "method",
-                        select_pair(epochs, pair))
+    df = _score_table(runs, rows, "method", examples, baseline, "method", select_pair(epochs, pair))
+    df.attrs["footnote"] = [*df.attrs["footnote"], lr_note(runs)]
+    return df
+
+
+def lr_note(runs: pd.DataFrame) -> str:
+    """How the students' learning rates were set, from the runs' own `lr` (runs.csv)."""
+    students = runs[runs["method"] != TEACHER]
+    lrs = sorted(students["lr"].dropna().unique()) if "lr" in students else []
+    if len(lrs) > 1:
+        return (f"Learning rates: per method ({', '.join(f'{v:g}' for v in lrs)}; runtime table), each chosen by "
+                "its validation Rouge-L over the same grid on one seed (`snakemake tune`, "
+                "benchmarks/results/tuning_<profile>.md), never by a test score.")
+    if lrs:
+        return f"Learning rate: {lrs[0]:g} for every student method."
+    return "Learning rates: not recorded in runs.csv (runs of an older kdbench)."
 
 
 def ablation_table(runs: pd.DataFrame, ablations: pd.DataFrame,

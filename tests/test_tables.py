@@ -509,3 +509,13 @@ def test_the_validation_gap_is_best_minus_the_last_fifth_of_the_seed_mean_curve(
                          "val_rouge_l": (25.0 if e == 5 else 10.0 + e) + shift})
     gap = val_rouge_gap_last20(pd.DataFrame(rows))
     assert gap[("kd", "default")] == pytest.approx(25.0 - 18.5)
+
+
+def test_the_main_table_says_how_the_learning_rates_were_set():
+    from kdbench.tables import lr_note
+
+    runs = pd.DataFrame({"method": ["teacher", "kd", "sft"], "lr": [0.003, 0.004, 0.004]})
+    assert lr_note(runs) == "Learning rate: 0.004 for every student method."
+    runs.loc[2, "lr"] = 0.012
+    assert lr_note(runs).startswith("Learning rates: per method (0.004, 0.012; runtime table)")
+    assert "validation Rouge-L" in lr_note(runs) and "never by a test score" in lr_note(runs)
