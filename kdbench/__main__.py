@@ -25,7 +25,7 @@ from kdbench.errors import UserError
 STAGES = {
     "prepare_data": (), "train_tokenizer": (), "collect": (), "tables": (), "figures": (),
     "train_teacher": ("pair", "tseed"), "cache_teacher": ("pair", "tseed"), "teacher_samples": ("pair", "tseed"),
-    "score_difficulty": ("pair",), "init_student": ("pair", "seed"),
+    "teacher_gate": ("pair",), "baselines": (), "score_difficulty": ("pair",), "init_student": ("pair", "seed"),
     "distill": ("pair", "method", "variant", "seed"), "evaluate": ("pair", "method", "variant", "seed"),
 }
 

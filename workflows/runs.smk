@@ -16,7 +16,10 @@ def distill_inputs(wc):
     tseeds = sorted({P.teacher_seed(s) for s in seeds})
     out = {"init": [P.student_init(wc.pair, s) for s in seeds], "train": P.data("train"),
            "validation": P.data("validation"), "test_sets": TEST_SET_FILES,
-           "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
+           "method_file": f"{CFG['methods_dir']}/{wc.method}.py",
+           "gate": P.teacher_gate(wc.pair),  # no student of a teacher that failed the gate
+           # the teacher that judges the answers' fluency (kdbench/fluency.py), every method's
+           "judge": [P.teacher_model(wc.pair, t) for t in tseeds]}
     if cls.needs_teacher:
         out["teacher"] = [P.teacher_cache(wc.pair, t) if C.uses_teacher_cache(CFG, cls) else P.teacher_model(wc.pair, t)
                           for t in tseeds]
@@ -48,7 +51,7 @@ def run_settings(wc):
     # not reasons to rerun a finished run
     distill = {k: v for k, v in CFG["distill"].items() if k not in ("fused", "group_seeds")}
     return fp(run_of(wc).params, C.student_budget(CFG, wc.method), distill, CFG["data"]["max_length"],
-              CFG["evaluation"], CFG["seed"])
+              CFG["evaluation"], CFG["seed"], PROMPTS)
 
 
 rule distill:
