@@ -40,8 +40,9 @@ def verdict(answers: list[dict], max_capped: float, max_repetition: float) -> di
 
 
 def failure_sentence(pair: str, tseed: int, v: dict, max_capped: float, max_repetition: float,
-                     cap_tokens) -> str:
-    """One sentence: what the teacher did, one answer that shows it, and what to change."""
+                     cap_tokens, stops: bool = True) -> str:
+    """One sentence: what the teacher did, one answer that shows it, and what to change
+    (`stops`: the gate stops the pair; else it warns, `teacher_gate.on_failure: warn`)."""
     what = []
     if v["too_long"]:
         cap = f"the {cap_tokens}-token cap" if cap_tokens else "the length cap"
@@ -52,8 +53,9 @@ def failure_sentence(pair: str, tseed: int, v: dict, max_capped: float, max_repe
                     f"(the gate allows {max_repetition:.0%})")
     example = v["example"] or ""
     shown = example[:160] + ("…" if len(example) > 160 else "")
-    return (f"pair {pair}, teacher seed {tseed}: {' and '.join(what)}, e.g. {shown!r}, so no student is "
-            "distilled from it; give an instruction-tuned teacher its own chat template "
-            "(`data.prompt_format: chat`), fine-tune a base teacher on the data (`finetuned: false`) or end "
-            "its answers with `evaluation.stop_strings`, or set `teacher_gate.on_failure: warn` to distil "
-            "from it anyway.")
+    fixes = ("give an instruction-tuned teacher its own chat template (`data.prompt_format: chat`), fine-tune "
+             "a base teacher on the data (`finetuned: false`) or end its answers with `evaluation.stop_strings`")
+    head = f"pair {pair}, teacher seed {tseed}: {' and '.join(what)}, e.g. {shown!r}"
+    if stops:
+        return f"{head}, so no student is distilled from it; {fixes}, or set `teacher_gate.on_failure: warn` to distil from it anyway."
+    return f"{head}; its students are distilled anyway (`teacher_gate.on_failure: warn`); to fix it, {fixes}."

@@ -334,12 +334,13 @@ def teacher_gate(cfg: dict, pair: str) -> None:
                 for a in io.read_jsonl(P.answers(bench, pair=pair, method=TEACHER, variant="default", seed=t))]
         seeds[t] = v = gate.verdict(rows, *limits)
         if not v["passed"]:
-            failures.append(gate.failure_sentence(pair, t, v, *limits, cfg["evaluation"]["max_new_tokens"]))
+            failures.append(gate.failure_sentence(pair, t, v, *limits, cfg["evaluation"]["max_new_tokens"],
+                                                  stops=g["on_failure"] == "stop"))
     Path(P.teacher_gate(pair)).unlink(missing_ok=True)  # a verdict of earlier teachers no longer holds
     if failures and g["on_failure"] == "stop":
         raise UserError(failures[0])
     for text in failures:
-        print(f"teacher_gate: warning (teacher_gate.on_failure: warn): {text}", file=sys.stderr)
+        print(f"teacher_gate: warning: {text}", file=sys.stderr)
     io.write_json(P.teacher_gate(pair), {"pair": pair, "passed": not failures, **g, "teacher_seeds": seeds})
 
 
