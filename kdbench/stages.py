@@ -2,8 +2,13 @@
 paths of `kdbench.paths.Paths`; the Snakemake rules and `python -m kdbench <stage>` call them.
 
     prepare_data ─► train_tokenizer* ─► train_teacher ─► cache_teacher* ─► score_difficulty
+    train_teacher (every teacher seed) ─► teacher_gate ─► teacher_samples, distill
     init_student (per seed) ─► distill (pair, method, variant, seed; ends with evaluate)
-    collect ─► tables, figures
+    prepare_data ─► baselines;  collect, baselines ─► tables;  collect ─► figures
+
+Every stage that puts records to a model takes the profile's prompt format
+(`kdbench.data.PromptFormat.of(cfg)`) into `kdbench.data.encode`, `kdbench.generate.sample`
+and the validator.
 """
 from __future__ import annotations
 
