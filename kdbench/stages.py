@@ -549,9 +549,17 @@ def evaluate(cfg: dict, pair: str, method: str, variant: str, seed: int, model=N
         io.write_json(tmp / RUN_FILES["metrics"], {**key, "benchmarks": summary, "train": train_info})
 
 
-@functools.lru_cache(maxsize=1)
 def _judge(path: str, dev):
-    """The teacher that judges a run's fluency, loaded once per process for a job's runs."""
+    """The teacher that judges a run's fluency (kdbench/fluency.py), loaded once per process
+    for a job's runs and again where its folder was rewritten."""
+    if not Path(path).is_dir():
+        raise UserError(f"the teacher {path} is missing, and it scores the fluency of every run's answers; "
+                        "run train_teacher first (snakemake does).")
+    return _load_judge(path, Path(path).stat().st_mtime_ns, dev)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_judge(path: str, stamp: int, dev):
     return models.load_model(path).to(dev).eval()
 
 

@@ -34,14 +34,16 @@ def test_answer_nll_is_the_mean_token_nll_of_the_answer_after_its_prompt(records
             logp = model(torch.tensor([prompt + answer])).logits[0].double().log_softmax(-1)
         want = -np.mean([float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(answer)])
         assert got[i] == pytest.approx(want, rel=1e-4)
-    # token batches bounded by LOGIT_BUDGET give the same numbers as one batch
+    # smaller batches (by answer tokens, by positions) give the same numbers
     import kdbench.fluency as F
-    old = F.LOGIT_BUDGET
+    old = F.LOGIT_BUDGET, F.POSITION_BUDGET
     try:
         F.LOGIT_BUDGET = model.config.vocab_size * 3  # three answer tokens per batch
         assert np.allclose(answer_nll(model, tokenizer, recs, answers, max_length=256), got, equal_nan=True)
+        F.LOGIT_BUDGET, F.POSITION_BUDGET = old[0], 1  # one example per batch
+        assert np.allclose(answer_nll(model, tokenizer, recs, answers, max_length=256), got, equal_nan=True)
     finally:
-        F.LOGIT_BUDGET = old
+        F.LOGIT_BUDGET, F.POSITION_BUDGET = old
 
 
 def test_word_salad_scores_far_above_the_teachers_own_answers(records, tokenizer, make_model):
