@@ -7,8 +7,9 @@ its teacher score them (one teacher-forced forward per answer). This times both 
 profile's own models and data: the profile's synthetic suite and trained tokenizer are built
 in a temporary folder, the teacher and the student are built from the profile's configs
 (random weights: the cost of a forward depends on the shapes, not the weights), the answers
-are sampled from the student, then rescored by the teacher; the times are the median of
-`--repeats`, one thread, as a distill job runs. Embedded (synthetic) profiles only.
+are sampled from the student, then rescored by the teacher; the times are the process's CPU
+seconds (robust to other jobs sharing the machine), median of `--repeats`, one thread, as a
+distill job runs. Embedded (synthetic) profiles only.
 Results: benchmarks/results/fluency_cost.md (overwritten).
 """
 from __future__ import annotations
@@ -61,18 +62,18 @@ def main() -> None:
             for bench in cfg["data"]["benchmarks"]:
                 records = load_records(P.data(bench))
                 for es in ev["seeds"]:
-                    t0 = time.perf_counter()
+                    t0 = time.process_time()
                     answers, _ = sample(student, tok, records, seed=es, max_length=cfg["data"]["max_length"],
                                         max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
                                         precision=ev["precision"], fmt=fmt)
-                    t1 = time.perf_counter()
+                    t1 = time.process_time()
                     answer_nll(teacher, tok, records, answers, max_length=cfg["data"]["max_length"],
                                max_prompt_tokens=cfg["data"]["max_prompt_tokens"], precision=ev["precision"], fmt=fmt)
-                    t2 = time.perf_counter()
+                    t2 = time.process_time()
                     answer_nll(teacher, tok, records, [rec["output"][0] for rec in records],
                                max_length=cfg["data"]["max_length"], max_prompt_tokens=cfg["data"]["max_prompt_tokens"],
                                precision=ev["precision"], fmt=fmt)
-                    g, s, r, n = g + t1 - t0, s + t2 - t1, r + time.perf_counter() - t2, n + len(records)
+                    g, s, r, n = g + t1 - t0, s + t2 - t1, r + time.process_time() - t2, n + len(records)
             gen.append(g)
             nll.append(s)
             ref.append(r)
@@ -90,7 +91,7 @@ weights the student never ends an answer, so every answer runs to the cap: an up
 student's answers are about as long as the references (answer/ref near 1 in the committed runtime
 table), so the last row is the realistic cost.
 
-| what | seconds per run |
+| what | CPU seconds per run |
 |---|---|
 | sampling the answers, all at the cap (the evaluation as before) | {g:.2f} |
 | the teacher's NLL of those answers (added) | {s:.2f} |
