@@ -79,11 +79,12 @@ def main() -> None:
             ref.append(r)
     g, s, r = statistics.median(gen), statistics.median(nll), statistics.median(ref)
     runs = len(C.runs(cfg)) + cfg["teacher_seeds"] * len(cfg["pairs"])
-    cpu = f"{platform.machine()}, {torch.get_num_threads()} thread; {platform.processor() or 'cpu'}"
+    shown = Path(args.configfile).resolve()
+    shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
     text = f"""# Fluency score: cost per run, profile `{cfg['profile']}`
 
-Measured {datetime.date.today()} with `python benchmarks/fluency_cost.py --configfile {args.configfile}`
-on {cpu} (`/proc/cpuinfo` model: {_cpu_model()}); median of {args.repeats}.
+Measured {datetime.date.today()} with `python benchmarks/fluency_cost.py --configfile {shown}`
+on {platform.machine()} ({_cpu_model()}), one thread; median of {args.repeats}.
 
 Per run: {n} answers (every test set x {len(ev['seeds'])} sampling seeds) of the profile's student,
 sampled (at most {ev['max_new_tokens']} new tokens), then scored by the profile's teacher. With random
