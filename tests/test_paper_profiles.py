@@ -121,9 +121,9 @@ def test_paper_profile_dry_run_offline(name, tmp_path):
     seeds = cfg["training_seeds"]
     n_jobs = seeds * (n_methods + n_grid + len([v for v in abl.values() if v]))
     assert cfg["distill"]["group_seeds"] is False
-    assert jobs == {"prepare_data": 1, "train_teacher": 1, "init_student": seeds, "score_difficulty": 1,
-                    "teacher_samples": 1, "distill": n_jobs,
-                    "collect": 1, "tables": 1, "figures": 1, "all": 1, "total": n_jobs + 8 + seeds}
+    assert jobs == {"prepare_data": 1, "train_teacher": 1, "teacher_gate": 1, "init_student": seeds,
+                    "score_difficulty": 1, "teacher_samples": 1, "distill": n_jobs, "baselines": 1,
+                    "collect": 1, "tables": 1, "figures": 1, "all": 1, "total": n_jobs + 10 + seeds}
     # a dry run loads and writes nothing (Snakemake's own .snakemake/ aside)
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
                      if ".snakemake" not in p.parts and "hf_home" not in p.parts)
