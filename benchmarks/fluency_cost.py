@@ -84,7 +84,7 @@ def main() -> None:
     text = f"""# Fluency score: cost per run, profile `{cfg['profile']}`
 
 Measured {datetime.date.today()} with `python benchmarks/fluency_cost.py --configfile {shown}`
-on {platform.machine()} ({_cpu_model()}), one thread; median of {args.repeats}.
+on {platform.machine()} ({cpu_model()}), one thread; median of {args.repeats}.
 
 Per run: {n} answers (every test set x {len(ev['seeds'])} sampling seeds) of the profile's student,
 sampled (at most {ev['max_new_tokens']} new tokens), then scored by the profile's teacher. With random
@@ -106,7 +106,8 @@ distill job and seed (a few milliseconds for the embedded models).
     print(text)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the results' header."""
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):

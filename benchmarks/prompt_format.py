@@ -32,6 +32,7 @@ from kdbench.fluency import answer_nll  # noqa: E402
 from kdbench.generate import sample  # noqa: E402
 from kdbench.metrics import repetition, rouge_l, words  # noqa: E402
 from kdbench.synthetic import generate_split  # noqa: E402
+from fluency_cost import cpu_model  # noqa: E402  (benchmarks/, this script's folder)
 
 
 def main() -> None:
@@ -66,7 +67,7 @@ def main() -> None:
     out.write_text(f"""# The prompt format of an instruction-tuned model: {name}
 
 Measured {datetime.date.today()} with `python benchmarks/prompt_format.py {' '.join(sys.argv[1:])}`
-on {platform.machine()} ({_cpu_model()}), one thread. The model as released, {args.n} prompts of the
+on {platform.machine()} ({cpu_model()}), one thread. The model as released, {args.n} prompts of the
 synthetic `id` test set, temperature 1, at most {args.max_new_tokens} new tokens, sampling seed {args.seed}.
 
 | prompt format | Rouge-L | capped | repetition | answers with "###" | own NLL (nats/token) | seconds |
@@ -80,16 +81,6 @@ profile whose teacher caps more than 25% of its test answers.
 {chr(10).join(chr(10) + s for s in shown)}
 """)
     print(out.read_text())
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":
