@@ -147,6 +147,13 @@ def _check_semantics(cfg: dict, source: str) -> None:
         if spec["student"]["init"] == "layers_from_teacher" and not spec["student"]["layers"]:
             raise UserError(f"{source}: `pairs.{pair}.student.layers` is empty; list the teacher "
                             "layers to copy for init: layers_from_teacher.")
+    if cfg["data"]["prompt_format"] == "chat" and cfg["tokenizer"]["train"]:
+        raise UserError(f"{source}: `data.prompt_format: chat` needs the teacher's own tokenizer and its chat "
+                        "template, but `tokenizer.train` is true (the trained BPE has none); use "
+                        "`prompt_format: alpaca`, or a pretrained teacher with `tokenizer.train: false`.")
+    if cfg["data"]["system_prompt"] is not None and cfg["data"]["prompt_format"] != "chat":
+        raise UserError(f"{source}: `data.system_prompt` is a chat template's system message, but "
+                        "`data.prompt_format` is alpaca; set `prompt_format: chat` or remove `system_prompt`.")
     if cfg["training"]["teacher_data"] == "broad" and not (
             cfg["data"]["source"] == "synthetic" and cfg["data"]["synthetic_sizes"].get("broad")):
         raise UserError(f"{source}: `training.teacher_data: broad` needs the synthetic `broad` split; "

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from kdbench.data import PROMPT, PROMPT_WITH_INPUT, encode_prompts
+from kdbench.data import PROMPT, PROMPT_WITH_INPUT, PROTOCOL, PromptFormat, encode_prompts
 from kdbench.errors import UserError
 
 # --------------------------------------------------------------------------------------
@@ -508,13 +508,14 @@ def filter_by_prompt_length(
     records: Sequence[dict[str, Any]],
     tokenizer: Any,
     max_prompt_tokens: int = 256,
+    fmt: PromptFormat = PROTOCOL,
 ) -> tuple[list[dict[str, Any]], int]:
     """Drop records whose prompt has more than `max_prompt_tokens` tokens (the protocol's rule).
 
     Tokens are counted exactly as the engine encodes prompts for training and generation,
-    `kdbench.data.encode_prompts(tokenizer, records)` (the Alpaca prompt of `format_prompt`,
-    with whatever special tokens the tokenizer adds, e.g. OPT's leading `</s>`), so a kept
-    prompt is never cut later. Returns (kept records in order, number dropped).
+    `kdbench.data.encode_prompts(tokenizer, records, fmt)` (the Alpaca prompt with whatever
+    special tokens the tokenizer adds, e.g. OPT's leading `</s>`, or the chat template), so a
+    kept prompt is never cut later. Returns (kept records in order, number dropped).
     """
-    kept = [r for r, ids in zip(records, encode_prompts(tokenizer, list(records))) if len(ids) <= max_prompt_tokens]
+    kept = [r for r, ids in zip(records, encode_prompts(tokenizer, list(records), fmt)) if len(ids) <= max_prompt_tokens]
     return kept, len(records) - len(kept)

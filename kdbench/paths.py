@@ -13,12 +13,13 @@ as Snakemake wildcards and, given values, as paths in the stages.
       pairs/<pair>/student_sft/seed<k>/           it fine-tuned on the training split ("sft", sft_init)
       pairs/<pair>/teacher_cache/seed<t>/         cached teacher logits (per teacher seed)
       pairs/<pair>/teacher_samples/seed<t>.jsonl  the teacher's answers (SeqKD)
+      pairs/<pair>/teacher_gate.json              the teacher gate's verdict (written when it passes)
       difficulty/<pair>.csv             per-example difficulty profile
       runs/<pair>/<method>/<variant>/seed<k>/     one run: RUN_FILES, answers/<test set>.json[l]
       tuning/<pair>/<method>/<variant>/lr<lr>.json  one point of the learning-rate grid (validation only)
                                         (the teachers are runs teacher/default/seed<t>)
-      tables/   LONG_TABLES, then main, ablation, runtime (.md/.csv/.tex; `_<pair>` per pair
-                when the profile has several pairs)
+      tables/   LONG_TABLES, baselines.csv (trivial baselines), then main, ablation, runtime
+                (.md/.csv/.tex; `_<pair>` per pair when the profile has several pairs)
       figures/  <name>[_<pair>].png/.pdf
       logs/<rule>/..., timings/<rule>/...   per-job logs, and timings the jobs write (--timing)
 """
@@ -42,6 +43,8 @@ LONG_TABLES = {"runs": "runs.csv", "examples": "examples.csv.gz", "trace": "trac
 MAIN_TABLE, ABLATION_TABLE, RUNTIME_TABLE = "main", "ablation", "runtime"
 TABLE_STEMS = (MAIN_TABLE, ABLATION_TABLE, RUNTIME_TABLE)
 TABLE_FORMATS = ("md", "csv", "tex")
+#: the trivial baselines' scores (the `baselines` stage; kdbench/baselines.py)
+BASELINES_TABLE = "baselines.csv"
 FIGURES_DONE = ".done"  # the figures rule's marker file inside figures/
 
 
@@ -104,6 +107,7 @@ class Paths:
     def teacher_cache(self, pair="{pair}", tseed="{tseed}"): return self._p("pairs", pair, "teacher_cache", f"seed{tseed}")
     def teacher_samples(self, pair="{pair}", tseed="{tseed}"):
         return self._p("pairs", pair, "teacher_samples", f"seed{tseed}.jsonl")
+    def teacher_gate(self, pair="{pair}"): return self._p("pairs", pair, "teacher_gate.json")
     def difficulty(self, pair="{pair}"): return self._p("difficulty", f"{pair}.csv")
 
     # --- per run ---------------------------------------------------------------------------
@@ -138,6 +142,8 @@ class Paths:
     def figures_done(self): return self._p("figures", FIGURES_DONE)
 
     def long_table(self, name) -> str: return self._p("tables", LONG_TABLES[name])
+    @property
+    def baselines(self): return self._p("tables", BASELINES_TABLE)
 
     def table_files(self, stems=TABLE_STEMS) -> list[str]:
         """Every formatted table file the tables rule writes for `stems`."""

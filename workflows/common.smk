@@ -62,6 +62,11 @@ def fp(*sections):
     return C.fingerprint(sections)
 
 
+# how every stage puts a record to the models (kdbench.data.PromptFormat): a fingerprint part
+# of each rule that encodes prompts
+PROMPTS = (CFG["data"]["prompt_format"], CFG["data"]["system_prompt"], CFG["evaluation"]["stop_strings"])
+
+
 # (pair, method, variant) -> its runs' shared settings (the runs differ in their seed only)
 RUN_INDEX = {(r.pair, r.method, r.variant): r for r in RUNS}
 
