@@ -28,7 +28,7 @@ def interpolated(student_logits, teacher_logits, mask, alpha, tau):
 
 def skl(student_logits, teacher_logits, mask, alpha, tau):
     """KL(p ‖ α p + (1−α) q): DistiLLM's skew KL with its skew scheduled; the target is p and
-    the mixture sits on the student's side (the reading committed before 2026-12)."""
+    the mixture sits on the student's side (kdbench's default until the abstract's tests)."""
     return D.skew_forward_kl(student_logits, teacher_logits, mask, alpha=alpha, temperature=tau)
 
 
@@ -38,7 +38,7 @@ def srkl(student_logits, teacher_logits, mask, alpha, tau):
 
 
 TARGETS = {"mixture": mixture, "interpolated": interpolated, "skl": skl, "srkl": srkl}
-# the α at which a reading's loss is identically 0 (its target is the student itself)
+# the α at which a reading's loss is identically 0 (the two sides of its KL coincide)
 ZERO_LOSS_ALPHA = {"mixture": 0.0, "interpolated": 0.0, "skl": 1.0, "srkl": 0.0}
 
 
