@@ -93,9 +93,10 @@ class Method(Base):
     In ``skl`` and ``srkl`` it is not: the student is pulled to p whatever α (the minimiser of
     both over q is q = p), and α only sets how hard. Those two also start with almost no
     supervision: at α = 0.9 on a broad student (V = 1,024, tests/test_cpd.py) the skl gradient
-    has about 1/1,000 of forward KL's norm at cosine 0.16 with it; skl ends (α = 0.1, τ = 2) at
+    has about 1/1,000 of forward KL's norm at cosine about 0.2 with it; skl ends (α = 0.1, τ = 2) at
     SKL(0.1) at τ = 2, not at forward KL. skl was the default until this was measured; both are
-    now ablation rows.
+    now ablation rows. ``alpha_start < alpha_end`` runs any reading the other way (TAID itself
+    raises the teacher's weight in its interpolation, 0.4 → 1; `taid`).
 
     Gradients (per token, with respect to the student logits z; n tokens divide the mean):
 
