@@ -12,6 +12,7 @@ include: "workflows/data.smk"
 include: "workflows/models.smk"
 include: "workflows/runs.smk"
 include: "workflows/report.smk"
+include: "workflows/tuning.smk"
 
 
 # The runs themselves are targets too: tables/ and figures/ are committed for the default

@@ -176,18 +176,15 @@ def run_one(impl, fn, vocab, batch, repeats, threads, cap_gb) -> dict:
 
 def versions() -> dict:
     import torch
+    from kdbench.models import device_name
+
     info = {"torch": torch.__version__, "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine()}
+            "cpu": device_name(torch.device("cpu")).removeprefix("cpu: ")}
     try:
         from importlib.metadata import version
         info["trl"] = version("trl")
     except Exception:
         info["trl"] = "not installed"
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return info
 
 

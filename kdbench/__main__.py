@@ -25,8 +25,9 @@ from kdbench.errors import UserError
 STAGES = {
     "prepare_data": (), "train_tokenizer": (), "collect": (), "tables": (), "figures": (),
     "train_teacher": ("pair", "tseed"), "cache_teacher": ("pair", "tseed"), "teacher_samples": ("pair", "tseed"),
-    "score_difficulty": ("pair",), "init_student": ("pair", "seed"),
+    "score_difficulty": ("pair",), "init_student": ("pair", "seed"), "sft_init": ("pair", "seed"),
     "distill": ("pair", "method", "variant", "seed"), "evaluate": ("pair", "method", "variant", "seed"),
+    "tune": ("pair", "method", "variant", "lr"), "tuning_table": (),
 }
 
 
@@ -42,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
                                               "one it decided with)")
         for w in wildcards:
             many = (stage, w) == ("distill", "seed")
-            s.add_argument(f"--{w}", required=True, type=int if w in ("seed", "tseed") else str,
+            s.add_argument(f"--{w}", required=True, type={"seed": int, "tseed": int, "lr": float}.get(w, str),
                            nargs="+" if many else None)
         s.add_argument("--timing", help="write the job's wall seconds, CPU seconds and peak memory to this TSV "
                                         "when the stage succeeds (the DAG's timings/ files)")

@@ -153,6 +153,10 @@ def _check_semantics(cfg: dict, source: str) -> None:
                         "set `data.synthetic_sizes.broad` to a positive size or `teacher_data: train`.")
     for name in cfg["training"]["per_method"]:
         student_budget(cfg, name, source)
+    init_budget(cfg, source)
+    if cfg["tuning"]["lr"] and cfg["tuning"]["seed"] >= cfg["training_seeds"]:
+        raise UserError(f"{source}: `tuning.seed` is {cfg['tuning']['seed']} but the profile trains seeds "
+                        f"0..{cfg['training_seeds'] - 1}; pick one of them.")
     # every method name, parameter and grid must resolve (also of methods not included)
     runs(cfg, source)
     for name in set(cfg["methods"]["params"]) | set(cfg["methods"]["grids"]):
@@ -166,12 +170,21 @@ def student_budget(cfg: dict, method: str, source: str = "the config") -> dict:
     if over and method not in M.discover(cfg["methods_dir"]):
         raise UserError(f"{source}: `training.per_method` names the unknown method {method!r}; "
                         f"available: {', '.join(sorted(M.discover(cfg['methods_dir'])))}.")
-    budget = {**cfg["training"]["student"], **over}
+    return _budget({**cfg["training"]["student"], **over}, f"training.per_method.{method}", source)
+
+
+def init_budget(cfg: dict, source: str = "the config") -> dict:
+    """The budget of the sft_init stage: `training.student` with the `training.init` overrides."""
+    return _budget({**cfg["training"]["student"], **cfg["training"]["init"]}, "training.init", source)
+
+
+def _budget(budget: dict, key: str, source: str) -> dict:
+    """`budget` checked against the schema's budget; UserError naming `key` otherwise."""
     sch = schema()
     errors = list(jsonschema.Draft202012Validator({"$defs": sch["$defs"], "$ref": "#/$defs/budget"})
                   .iter_errors(budget))
     if errors:
-        raise UserError(f"{source}: `training.per_method.{method}` is invalid: {errors[0].message}; "
+        raise UserError(f"{source}: `{key}` is invalid: {errors[0].message}; "
                         "use the keys of a budget (see workflows/schemas/config.schema.yaml).")
     return budget
 
@@ -274,6 +287,15 @@ def runs(cfg: dict, source: str = "the config") -> list[Run]:
                     r = Run(pair, name, slug_, k, json.dumps(params, sort_keys=True))
                     out[(pair, name, slug_, k)] = r
     return list(out.values())
+
+
+def tuning_runs(cfg: dict) -> list[tuple[str, str, str, float]]:
+    """(pair, method, variant, lr) of the learning-rate grid: every main-table method and
+    variant (not the ablation-only variants, which train at their method's choice) at every
+    `tuning.lr` value."""
+    mains = [(pair, name, slug_) for pair in cfg["pairs"] for name in method_names(cfg)
+             for slug_ in variants(cfg, name)]
+    return [(*key, float(lr)) for key in mains for lr in cfg["tuning"]["lr"]]
 
 
 def find_run(cfg: dict, pair: str, method: str, variant: str, seed: int) -> Run:

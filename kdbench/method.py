@@ -38,6 +38,10 @@ Class attributes the engine and the DAG read:
                       says so; the teacher then runs online on those).
     uses_validation_loss   True if the engine must measure the validation loss for
                       observe_validation_loss.
+    starts_from       where the method's student starts, as in its reference scripts:
+                      "pretrained" (the pair's student, `init_student`) or "sft" (that student
+                      fine-tuned on the training split first, the `sft_init` stage: DistiLLM's
+                      and MiniLLM's *init* checkpoint). docs/protocol.md lists each method's.
 Attributes that "mixed" methods may set (usually from __init__ parameters):
     replay_capacity   student samples kept for replay (0: no replay buffer).
     max_new_tokens    cap on a student sample's new tokens; None: the profile's
@@ -60,6 +64,9 @@ import numpy as np
 from kdbench.curriculum import epoch_progress
 from kdbench.errors import UserError
 from kdbench.paths import SAFE_NAME
+
+
+STARTS = ("pretrained", "sft")  # values of Method.starts_from
 
 
 @dataclasses.dataclass
@@ -112,6 +119,7 @@ class Method:
     uses_difficulty: bool = False
     train_on: str = "reference"
     uses_validation_loss: bool = False
+    starts_from: str = "pretrained"
     replay_capacity: int = 0
     max_new_tokens: int | None = None
     references: list[str] = []
@@ -220,6 +228,9 @@ def _load_file(path: Path) -> type[Method]:
     if not (inspect.isclass(cls) and issubclass(cls, Method)):
         raise UserError(f"method file {path} does not define `class Method(kdbench.method.Method)`; "
                         "start from methods/template_method.py.")
+    if cls.starts_from not in STARTS:
+        raise UserError(f"method file {path}: `starts_from = {cls.starts_from!r}` is not one of {', '.join(STARTS)}; "
+                        "set it to where the method's reference scripts start the student.")
     if cls.needs_teacher and cls.loss is Method.loss:
         raise UserError(f"method file {path}: its Method needs a teacher but defines no `loss`; define "
                         "loss(student_logits, teacher_logits, mask, progress) or set `needs_teacher = False`.")

@@ -16,6 +16,21 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def device_name(dev: torch.device | None = None) -> str:
+    """The accelerator's name, or "cpu: <model name>" from /proc/cpuinfo (timings name their machine)."""
+    dev = dev or device()
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"cpu: {name}"
+
+
 def setup_threads(n: int) -> None:
     torch.set_num_threads(max(1, n))
 

@@ -9,11 +9,13 @@ as Snakemake wildcards and, given values, as paths in the stages.
       configs/<fingerprint>.yaml        the resolved config a DAG run executes with
       data/<split>.jsonl, report.json   train, validation and the test sets
       tokenizer/                        trained BPE (embedded default)
-      pairs/<pair>/student_init/seed<k>/          the student every method starts from
+      pairs/<pair>/student_init/seed<k>/          the pre-trained student (Method.starts_from "pretrained")
+      pairs/<pair>/student_sft/seed<k>/           it fine-tuned on the training split ("sft", sft_init)
       pairs/<pair>/teacher_cache/seed<t>/         cached teacher logits (per teacher seed)
       pairs/<pair>/teacher_samples/seed<t>.jsonl  the teacher's answers (SeqKD)
       difficulty/<pair>.csv             per-example difficulty profile
       runs/<pair>/<method>/<variant>/seed<k>/     one run: RUN_FILES, answers/<test set>.json[l]
+      tuning/<pair>/<method>/<variant>/lr<lr>.json  one point of the learning-rate grid (validation only)
                                         (the teachers are runs teacher/default/seed<t>)
       tables/   LONG_TABLES, then main, ablation, runtime (.md/.csv/.tex; `_<pair>` per pair
                 when the profile has several pairs)
@@ -63,6 +65,7 @@ def teacher_seed_of(seed: int, teacher_seeds: int) -> int:
 class Paths:
     def __init__(self, cfg: dict):
         self.root = Path(cfg["results_dir"]) / cfg["profile"]
+        self.profile = cfg["profile"]
         self.pairs = list(cfg["pairs"])
         self.teacher_seeds = int(cfg.get("teacher_seeds", 1))
 
@@ -93,6 +96,11 @@ class Paths:
         return self.run_file(name, pair=pair, method=TEACHER, variant="default", seed=tseed)
 
     def student_init(self, pair="{pair}", seed="{seed}"): return self._p("pairs", pair, "student_init", f"seed{seed}")
+    def student_sft(self, pair="{pair}", seed="{seed}"): return self._p("pairs", pair, "student_sft", f"seed{seed}")
+
+    def student_start(self, starts_from: str, pair="{pair}", seed="{seed}") -> str:
+        """The folder a run of a method with `Method.starts_from` = `starts_from` loads."""
+        return self.student_sft(pair, seed) if starts_from == "sft" else self.student_init(pair, seed)
     def teacher_cache(self, pair="{pair}", tseed="{tseed}"): return self._p("pairs", pair, "teacher_cache", f"seed{tseed}")
     def teacher_samples(self, pair="{pair}", tseed="{tseed}"):
         return self._p("pairs", pair, "teacher_samples", f"seed{tseed}.jsonl")
@@ -108,6 +116,15 @@ class Paths:
 
     def answers(self, test_set, **run): return str(Path(self.run_dir(**run)) / "answers" / f"{test_set}.jsonl")
     def answer_stats(self, test_set, **run): return str(Path(self.run_dir(**run)) / "answers" / f"{test_set}.json")
+
+    # the learning-rate grid (`snakemake tune`): one validation-only run per method, variant and lr
+    def tuning_result(self, pair="{pair}", method="{method}", variant="{variant}", lr="{lr}"):
+        return self._p("tuning", pair, method, variant, f"lr{lr}.json")
+    @property
+    def tuning_table(self): return self._p("tables", "tuning.csv")
+    @property
+    def tuning_report(self):  # beside the other benchmark reports of the repository
+        return f"benchmarks/results/tuning_{self.profile}.md"
 
     # resume state of an unfinished training job (kdbench/resume.py), removed when it ends
     def checkpoint(self, *parts): return self._p("checkpoints", *map(str, parts)) + ".pt"

@@ -2,7 +2,8 @@
 paths of `kdbench.paths.Paths`; the Snakemake rules and `python -m kdbench <stage>` call them.
 
     prepare_data ─► train_tokenizer* ─► train_teacher ─► cache_teacher* ─► score_difficulty
-    init_student (per seed) ─► distill (pair, method, variant, seed; ends with evaluate)
+    init_student (per seed) ─► sft_init* (per seed) ─► distill (pair, method, variant, seed; ends with evaluate)
+    (* only for methods with `starts_from = "sft"`)
     collect ─► tables, figures
 """
 from __future__ import annotations
@@ -228,6 +229,31 @@ def init_student(cfg: dict, pair: str, seed: int) -> None:
         ckpt.remove()
 
 
+def sft_init(cfg: dict, pair: str, seed: int) -> None:
+    """The *init* student of methods with `starts_from = "sft"`: the pre-trained student of this
+    seed fine-tuned on the training split (references only, cross-entropy) with the budget
+    `training.init` (`config.init_budget`), as DistiLLM's and MiniLLM's scripts do before their
+    on-policy methods (docs/protocol.md, "Starting points"). Saved with the student's
+    `kdbench.json`, so distillation reads the shared vocabulary from whichever start it loads."""
+    from kdbench.train import train
+
+    P, dev = Paths(cfg), _setup(cfg)
+    src = Path(P.student_init(pair, seed))
+    model = models.load_model(src).to(dev)
+    tok = models.load_tokenizer(src)
+    budget, train_seed = C.init_budget(cfg), C.derive_seed(cfg["seed"], pair, seed, "sft_init")
+    examples = _train_examples(cfg, tok)
+    validate = _validator(cfg, tok, pair, seed) if budget["selection"] == "best" else None
+    ckpt = _checkpoint(cfg, (pair, "sft_init", f"seed{seed}"), (budget, train_seed, cfg["evaluation"]), model, examples)
+    res = train(model, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, validate=validate,
+                desc=f"{pair} student SFT init seed{seed}", checkpoint=ckpt)
+    with io.atomic_path(P.student_sft(pair, seed)) as tmp:
+        models.save(model, tok, tmp)
+        io.write_json(tmp / VOCAB_FILE, {**io.read_json(src / VOCAB_FILE), "sft_init": res.stats})
+    if ckpt is not None:
+        ckpt.remove()
+
+
 def _teacher_vocab_size(cfg: dict, pair: str, tok) -> int:
     """The teacher's output size without loading its weights (a scratch teacher is built with
     one logit per token of the trained tokenizer)."""
@@ -276,9 +302,10 @@ def _validator(cfg: dict, tok, pair: str, seed):
                      desc=f"{pair} validate")
 
 
-def _shared_vocab(cfg: dict, pair: str, seed: int, student) -> int:
-    """The vocabulary size init_student checked for this pair (`kdbench.json` of student_init)."""
-    path = Path(Paths(cfg).student_init(pair, seed)) / VOCAB_FILE
+def _shared_vocab(start: str, pair: str, student) -> int:
+    """The vocabulary size init_student checked for this pair (`kdbench.json` of the `start`
+    folder the student was loaded from: student_init, or student_sft, which copies it)."""
+    path = Path(start) / VOCAB_FILE
     if not path.is_file():
         raise UserError(f"{path} is missing (the student was initialised by an older kdbench); rerun "
                         f"init_student for pair {pair} (delete {path.parent} and run snakemake again).")
@@ -343,7 +370,38 @@ def load_difficulty(cfg: dict, pair: str) -> np.ndarray:
 
 def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     """Train one student run with one method, variant and seed (distilling from teacher seed
-    seed mod teacher_seeds)."""
+    seed mod teacher_seeds), then sample and score its answers on the test sets."""
+    P = Paths(cfg)
+    student, tok, res, info, ckpt = _train_student(cfg, pair, method, variant, seed, C.student_budget(cfg, method),
+                                                   (pair, method, variant, f"seed{seed}"))
+    with io.staged(P.run_dir(pair, method, variant, seed), marker=RUN_FILES["train"]) as tmp:
+        _write_run_tables(tmp, res)
+        models.save(student, tok, tmp / RUN_FILES["model"])
+        io.write_json(tmp / RUN_FILES["train"], {**res.stats, **info, **provenance(cfg)})
+    if ckpt is not None:
+        ckpt.remove()
+    evaluate(cfg, pair, method, variant, seed, student, tok)
+
+
+def tune(cfg: dict, pair: str, method: str, variant: str, lr: float) -> None:
+    """One point of the learning-rate grid (`snakemake tune`, `tuning.lr`): the run of seed
+    `tuning.seed` trained at `lr`, judged by its validation Rouge-L only. Nothing is sampled on
+    the test sets, so no test score can take part in the choice (docs/protocol.md, "Tuning")."""
+    P, seed = Paths(cfg), cfg["tuning"]["seed"]
+    budget = {**C.student_budget(cfg, method), "lr": float(lr)}
+    _, _, res, info, ckpt = _train_student(cfg, pair, method, variant, seed, budget,
+                                           (pair, "tuning", method, variant, f"lr{lr}"))
+    curve = res.epochs[["epoch", "val_loss", "val_rouge_l"]].to_dict("records")
+    io.write_json(P.tuning_result(pair, method, variant, lr), {**res.stats, **info, "lr": float(lr), "seed": seed,
+                                                               "epochs": curve, **provenance(cfg)})
+    if ckpt is not None:
+        ckpt.remove()
+
+
+def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, budget: dict, ckpt_parts: tuple):
+    """Train the student of one run with `budget`: (student, tokenizer, train.Result, what the
+    run's train.json records about it, its checkpoint for the caller to remove once the
+    outputs are written)."""
     from kdbench.fused import use_fused
     from kdbench.teacher import CachedTeacher, OnlineTeacher
     from kdbench.train import train
@@ -353,8 +411,9 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     tseed = P.teacher_seed(seed)
     cls = M.get(method, cfg["methods_dir"])
     meth = M.instantiate(cls, run.params, method)
-    student = models.load_model(P.student_init(pair, seed)).to(dev)
-    tok = models.load_tokenizer(P.student_init(pair, seed))
+    start = P.student_start(cls.starts_from, pair, seed)  # pre-trained, or fine-tuned first (sft_init)
+    student = models.load_model(start).to(dev)
+    tok = models.load_tokenizer(start)
     records = load_records(P.data("train"))
     responses = None
     if cls.train_on == "teacher_samples":
@@ -366,10 +425,10 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
         if cls.train_on == "mixed" or not C.uses_teacher_cache(cfg, cls):
             t_model = models.load_model(P.teacher_model(pair, tseed)).to(dev)
             online = OnlineTeacher(t_model, cfg["training"]["student"]["precision"], dev)
-            vocab = _shared_vocab(cfg, pair, seed, student)
+            vocab = _shared_vocab(start, pair, student)
         teacher = CachedTeacher(P.teacher_cache(pair, tseed), examples) if C.uses_teacher_cache(cfg, cls) else online
     difficulty = load_difficulty(cfg, pair) if meth.uses_difficulty else None
-    budget, train_seed = C.student_budget(cfg, method), C.derive_seed(cfg["seed"], pair, seed, "train")
+    train_seed = C.derive_seed(cfg["seed"], pair, seed, "train")
     kd_ratio = cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0
     fused = use_fused(cfg["distill"]["fused"], student, vocab or student.config.vocab_size)
     on_policy = _on_policy(cfg, meth, examples, tok, student, train_seed) if cls.train_on == "mixed" else None
@@ -378,23 +437,17 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
 
         teacher = Teacher(teacher, online)
     # a retrained teacher or a rescored difficulty profile makes an older checkpoint another run's
-    ckpt = _checkpoint(cfg, (pair, method, variant, f"seed{seed}"),
-                       (budget, train_seed, method, run.params, kd_ratio, vocab, tseed, cfg["evaluation"]),
+    ckpt = _checkpoint(cfg, ckpt_parts, (budget, train_seed, method, run.params, kd_ratio, vocab, tseed, cfg["evaluation"]),
                        student, examples, P.teacher_model(pair, tseed) if cls.needs_teacher else None, difficulty)
     res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
                 kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, on_policy=on_policy,
                 validate=_validator(cfg, tok, pair, seed),
                 desc=f"{pair}/{method}/{variant}/seed{seed}", checkpoint=ckpt, fused=fused)
-    with io.staged(P.run_dir(pair, method, variant, seed), marker=RUN_FILES["train"]) as tmp:
-        _write_run_tables(tmp, res)
-        models.save(student, tok, tmp / RUN_FILES["model"])
-        io.write_json(tmp / RUN_FILES["train"], {**res.stats, "method": method, "variant": variant, "fused": fused,
-                                                 "method_params": {**M.defaults(cls), **run.params},
-                                                 "teacher_seed": tseed if cls.needs_teacher else None,
-                                                 "params": models.n_params(student), **provenance(cfg)})
-    if ckpt is not None:
-        ckpt.remove()
-    evaluate(cfg, pair, method, variant, seed, student, tok)
+    info = {"method": method, "variant": variant, "fused": fused, "lr": budget["lr"],
+            "method_params": {**M.defaults(cls), **run.params},
+            "teacher_seed": tseed if cls.needs_teacher else None, "starts_from": cls.starts_from,
+            "params": models.n_params(student)}
+    return student, tok, res, info, ckpt
 
 
 def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
@@ -508,7 +561,7 @@ def provenance(cfg: dict) -> dict:
     return {"config": cfg, "git_commit": commit, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__},
-            "device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu: {platform.processor() or platform.machine()}",
+            "device": models.device_name(dev),
             "threads": torch.get_num_threads()}
 
 
@@ -532,7 +585,7 @@ def collect(cfg: dict) -> None:
                          "train_tokens": t.get("train_tokens", np.nan), "train_examples": t.get("train_examples", np.nan),
                          "train_tokens_per_s": t.get("train_tokens_per_s", np.nan),
                          "train_gen_s": t.get("train_gen_s", 0.0), "student_params": t.get("params"),
-                         "selected_epoch": t.get("selected_epoch"), "n_epochs": t.get("n_epochs"),
+                         "selected_epoch": t.get("selected_epoch"), "n_epochs": t.get("n_epochs"), "lr": t.get("lr"),
                          "val_loss_change_last20": t.get("val_loss_change_last20")})
         examples.append(pd.read_csv(P.run_file("scores", **keys)).assign(**keys))
         for name, bucket in (("trace", traces), ("epochs", epochs), ("bin_loss", bins)):
@@ -549,6 +602,12 @@ def collect(cfg: dict) -> None:
     abl = [{"ablation": row, "method": method, "variant": slug}
            for row, (method, slug, _) in C.ablation_variants(cfg).items()]
     io.write_csv(P.long_table("ablations"), pd.DataFrame(abl, columns=["ablation", "method", "variant"]))
+
+
+def tuning_table(cfg: dict) -> None:
+    from kdbench import tuning
+
+    tuning.write(cfg)
 
 
 def tables(cfg: dict) -> None:

@@ -4,8 +4,9 @@ Inputs follow the contract of `results/<profile>/tables/` (runs.csv, examples.cs
 epochs.csv, ablations.csv; see `read_tables`). Outputs:
 
 * `main_table`     teacher first, then every student (method, variant) of the main grid;
-                   one column per benchmark plus "avg"; Rouge-L mean ± std over training seeds.
-* `ablation_table` one row per ablation name (config order), tested against "full".
+                   one column per benchmark plus "avg"; Rouge-L mean ± std over training
+                   seeds, and each student's difference to kd with its 95% interval.
+* `ablation_table` one row per ablation name (config order), compared with "full" likewise.
 * `runtime_table`  training wall time, throughput, examples seen, time relative to kd, and
                    the shape of the answers (length against the reference, share capped
                    without EOS, repetition), which exposes degenerate answers.
@@ -14,18 +15,20 @@ epochs.csv, ablations.csv; see `read_tables`). Outputs:
 
 The table functions return *numeric* frames: one row per table row (index = row label),
 columns `pair, method, variant, n_seeds` and, for every value column `c`, `c_mean`, `c_std`
-and (main and ablation tables) `c_lo`, `c_hi`, `c_diff_lo`, `c_diff_hi`, `c_p`, `c_p_holm`.
-Formatting (± std, bold best, † for a Holm-adjusted p < 0.05) happens only in
-`format_table` / `write_table`; what to format is described in `df.attrs` ("columns",
-"caption", "footnote", "index_header").
+and (main and ablation tables) `c_lo`, `c_hi`, `c_diff`, `c_diff_lo`, `c_diff_hi`, `c_p`,
+plus `same_as` and `avg_p_holm`. Formatting (± std, Δ [interval], † for a Holm-adjusted
+p < 0.05, bold where a column spec asks) happens only in `format_table` / `write_table`;
+what to format is described in `df.attrs` ("columns", "caption", "footnote",
+"index_header"). A row with no per-example scores (or no seeds) shows dashes in the
+difference columns and is left out of the test.
 
 Significance (`significance`, `crossed_mean_test`, `holm`): every row against a baseline row,
 runs paired by training seed and test examples by id, with a variance that counts both the
-training seeds and the test examples, so that a difference that a new training seed could
-undo is not marked; Holm's correction over all the tests of one table. Why not a bootstrap:
-with the usual three training seeds, resampling seeds sees two degrees of freedom and
-underestimates their variance, and a two-level bootstrap marked differences in about half of
-simulated null tables where the seeds dominate the noise (docs/protocol.md, "Statistics").
+training seeds and the test examples, on S − 1 degrees of freedom. One primary comparison per
+row, its avg against the baseline, Holm's correction over those; the per-test-set
+differences are shown with their intervals, unmarked. Rows whose runs are identical are one
+row (`same_runs`). Size and power of this choice, against the alternatives, in simulated
+tables: benchmarks/significance.py, docs/protocol.md ("Statistics").
 """
 from __future__ import annotations
 
@@ -194,63 +197,70 @@ def _seed_summary(per_run: pd.DataFrame, rows: dict[str, tuple[str, str]]) -> pd
     return out
 
 
-def crossed_mean_test(blocks: Sequence[np.ndarray], level: float = 0.95
-                      ) -> tuple[float, float, float, float, float]:
+def crossed_mean_test(blocks: Sequence[np.ndarray], level: float = 0.95):
     """Test and interval for the mean of seed × example scores, counting both levels of
-    sampling: the training seeds and the test examples.
+    sampling (the training seeds and the test examples), with S − 1 degrees of freedom.
 
-    blocks: one (S, N_b) array per benchmark, rows = training seeds (the same S seeds, in the
-    same order, in every block), columns = test examples (the mean over sampling seeds).
-    The estimate is the mean over benchmarks of each block's mean (a run's "avg" for several
-    blocks, the benchmark's score for one). Its variance is estimated by the variance
-    components of the crossed seed × example design (two-way ANOVA without replication):
+    blocks: one array (..., S, N_b) per test set: rows = training seeds (the same S seeds, in
+    the same order, in every block), columns = test examples (each the mean over sampling
+    seeds); leading axes, if any, are independent problems (the simulations of
+    benchmarks/significance.py test thousands of tables at once). The estimate is the mean over
+    test sets of each block's mean (a run's "avg" for several blocks, one test set's score for
+    one). Its variance, from the components of the crossed seed × example design (two-way
+    ANOVA without replication):
 
-        V = s²(a_k) / S + Σ_b (MS_ex,b − MS_res,b) / (S · N_b · J²)
+        V = s²(a_k) / S + Σ_b max(0, MS_ex,b − MS_res,b) / (S · N_b · J²)
 
-    with a_k the seed's mean over the J benchmarks, MS_ex,b = S · var(example means) and
-    MS_res,b the residual mean square of block b; a negative example component is set to 0.
-    The first term is the seed-level variance (as in a paired t-test over seeds), the second
-    the sampling variance of the test examples that the seed means share. Degrees of freedom
-    by Satterthwaite: close to S − 1 when seeds dominate, large when examples do. Applied to
-    paired differences (method − baseline, seeds paired by index, examples by id) this is a
-    seed-level paired t-test that also counts the test examples.
+    with a_k the seed's mean over the J test sets, MS_ex,b = S · var(example means) and
+    MS_res,b the residual mean square of block b (`mean_squares`). The first term is the
+    paired t-test's over seed means; the second adds the sampling variance of the test
+    examples that every seed shares (a method × example effect does not average out over
+    seeds), which the first misses. The statistic is referred to Student's t with S − 1
+    degrees of freedom whatever the example term: conservative where that term is large
+    (its own df are many), exact where the seeds dominate. Satterthwaite's df, which rise
+    when the few seed differences happen to agree, made the test mark 27% of simulated null
+    tables at three seeds (39% with Holm over every cell; docs/protocol.md, "Statistics";
+    benchmarks/significance.py).
+    Applied to paired differences (method − baseline, seeds paired by index, examples by id)
+    this is a paired t-test over training seeds that also counts the test examples. It treats
+    the S seeds as independent: with fewer teacher seeds than training seeds they are not
+    (docs/protocol.md says what that costs).
 
-    Returns (estimate, standard error, degrees of freedom, two-sided p of estimate = 0,
-    half-width of the `level` interval); NaN standard error, p and interval with fewer than
-    two seeds (the seed-level variance is unknown). A zero variance gives p = 1 for a zero
-    estimate and p = 0 otherwise.
+    Returns (estimate, standard error, degrees of freedom S − 1, two-sided p of estimate = 0,
+    half-width of the `level` interval), arrays of the leading shape (floats for 2-D
+    blocks); NaN standard error, p and interval with fewer than two seeds. A zero variance
+    gives p = 1 for a zero estimate and p = 0 otherwise.
     """
     blocks = [np.asarray(x, dtype=float) for x in blocks]
-    J, S = len(blocks), blocks[0].shape[0]
-    seed_means = np.mean([x.mean(axis=1) for x in blocks], axis=0)  # a_k, (S,)
-    estimate = float(seed_means.mean())
+    J, S = len(blocks), blocks[0].shape[-2]
+    seed_means = np.mean([x.mean(axis=-1) for x in blocks], axis=0)  # a_k, (..., S)
+    estimate = seed_means.mean(axis=-1)
     if S < 2:
-        return estimate, math.nan, math.nan, math.nan, math.nan
-    terms = [(float(seed_means.var(ddof=1)) / S, S - 1)]  # (variance term, its df)
+        nan = np.full_like(estimate, math.nan)
+        return estimate[()], nan[()], math.nan, nan[()], nan[()]
+    var = seed_means.var(axis=-1, ddof=1) / S
     for x in blocks:
-        N = x.shape[1]
-        if N < 2:
-            continue
-        ms_ex, ms_res = mean_squares(x)
-        scale = S * N * J * J
-        if ms_ex > ms_res:
-            terms += [(ms_ex / scale, N - 1), (-ms_res / scale, (S - 1) * (N - 1))]
-    var = sum(v for v, _ in terms)
-    if var <= 1e-24 * max(1.0, estimate * estimate):
-        return estimate, 0.0, math.inf, float(estimate == 0.0), 0.0
-    df = var ** 2 / sum(v * v / d for v, d in terms)
-    se = math.sqrt(var)
-    return estimate, se, df, 2 * t_sf(abs(estimate) / se, df), t_quantile(0.5 + level / 2, df) * se
+        N = x.shape[-1]
+        if N >= 2:
+            ms_ex, ms_res = mean_squares(x)
+            var = var + np.maximum(ms_ex - ms_res, 0.0) / (S * N * J * J)
+    df = S - 1
+    zero = var <= 1e-24 * np.maximum(1.0, estimate * estimate)
+    se = np.sqrt(var)
+    t = np.abs(estimate) / np.where(zero, 1.0, se)
+    p = np.where(zero, (estimate == 0.0).astype(float), 2 * t_sf_array(t, df))
+    se = np.where(zero, 0.0, se)
+    return estimate[()], se[()], df, p[()], (t_quantile(0.5 + level / 2, df) * se)[()]
 
 
-def mean_squares(x: np.ndarray) -> tuple[float, float]:
-    """(MS_ex, MS_res) of a seeds × examples array (S, N), S, N >= 2: the example mean square
-    S · var(example means) and the residual mean square of the two-way layout without
-    replication (`crossed_mean_test`)."""
-    S, N = x.shape
-    ex = x.mean(axis=0)
-    resid = x - x.mean(axis=1, keepdims=True) - ex[None, :] + x.mean()
-    return S * float(ex.var(ddof=1)), float((resid ** 2).sum()) / ((S - 1) * (N - 1))
+def mean_squares(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(MS_ex, MS_res) of seeds × examples arrays (..., S, N), S, N >= 2: the example mean
+    square S · var(example means) and the residual mean square of the two-way layout without
+    replication (`crossed_mean_test`); arrays of the leading shape."""
+    S, N = x.shape[-2:]
+    ex = x.mean(axis=-2)  # (..., N)
+    resid = x - x.mean(axis=-1, keepdims=True) - ex[..., None, :] + x.mean(axis=(-2, -1), keepdims=True)
+    return S * ex.var(axis=-1, ddof=1), (resid ** 2).sum(axis=(-2, -1)) / ((S - 1) * (N - 1))
 
 
 def t_sf(t: float, df: float) -> float:
@@ -261,6 +271,10 @@ def t_sf(t: float, df: float) -> float:
         return 0.5 * math.erfc(t / math.sqrt(2))
     tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
     return tail if t >= 0 else 1 - tail
+
+
+#: `t_sf` element-wise over arrays of t (and df).
+t_sf_array = np.vectorize(t_sf, otypes=[float])
 
 
 def t_quantile(q: float, df: float) -> float:
@@ -347,31 +361,33 @@ def seed_example_blocks(examples: pd.DataFrame, keys: set[tuple[str, str]]
             for key, g in per.groupby(level=[0, 1, 2], sort=False)}
 
 
-def significance(examples: pd.DataFrame, rows: dict[str, tuple[str, str]], baseline: str,
-                 benchmarks: Sequence[str], level: float = 0.95) -> pd.DataFrame:
-    """Intervals of every row and tests of every row against row `baseline` (a label of `rows`).
+def significance(blocks: dict[tuple[str, str, str], pd.DataFrame], rows: dict[str, tuple[str, str]],
+                 baseline: str, benchmarks: Sequence[str], level: float = 0.95) -> pd.DataFrame:
+    """Intervals of every row, and of its difference to row `baseline` (a label of `rows`),
+    with the tests of the primary family.
 
-    Returns a frame indexed by label with, for each c in `benchmarks` + "avg": `c_lo`, `c_hi`
-    (the `level` interval of the row's mean), `c_diff_lo`, `c_diff_hi` (of its difference to
-    the baseline), `c_p` (two-sided p of no difference) and `c_p_holm` (Holm-adjusted over
-    every p of the frame: the table is the family). All by `crossed_mean_test`: a row's runs
-    are paired with the baseline's by training-seed index (runs of seed k share the student
-    initialisation and, with several teacher seeds, the teacher) and examples by example_id
-    (inner joins). NaN for the baseline itself, the teacher, where a side lacks per-example
-    scores, and with fewer than two common seeds.
+    blocks: `seed_example_blocks` of the rows. Returns a frame indexed by label with, for each
+    c in `benchmarks` + "avg": `c_lo`, `c_hi` (the `level` interval of the row's mean),
+    `c_diff`, `c_diff_lo`, `c_diff_hi` (its difference to the baseline and that difference's
+    interval) and `c_p` (two-sided p of no difference); and `avg_p_holm`, Holm's adjustment
+    over the avg p of every row tested. The family is one comparison per row, its avg against
+    the baseline; the per-test-set p stay unadjusted (they are in the CSV, the tables show
+    their intervals only). All by `crossed_mean_test`: a row's runs are paired with the
+    baseline's by training-seed index (runs of seed k share the student initialisation and
+    the teacher) and examples by example_id (inner joins). NaN for the baseline itself, the
+    teacher, where a side lacks per-example scores, and with fewer than two common seeds.
     """
     cols = list(benchmarks) + ["avg"]
-    stats_ = ("lo", "hi", "diff_lo", "diff_hi", "p")
+    stats_ = ("lo", "hi", "diff", "diff_lo", "diff_hi", "p")
     out = pd.DataFrame(np.nan, index=pd.Index(list(rows)),
                        columns=[f"{c}_{s}" for c in cols for s in stats_])
-    blocks_of = seed_example_blocks(examples, set(rows.values()))
-    base = {b: blocks_of.get(rows[baseline] + (b,)) for b in benchmarks} if baseline in rows else {}
+    base = {b: blocks.get(rows[baseline] + (b,)) for b in benchmarks} if baseline in rows else {}
     for label, key in rows.items():
-        own = {b: blocks_of.get(key + (b,)) for b in benchmarks}
+        own = {b: blocks.get(key + (b,)) for b in benchmarks}
         if all(x is not None for x in own.values()):
             seeds = sorted(set.intersection(*(set(x.index) for x in own.values())))
-            blocks = [own[b].loc[seeds].dropna(axis=1).to_numpy() for b in benchmarks]
-            for c, bl in zip(cols, [[x] for x in blocks] + [blocks]):
+            arrays = [own[b].loc[seeds].dropna(axis=1).to_numpy() for b in benchmarks]
+            for c, bl in zip(cols, [[x] for x in arrays] + [arrays]):
                 est, _, _, _, half = crossed_mean_test(bl, level)
                 out.loc[label, [f"{c}_lo", f"{c}_hi"]] = est - half, est + half
         if label == baseline or key[0] == TEACHER or not base:
@@ -386,12 +402,63 @@ def significance(examples: pd.DataFrame, rows: dict[str, tuple[str, str]], basel
             diffs.append((a[common] - r[common]).dropna(axis=1).to_numpy())
         for c, bl in zip(cols, [[d] for d in diffs] + [diffs]):
             est, _, _, p, half = crossed_mean_test(bl, level)
-            out.loc[label, [f"{c}_diff_lo", f"{c}_diff_hi", f"{c}_p"]] = est - half, est + half, p
-    p_cols = [f"{c}_p" for c in cols]
-    adjusted = holm(out[p_cols].to_numpy())
-    for j, c in enumerate(cols):
-        out[f"{c}_p_holm"] = adjusted[:, j]
+            out.loc[label, [f"{c}_diff", f"{c}_diff_lo", f"{c}_diff_hi", f"{c}_p"]] = \
+                est, est - half, est + half, p
+    out["avg_p_holm"] = holm(out["avg_p"].to_numpy())
     return out
+
+
+def same_runs(per_run: pd.DataFrame, rows: dict[str, tuple[str, str]],
+              blocks: dict[tuple[str, str, str], pd.DataFrame] | None = None) -> dict[str, list[str]]:
+    """Rows whose runs are identical, found from the data: {label of the first of them (in the
+    order of `rows`): the labels of the later rows that repeat it}.
+
+    Two rows repeat each other when they name the same (method, variant), or when their runs
+    have the same training seeds, the same score on every test set (`run_scores`) and, where
+    `blocks` (`seed_example_blocks`) are given, the same score on every test example of every
+    seed. The teacher and rows without runs are never merged. Such rows are one row and one
+    test in the tables: counting them twice would only add a copy to the family.
+    """
+    def scores(key):
+        runs = per_run.loc[key] if key in per_run.index.droplevel("seed") else None
+        examples = {k[2]: v for k, v in (blocks or {}).items() if k[:2] == key}
+        return runs, examples
+
+    firsts: dict[str, tuple] = {}
+    out: dict[str, list[str]] = {}
+    for label, key in rows.items():
+        runs, examples = scores(key)
+        if key[0] == TEACHER or runs is None:
+            continue
+        for first, (key0, runs0, examples0) in firsts.items():
+            if key == key0 or (runs.equals(runs0) and examples.keys() == examples0.keys()
+                               and all(examples[b].equals(examples0[b]) for b in examples)):
+                out.setdefault(first, []).append(label)
+                break
+        else:
+            firsts[label] = (key, runs, examples)
+    return out
+
+
+def _same_label(label: str, others: Sequence[str], rows: dict[str, tuple[str, str]],
+                epochs: pd.DataFrame | None) -> str:
+    """'distillm (= srkl: never sampled)': the row and why the others repeat it — the same run,
+    an on-policy run that drew no sample of its own (epochs.csv logs its on-policy batches,
+    all 0), or just the same scores."""
+    def never_sampled(key):
+        if epochs is None or "on_policy_batch" not in epochs.columns:
+            return False
+        logged = epochs.loc[(epochs["method"] == key[0]) & (epochs["variant"] == key[1]),
+                            "on_policy_batch"].dropna()
+        return len(logged) > 0 and bool((logged == 0).all())
+
+    why = []
+    for other in others:
+        a, b = rows[label], rows[other]
+        reason = ("same run" if a == b else "never sampled" if never_sampled(a) or never_sampled(b)
+                  else "same scores")
+        why.append(f"{other}: {reason}")
+    return f"{label} (= {', '.join(why)})"
 
 
 # --------------------------------------------------------------------------- tables
@@ -401,12 +468,14 @@ def _over_seeds(n_seeds, kind: str) -> str:
     return f"1 {kind} seed, no std" if n == "1" else f"mean ± sample std over {n} {kind} seeds"
 
 
-def _col_spec(key, header, fmt="{:.2f}", best="max", show_std=True) -> dict:
-    """How `format_table` shows value column `key` (numeric columns key_mean/key_std/key_p_holm).
+def _col_spec(key, header, fmt="{:.2f}", best="max", show_std=True, kind="mean") -> dict:
+    """How `format_table` shows value column `key`.
 
-    best: "max", "min" or None — which mean is bold among students.
+    kind: "mean" (`key_mean` ± `key_std`), "diff" (`key_diff` [`key_diff_lo`, `key_diff_hi`],
+    † where `key_p_holm` < ALPHA) or "p" (`key_p_holm`). best: "max", "min" or None — which
+    mean is bold among students (kind "mean" only).
     """
-    return dict(key=key, header=header, fmt=fmt, best=best, show_std=show_std)
+    return dict(key=key, header=header, fmt=fmt, best=best, show_std=show_std, kind=kind)
 
 
 def _range_text(values) -> str:
@@ -416,74 +485,107 @@ def _range_text(values) -> str:
     return str(vals[0]) if vals[0] == vals[-1] else f"{vals[0]}–{vals[-1]}"
 
 
-def _score_table(runs, rows, index_name, examples, baseline, caption, baseline_role
-                 ) -> pd.DataFrame:
-    """Shared body of the main and ablation tables."""
+_STATS = ("lo", "hi", "diff", "diff_lo", "diff_hi", "p")
+
+
+def _score_table(runs, rows, index_name, examples, baseline, what, epochs) -> pd.DataFrame:
+    """Shared body of the main and ablation tables: Rouge-L per row and its difference to
+    row `baseline`; `what` names the rows in the caption ("method", "ablation")."""
     benchmarks = benchmarks_of(runs)
     per_run = run_scores(runs, benchmarks)
+    blocks = seed_example_blocks(examples, set(rows.values())) if examples is not None else None
+    same = same_runs(per_run, rows, blocks)
+    merged = {label: _same_label(label, others, rows, epochs) for label, others in same.items()}
+    rows = {k: v for k, v in rows.items() if not any(k in o for o in same.values())}
+    baseline = next((k for k, o in same.items() if baseline in o), baseline)  # folded: its row
     df = _seed_summary(per_run, rows)
     cols = benchmarks + ["avg"]
-    tested = examples is not None and baseline in rows
-    stats_ = ("lo", "hi", "diff_lo", "diff_hi", "p", "p_holm")
+    tested = blocks is not None and baseline in rows  # differences at least; tests from 2 seeds
     if tested:
-        sig = significance(examples, rows, baseline, benchmarks)
+        sig = significance(blocks, rows, baseline, benchmarks)
     else:
-        sig = pd.DataFrame(np.nan, index=df.index, columns=[f"{c}_{s}" for c in cols for s in stats_])
+        sig = pd.DataFrame(np.nan, index=df.index, columns=[f"{c}_{s}" for c in cols for s in _STATS]
+                           + ["avg_p_holm"])
     for c in cols:
-        for s_ in stats_:
+        for s_ in _STATS:
             df[f"{c}_{s_}"] = sig[f"{c}_{s_}"].reindex(df.index).to_numpy()
+    df["avg_p_holm"] = sig["avg_p_holm"].reindex(df.index).to_numpy()
     df.insert(0, "pair", runs["pair"].iloc[0] if "pair" in runs.columns and len(runs) else "")
-    # Reorder to key columns, then mean/std/intervals/p per value column.
-    value = [f"{c}_{s}" for c in cols for s in ("mean", "std") + stats_]
-    df = df[["pair", "method", "variant", "n_seeds"] + value]
-    n_tests = int(np.isfinite(df[[f"{c}_p" for c in cols]].to_numpy()).sum())
+    df["same_as"] = [", ".join(same.get(label, [])) for label in df.index]
+    value = [f"{c}_{s}" for c in cols for s in ("mean", "std") + _STATS]
+    df = df[["pair", "method", "variant", "same_as", "n_seeds"] + value + ["avg_p_holm"]]
+    df = df.rename(index=merged)
+    n_family = int(np.isfinite(df["avg_p"]).sum())
 
-    students = df[df["method"] != TEACHER]
-    teachers = df[df["method"] == TEACHER]
+    students, teachers = df[df["method"] != TEACHER], df[df["method"] == TEACHER]
+    n_seeds = _range_text(students["n_seeds"])
+    n_seeds += " training seed" + ("" if n_seeds == "1" else "s")
     n_eval = _range_text(runs["n_eval_seeds"]) if "n_eval_seeds" in runs.columns else "?"
     notes = [
         f"Rouge-L F1 (×100), {_over_seeds(students['n_seeds'], 'training')}"
-        + (f" (teacher: {_over_seeds(teachers['n_seeds'], 'teacher')})" if len(teachers) else "")
-        + "; each run's score is its mean over "
-        + ("its" if n_eval == "?" else n_eval) + " sampling seeds. avg: a run's mean over "
-        "the test sets, then mean ± std over seeds.",
-        "Bold: best student per column (ties at the shown precision all bold)"
-        + ("; the teacher is set apart and never bold." if (df["method"] == TEACHER).any()
-           else "."),
+        + (f" (teacher: {_over_seeds(teachers['n_seeds'], 'teacher')}; not tested)" if len(teachers) else "")
+        + "; each run's score is its mean over " + ("its" if n_eval == "?" else n_eval)
+        + " sampling seeds. avg: a run's mean over the test sets, then mean ± std over seeds.",
     ]
-    if examples is None:
-        notes.append("No significance marks: per-example scores (examples.csv.gz) were not "
-                     "given.")
-    elif baseline not in rows:
-        notes.append(f"No significance marks: the {baseline_role} row {baseline!r} is "
-                     "missing.")
+    headers = {c: BENCHMARK_NAMES.get(c.lower(), c) for c in cols}
+    specs = [_col_spec(c, headers[c], best=None) for c in cols]
+    if not tested:
+        why = ("per-example scores (examples.csv.gz) were not given" if blocks is None
+               else f"the baseline row {baseline!r} is missing")
+        notes.append(f"No differences or tests: {why}.")
+        caption = f"Rouge-L of every {what} over {n_seeds} (no test: {why})."
+    elif n_family == 0:
+        specs += [_col_spec(c, f"Δ {headers[c]}", kind="diff") for c in cols]
+        caption = (f"Rouge-L of every {what} over {n_seeds} and its difference Δ to {baseline} (no "
+                   "interval or test: they need two training seeds).")
+        notes.append(f"Δ: the row's mean minus {baseline}'s, runs paired by training seed, test "
+                     "examples by id; no interval or test with fewer than two training seeds.")
     else:
-        notes.append(
-            f"{DAGGER}: differs from {baseline} at p < {ALPHA:g} after Holm's correction over the "
-            f"{n_tests} tests of this table. Test: two-sided paired t-test on the mean difference, "
-            "runs paired by training seed and test examples by id, its variance counting both the "
-            "training seeds and the test examples (seed × example variance components, "
-            "Satterthwaite degrees of freedom); with one seed no test is made. 95% intervals of "
-            "every mean and difference are in the CSV (columns _lo/_hi, _diff_lo/_diff_hi).")
-        caption = caption.rstrip(".") + f" († Holm-corrected paired test against {baseline})."
-    df.attrs.update(
-        columns=[_col_spec(c, BENCHMARK_NAMES.get(c.lower(), c)) for c in cols],
-        caption=caption, footnote=notes, index_header=index_name)
+        specs += [_col_spec(c, f"Δ {headers[c]}", kind="diff") for c in cols]
+        specs.append(_col_spec("avg", "p (Holm)", kind="p"))
+        caption = (f"Rouge-L of every {what} over {n_seeds} and its difference Δ to "
+                   f"{baseline} with its 95% interval; {DAGGER} marks a Δ avg that survives Holm's "
+                   f"correction over the {n_family} {what}s tested, and nothing is bold.")
+        notes += [
+            f"Δ: the row's mean minus {baseline}'s, [95% interval]; runs paired by training seed "
+            f"(the same student initialisation and teacher), test examples by id. One test per "
+            f"row, the primary comparison: Δ avg against {baseline}, {DAGGER} where its p < "
+            f"{ALPHA:g} after Holm's correction over the {n_family} rows tested (p (Holm): the "
+            "adjusted p). The Δ per test set are shown with their intervals only: unmarked, "
+            "uncorrected.",
+            f"Test and intervals: a paired t-test over the {n_seeds} (df = seeds − 1) "
+            "whose variance also counts the sampling of the test examples "
+            "(kdbench.tables.crossed_mean_test; docs/protocol.md, \"Statistics\", gives its size "
+            "and power in simulated tables, and what it does not model: seeds that share a "
+            "teacher seed). The CSV holds every number: _diff, _diff_lo, _diff_hi, _p per cell, "
+            "avg_p_holm.",
+            "Nothing is bold: no row is tested against the best one, and with few seeds most rows "
+            "could not be told apart from it.",
+        ]
+    if merged:
+        notes.append(f"{'; '.join(merged.values())}: one row, one test for runs that are the same "
+                     "run, or that score the same on every test example of every training seed "
+                     "(never sampled: one of them is an on-policy method whose epochs drew no "
+                     "sample of the student's own, so it trained as the other).")
+    df.attrs.update(columns=specs, caption=caption, footnote=notes, index_header=index_name)
     return df
 
 
 def main_table(runs: pd.DataFrame, ablations: pd.DataFrame | None = None,
                baseline: str = "kd", examples: pd.DataFrame | None = None,
-               pair: str | None = None) -> pd.DataFrame:
+               pair: str | None = None, epochs: pd.DataFrame | None = None) -> pd.DataFrame:
     """The main results table (numeric).
 
     runs: runs.csv (one row per run × benchmark); ablations: ablations.csv, used only to
-    drop ablation-only variants (see `main_rows`); examples: examples.csv.gz for the paired
-    test against row `baseline` (None: no test, said in the footnote); pair: which
-    teacher–student pair (needed only when runs holds several).
-    Rows: teacher first, then sft, seqkd, kd, then the other methods by name. Columns:
-    pair, method, variant, n_seeds, and for each benchmark and "avg": `_mean`, `_std`, `_lo`,
-    `_hi`, `_diff_lo`, `_diff_hi`, `_p`, `_p_holm` (see `significance`).
+    drop ablation-only variants (see `main_rows`); examples: examples.csv.gz for the
+    differences to row `baseline` and their tests (None: none, said in the footnote); pair:
+    which teacher–student pair (needed only when runs holds several); epochs: epochs.csv,
+    only to say why two rows' runs are identical ("never sampled", see `same_runs`).
+    Rows: teacher first, then sft, seqkd, kd, then the other methods by name; rows whose runs
+    are identical are one row ("distillm (= srkl: never sampled)"). Columns: pair, method,
+    variant, same_as (the labels folded into the row), n_seeds, and for each benchmark and
+    "avg": `_mean`, `_std`, `_lo`, `_hi`, `_diff`, `_diff_lo`, `_diff_hi`, `_p`; then
+    `avg_p_holm` (see `significance`).
     """
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
                     LONG_TABLES["runs"])
@@ -491,19 +593,33 @@ def main_table(runs: pd.DataFrame, ablations: pd.DataFrame | None = None,
         raise UserError("runs.csv has no rows; run the DAG (snakemake) before making tables.")
     examples = select_pair(examples, pair) if examples is not None else None
     rows = {row_label(m, v): (m, v) for m, v in main_rows(runs, ablations)}
-    return _score_table(runs, rows, "method", examples, baseline,
-                        caption="Rouge-L of every distillation method.",
-                        baseline_role="baseline")
+    df = _score_table(runs, rows, "method", examples, baseline, "method", select_pair(epochs, pair))
+    df.attrs["footnote"] = [*df.attrs["footnote"], lr_note(runs)]
+    return df
+
+
+def lr_note(runs: pd.DataFrame) -> str:
+    """How the students' learning rates were set, from the runs' own `lr` (runs.csv)."""
+    students = runs[runs["method"] != TEACHER]
+    lrs = sorted(students["lr"].dropna().unique()) if "lr" in students else []
+    if len(lrs) > 1:
+        return (f"Learning rates: per method ({', '.join(f'{v:g}' for v in lrs)}; runtime table), each chosen by "
+                "its validation Rouge-L over the same grid on one seed (`snakemake tune`, "
+                "benchmarks/results/tuning_<profile>.md), never by a test score.")
+    if lrs:
+        return f"Learning rate: {lrs[0]:g} for every student method."
+    return "Learning rates: not recorded in runs.csv (runs of an older kdbench)."
 
 
 def ablation_table(runs: pd.DataFrame, ablations: pd.DataFrame,
                    examples: pd.DataFrame | None = None, reference: str = "full",
-                   pair: str | None = None) -> pd.DataFrame:
+                   pair: str | None = None, epochs: pd.DataFrame | None = None) -> pd.DataFrame:
     """The ablation table (numeric): one row per ablation name, in config order.
 
-    ablations: ablations.csv (ablation, method, variant); several names may share a run.
-    Same columns and statistics as `main_table`; the test compares every row with the
-    `reference` ("full") row. An ablation whose run is missing gives a NaN row (n_seeds 0).
+    ablations: ablations.csv (ablation, method, variant); names that share a run, or whose
+    runs are identical, are one row. Same columns and statistics as `main_table`; every row is
+    compared with the `reference` ("full") row. An ablation whose run is missing gives a NaN
+    row (n_seeds 0).
     """
     runs = require_columns(select_pair(runs, pair), _KEY + ["seed", "benchmark", "rouge_l"],
                     LONG_TABLES["runs"])
@@ -514,9 +630,8 @@ def ablation_table(runs: pd.DataFrame, ablations: pd.DataFrame,
     rows: dict[str, tuple[str, str]] = {}
     for a, m, v in ablations[["ablation", "method", "variant"]].itertuples(index=False):
         rows.setdefault(a, (m, v))
-    df = _score_table(runs, rows, "ablation", examples, reference,
-                      caption="Ablations: Rouge-L of each variant.",
-                      baseline_role="reference")
+    df = _score_table(runs, rows, "ablation", examples, reference, "ablation",
+                      select_pair(epochs, pair))
     return _with_cost_ratios(df, runs)
 
 
@@ -584,6 +699,8 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     if "selected_epoch" in runs.columns and runs["selected_epoch"].notna().any():
         per_run["best_epoch"] = by_run["selected_epoch"].mean() + 1
         per_run["val_loss_change"] = 100 * by_run["val_loss_change_last20"].mean()
+    if "lr" in runs.columns and runs["lr"].notna().any():
+        per_run["lr"] = by_run["lr"].mean()
     if epochs is not None and not select_pair(epochs, pair).empty:
         ep = require_columns(select_pair(epochs, pair), _KEY + ["seed", "epoch", "n_examples"],
                       LONG_TABLES["epochs"])
@@ -594,6 +711,7 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
         per_run["data_fraction"] = frac.reindex(per_run.index)
     per_run = per_run[~((per_run.index.get_level_values("method") == TEACHER)
                         & per_run["train_wall_s"].isna())]
+    gap = val_rouge_gap_last20(select_pair(epochs, pair)) if epochs is not None else None
 
     names: dict[tuple[str, str], list[str]] = {}
     if ablations is not None and not ablations.empty:
@@ -606,6 +724,9 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     base = df.loc[baseline, "train_wall_s_mean"] if baseline in df.index else np.nan
     df["time_ratio_mean"] = df["train_wall_s_mean"] / base
     df["time_ratio_std"] = np.nan
+    if gap is not None and not gap.empty:
+        df["val_gap_mean"] = [gap.get(mv, np.nan) for mv in rows.values()]
+        df["val_gap_std"] = np.nan
     if "val_loss_change" in per_run.columns:  # the worst seed, not the mean: did every run converge?
         change = per_run["val_loss_change"]
         worst = change.groupby(level=_KEY).agg(
@@ -632,6 +753,11 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
         cols[4:4] = [_col_spec("best_epoch", "best epoch", "{:.1f}", best=None),
                      _col_spec("val_loss_change", "val-loss Δ last 20% (%)", "{:+.1f}", best=None,
                                show_std=False)]
+    if "val_gap_mean" in df.columns:
+        cols.insert(cols.index(next(c for c in cols if c["key"] == "time_ratio")),
+                    _col_spec("val_gap", "val R-L gap last 20%", "{:.2f}", best=None, show_std=False))
+    if "lr_mean" in df.columns:
+        cols.insert(0, _col_spec("lr", "lr", "{:g}", best=None, show_std=False))
     cols += [_col_spec(key, header, "{:.2f}", best=None) for key, header in ANSWER_SHAPE.items()
              if f"{key}_mean" in df.columns]
     order = [f"{c['key']}_{s}" for c in cols for s in ("mean", "std")]
@@ -653,6 +779,15 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
                          "over seeds. Val-loss Δ last 20%: the relative change of the validation loss over "
                          "the last 20% of the training steps, of the seed where it is largest (negative: "
                          "still falling); beyond ±2% the run had not flattened" + (f" ({', '.join(over)})." if over else " (no student row)."))
+    if "val_gap_mean" in df.columns:
+        wide = df.loc[(df["method"] != TEACHER) & (df["val_gap_mean"] > 1.0)].index.tolist()
+        notes.insert(-1, "Val R-L gap last 20%: the best validation Rouge-L of the seed-mean curve minus its "
+                         "mean over the last 20% of the epochs; above 1 point the run had not settled at its "
+                         "best" + (f" ({', '.join(wide)})." if wide else " (no student row)."))
+    if "lr_mean" in df.columns:
+        notes.insert(0, "lr: the peak learning rate of the row's runs"
+                        + (" (per method, chosen by validation Rouge-L over a grid: `snakemake tune`)."
+                           if df.loc[df["method"] != TEACHER, "lr_mean"].nunique() > 1 else "."))
     if "gen_share_mean" in df.columns:
         notes.insert(-1, "On-policy gen share: share of the training time spent sampling the "
                          "student's own answers (included in train time).")
@@ -666,13 +801,30 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     return df
 
 
+def val_rouge_gap_last20(epochs: pd.DataFrame) -> pd.Series:
+    """Per (method, variant): the best validation Rouge-L of its seed-mean curve (epoch by
+    epoch, mean over seeds) minus that curve's mean over the last 20% of its epochs (at least
+    one). Near 0: the run stays at its best to the end; large: it ended below its best epoch
+    (the seed mean keeps one noisy epoch from setting the best). Empty without val_rouge_l."""
+    if epochs is None or "val_rouge_l" not in epochs or epochs["val_rouge_l"].isna().all():
+        return pd.Series(dtype=float)
+    curve = epochs.groupby(_KEY + ["epoch"])["val_rouge_l"].mean()
+
+    def gap(c: pd.Series) -> float:
+        k = max(1, math.ceil(0.2 * len(c)))
+        return float(c.max() - c.iloc[-k:].mean())
+
+    return curve.groupby(level=_KEY).apply(lambda c: gap(c.sort_index()))
+
+
 # --------------------------------------------------------------------------- formatting
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                 "^": r"\textasciicircum{}"}
 _TEX_UNICODE = {"±": r"$\pm$", DAGGER: r"$^{\dagger}$", "–": "--", "—": "---",
                 "×": r"$\times$", "θ": r"$\theta$", "≥": r"$\geq$", "≤": r"$\leq$",
-                "α": r"$\alpha$", "τ": r"$\tau$", "μ": r"$\mu$", "π": r"$\pi$"}
+                "α": r"$\alpha$", "τ": r"$\tau$", "μ": r"$\mu$", "π": r"$\pi$",
+                "Δ": r"$\Delta$"}
 
 
 def tex_escape(text: str) -> str:
@@ -684,11 +836,13 @@ def tex_escape(text: str) -> str:
 
 
 def format_table(df: pd.DataFrame, target: str = "md") -> pd.DataFrame:
-    """Strings for display: 'mean ± std', best student mean per column bold, † if p < ALPHA.
+    """Strings for display, per column spec (`_col_spec`): 'mean ± std' (the best student
+    mean bold where the spec asks), 'Δ [lo, hi]' with † where the Holm-adjusted p < ALPHA, or
+    the adjusted p itself.
 
     target: "md" (**bold**, †) or "tex" (\\textbf{}, $^{\\dagger}$, escaped labels).
     Returns a frame with the row-label column first (header `df.attrs["index_header"]`) and
-    one column per value column; NaN means show as an en dash.
+    one column per spec; NaN shows as an en dash.
     """
     if target not in ("md", "tex"):
         raise ValueError(f"target must be 'md' or 'tex', not {target!r}")
@@ -697,36 +851,48 @@ def format_table(df: pd.DataFrame, target: str = "md") -> pd.DataFrame:
         raise UserError("this frame has no column description in .attrs; pass a frame made by "
                         "main_table, ablation_table or runtime_table.")
     tex = target == "tex"
-    pm, dash = (r" $\pm$ ", "--") if tex else (" ± ", "–")
+    pm, dash, dagger = (r" $\pm$ ", "--", r"$^{\dagger}$") if tex else (" ± ", "–", DAGGER)
     students = (df["method"] != TEACHER).to_numpy() if "method" in df.columns \
         else np.ones(len(df), bool)
+
+    def column(name):
+        return df[name].to_numpy(dtype=float) if name in df else np.full(len(df), np.nan)
+
+    def signed(x):  # "+1.23", "-1.23" ($-$ in LaTeX)
+        text = f"{x:+.2f}"
+        return text.replace("-", "$-$") if tex else text
+
     header = df.attrs.get("index_header", "method")
     out = pd.DataFrame({header: [tex_escape(i) if tex else str(i) for i in df.index]})
     for spec in specs:
-        key, fmt = spec["key"], spec["fmt"]
-        mean = df[f"{key}_mean"].to_numpy(dtype=float)
-        std = df[f"{key}_std"].to_numpy(dtype=float) if f"{key}_std" in df else \
-            np.full(len(df), np.nan)
-        pval = df[f"{key}_p_holm"].to_numpy(dtype=float) if f"{key}_p_holm" in df else \
-            np.full(len(df), np.nan)
-        shown = [fmt.format(m) if np.isfinite(m) else None for m in mean]
-        best_text = None
-        cand = mean[students & np.isfinite(mean)]
-        if spec["best"] and cand.size and len({fmt.format(c) for c in cand}) > 1:
-            # bold only where students differ at the shown precision
-            best_text = fmt.format(cand.max() if spec["best"] == "max" else cand.min())
-        cells = []
-        for i, text in enumerate(shown):
-            if text is None:
-                cells.append(dash)
-                continue
-            if spec["show_std"] and np.isfinite(std[i]):
-                text += pm + fmt.format(std[i])
-            if best_text is not None and students[i] and shown[i] == best_text:
-                text = rf"\textbf{{{text}}}" if tex else f"**{text}**"
-            if np.isfinite(pval[i]) and pval[i] < ALPHA:
-                text += r"$^{\dagger}$" if tex else DAGGER
-            cells.append(text)
+        key, fmt, kind = spec["key"], spec["fmt"], spec.get("kind", "mean")
+        p_holm = column(f"{key}_p_holm")
+        if kind == "p":
+            cells = [dash if not np.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+                     for p in p_holm]
+        elif kind == "diff":
+            d, lo, hi = column(f"{key}_diff"), column(f"{key}_diff_lo"), column(f"{key}_diff_hi")
+            cells = [dash if not np.isfinite(d[i]) else signed(d[i]) if not np.isfinite(lo[i]) else
+                     f"{signed(d[i])} [{signed(lo[i])}, {signed(hi[i])}]"
+                     + (dagger if p_holm[i] < ALPHA else "") for i in range(len(df))]
+        else:
+            mean, std = column(f"{key}_mean"), column(f"{key}_std")
+            shown = [fmt.format(m) if np.isfinite(m) else None for m in mean]
+            best_text = None
+            cand = mean[students & np.isfinite(mean)]
+            if spec["best"] and cand.size and len({fmt.format(c) for c in cand}) > 1:
+                # bold only where students differ at the shown precision
+                best_text = fmt.format(cand.max() if spec["best"] == "max" else cand.min())
+            cells = []
+            for i, text in enumerate(shown):
+                if text is None:
+                    cells.append(dash)
+                    continue
+                if spec["show_std"] and np.isfinite(std[i]):
+                    text += pm + fmt.format(std[i])
+                if best_text is not None and students[i] and shown[i] == best_text:
+                    text = rf"\textbf{{{text}}}" if tex else f"**{text}**"
+                cells.append(text)
         out[tex_escape(spec["header"]) if tex else spec["header"]] = cells
     return out
 
@@ -842,9 +1008,10 @@ def build_all(tables_dir: str | Path) -> list[Path]:
         ex = ex[ex["pair"] == pair] if ex is not None else None
         ep = t["epochs"]
         ep = ep[ep["pair"] == pair] if ep is not None else None
-        written += write_table(main_table(r, ablations, examples=ex), dest(MAIN_TABLE))
+        written += write_table(main_table(r, ablations, examples=ex, epochs=ep), dest(MAIN_TABLE))
         if has_abl:
-            written += write_table(ablation_table(r, ablations, examples=ex), dest(ABLATION_TABLE))
+            written += write_table(ablation_table(r, ablations, examples=ex, epochs=ep),
+                                   dest(ABLATION_TABLE))
         written += write_table(runtime_table(r, ep, ablations=ablations),
                                dest(RUNTIME_TABLE))
     return written

@@ -1,20 +1,28 @@
-"""DistiLLM: skew reverse KL with adaptive off-policy student-generated outputs (SGO).
+"""DistiLLM: skew KL with adaptive off-policy student-generated outputs (SGO).
 
-Loss on every batch: L = τ² · token mean of KL(q ‖ α q + (1−α) p), α = 0.1 (as `srkl`).
+Loss on every batch, by `divergence` (the reference scripts pick it per pair: skew forward KL
+for the GPT-2 base student, `--type adaptive-sfkl`; skew reverse KL for the larger GPT-2 and
+every OPT student, `adaptive-srkl`):
 
-Which batches are the student's own samples (kdbench/onpolicy.py) follows the reference's
-training loop. A threshold θ starts at `init_threshold`; the student's validation
-cross-entropy is measured before training and after every epoch, and whenever it is at least
-`loss_eps` above the last value that moved θ (at first the value before training), θ rises by
-0.1 (at most 1) and that value becomes the new mark. At fraction s of training the shares are
+    srkl (default)  L = τ² · token mean of KL(q ‖ α q + (1−α) p)     (as `srkl`)
+    sfkl            L = τ² · token mean of KL(p ‖ α p + (1−α) q)     (as `skl`)
+
+with α = 0.1. Its scripts start from the student fine-tuned on the training split
+(`starts_from = "sft"`). Which batches are the student's own samples (kdbench/onpolicy.py)
+follows the reference's training loop. A threshold θ starts at `init_threshold`; the student's
+validation cross-entropy is measured before training and after every epoch, and whenever it
+is at least `loss_eps` above the last value that moved θ (at first the value before
+training), θ rises by 0.1 (at most 1) and that value becomes the new mark. At fraction s of
+training the shares are
 
     on_policy = θ·(1 − s)   fresh student samples   (replay_ratio "decreasing"; "constant":
     replay    = θ − on_policy   replayed samples     θ/2; "increasing": θ·s)
 
 from a replay buffer of the last `capacity` samples, fresh ones standing in for replayed ones
 until it is full. θ stays 0 while the validation loss does not rise: DistiLLM then trains
-like SRKL on the references and generates nothing. Constants and the reference files they
-come from: docs/protocol.md.
+like its skew divergence on the references and generates nothing. Constants and the
+reference files they come from: docs/protocol.md.
+
 Reference: Ko et al., DistiLLM: Towards Streamlined Distillation for Large Language Models,
 ICML 2024 (jongwooko/distillm).
 """
@@ -23,17 +31,20 @@ from kdbench.method import Method as Base, check, check_choice, check_temperatur
 
 THRESHOLD_STEP = 0.1  # rise of θ per rise of the validation loss (finetune.py, hard-coded there)
 REPLAY_RATIOS = ("decreasing", "constant", "increasing")
+DIVERGENCES = {"srkl": D.skew_reverse_kl, "sfkl": D.skew_forward_kl}
 
 
 class Method(Base):
     train_on = "mixed"
     uses_validation_loss = True
+    starts_from = "sft"  # its scripts start from the init checkpoint (docs/protocol.md)
     references = ["Ko et al., DistiLLM: Towards Streamlined Distillation for Large Language "
                   "Models, ICML 2024"]
 
     def __init__(self, alpha: float = 0.1, temperature: float = 1.0, init_threshold: float = 0.0,
                  loss_eps: float = 0.1, capacity: int = 1000, replay_ratio: str = "decreasing",
-                 max_new_tokens: int | None = None):
+                 max_new_tokens: int | None = None, divergence: str = "srkl"):
+        self.divergence = check_choice("divergence", divergence, tuple(DIVERGENCES))
         self.alpha = check_unit("alpha", alpha)
         self.temperature = check_temperature(temperature)
         self.threshold = check_unit("init_threshold", init_threshold)
@@ -66,5 +77,5 @@ class Method(Base):
         return {"on_policy": fresh, "replay": self.threshold - fresh, "sgo_threshold": self.threshold}
 
     def loss(self, student_logits, teacher_logits, mask, progress):
-        return D.skew_reverse_kl(student_logits, teacher_logits, mask, alpha=self.alpha,
-                                 temperature=self.temperature)
+        return DIVERGENCES[self.divergence](student_logits, teacher_logits, mask, alpha=self.alpha,
+                                            temperature=self.temperature)

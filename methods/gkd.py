@@ -5,13 +5,18 @@ the same prompts (kdbench/onpolicy.py); the loss on either kind of batch is
 
     m = β p + (1−β) q,   L = τ² · token mean of [β KL(p ‖ m) + (1−β) KL(q ‖ m)]
 
-with TRL's endpoints β = 0: forward KL(p ‖ q), β = 1: reverse KL(q ‖ p). Defaults are TRL's
-GKDConfig (λ = 0.5, β = 0.5); λ = 0 is purely off-policy (the references), λ = 1 purely
-on-policy. TRL samples at temperature 0.9 with at most 128 new tokens; the suite samples with
-the protocol's settings (temperature 1, at most evaluation.max_new_tokens unless
-`max_new_tokens` is set). Constants and sources: docs/protocol.md.
+with TRL's endpoints β = 0: forward KL(p ‖ q), β = 1: reverse KL(q ‖ p). The defaults are
+the GKD baseline of the instruction-KD tables (DistiLLM's `scripts/gpt2/gkd/gkd_base.sh`:
+`--type mixed-jsd --mixed-alpha 0.5`, i.e. `js_distance` with the student weighted 0.9 in the
+mixture, β = 0.1, on a λ = 0.5 share of student samples), started, as there, from the
+student fine-tuned on the training split (`starts_from = "sft"`). TRL's GKDConfig default
+β = 0.5 is the variant `beta-0.5`. λ = 0 is purely off-policy (the references), λ = 1 purely
+on-policy. The suite samples with the protocol's settings (temperature 1, at most
+evaluation.max_new_tokens unless `max_new_tokens` is set; TRL: 0.9 and 128). Constants and
+sources: docs/protocol.md.
+
 Reference: Agarwal et al., On-Policy Distillation of Language Models: Learning from
-Self-Generated Mistakes, ICLR 2024; TRL's GKDTrainer.
+Self-Generated Mistakes, ICLR 2024; TRL's GKDTrainer; DistiLLM's GKD baseline.
 """
 from kdbench import divergences as D
 from kdbench.method import Method as Base, check, check_temperature, check_unit
@@ -19,10 +24,11 @@ from kdbench.method import Method as Base, check, check_temperature, check_unit
 
 class Method(Base):
     train_on = "mixed"
+    starts_from = "sft"  # its scripts start from the init checkpoint (docs/protocol.md)
     references = ["Agarwal et al., On-Policy Distillation of Language Models: Learning from "
                   "Self-Generated Mistakes, ICLR 2024", "TRL GKDTrainer / GKDConfig"]
 
-    def __init__(self, lmbda: float = 0.5, beta: float = 0.5, temperature: float = 1.0,
+    def __init__(self, lmbda: float = 0.5, beta: float = 0.1, temperature: float = 1.0,
                  max_new_tokens: int | None = None):
         self.lmbda = check_unit("lmbda", lmbda)
         self.beta = check_unit("beta", beta)

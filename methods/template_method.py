@@ -32,6 +32,11 @@ class Method(Base):  # the class must be called `Method` and subclass kdbench.me
     # as in SeqKD) or "mixed" (also the student's own samples, on the steps the schedule's
     # "on_policy" / "replay" shares pick; see kdbench/onpolicy.py and methods/gkd.py).
     train_on = "reference"
+    # Where the student starts, as the method's reference scripts do: "pretrained" (the pair's
+    # student as it comes) or "sft" (that student first fine-tuned on the training split by the
+    # `sft_init` stage, budget `training.init`: DistiLLM's and MiniLLM's *init* checkpoint).
+    # The DAG builds the fine-tuned start only if some method asks for it.
+    starts_from = "pretrained"
     # Listed by `python -m kdbench methods`.
     references = ["Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015"]
 

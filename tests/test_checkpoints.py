@@ -215,9 +215,9 @@ def test_init_student_checks_the_students_own_tokenizer_first(tmp_path, tok):
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     assert json_of(folder / "kdbench.json")["shared_vocab_size"] == n + 3  # min(teacher n+8, student n+3)
     student = models.load_model(folder)
-    assert stages._shared_vocab(cfg, "p", 1, student) == n + 3  # what distill slices logits to
+    assert stages._shared_vocab(str(folder), "p", student) == n + 3  # what distill slices logits to
     with pytest.raises(UserError, match="rerun init_student"):
-        stages._shared_vocab(cfg, "p", 0, student)
+        stages._shared_vocab(Paths(cfg).student_init("p", 0), "p", student)
 
 
 def json_of(path):

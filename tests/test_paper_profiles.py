@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from kdbench import config as C
+from kdbench import method as M
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = sorted(p.name for p in (REPO / "config").glob("paper-*.yaml"))
@@ -52,6 +53,18 @@ def test_paper_profile_follows_the_protocol(name):
     assert batch == ({"kd": 8, "sft": 32, "pocl": 64} if gpt2 else {"kd": 32, "sft": 128, "pocl": 64})
     pocl = C.student_budget(cfg, "pocl")
     assert (pocl["epochs"], pocl["lr"]) == (32, 1e-4)  # 8 epochs per stage x 4 stages
+    # per-pair constants of the reference scripts (docs/protocol.md, "Starting points and
+    # per-pair constants"): the init stage, DistiLLM's loss and batch, GKD's baseline, POCL's base
+    init = C.init_budget(cfg)
+    assert (init["epochs"], init["lr"], init["batch_size"] * init["grad_accum"]) == (
+        (3, 5e-4, 32) if gpt2 else (3, 5e-5, 32))
+    methods = {name: M.instantiate(cls, next(iter(C.variants(cfg, name).values())), name)
+               for name, cls in M.discover(REPO / "methods").items()}
+    assert methods["distillm"].divergence == ("sfkl" if gpt2 else "srkl")
+    assert C.student_budget(cfg, "distillm")["batch_size"] * C.student_budget(cfg, "distillm")["grad_accum"] == 32
+    assert (methods["gkd"].beta, methods["gkd"].lmbda) == (0.1, 0.5)
+    assert sorted(v.get("beta", 0.1) for v in C.variants(cfg, "gkd").values()) == [0.1, 0.5]  # TRL's as a variant
+    assert methods["pocl"].base == ("kd" if gpt2 else "jsd")
 
 
 def test_paper_pairs():
@@ -121,9 +134,13 @@ def test_paper_profile_dry_run_offline(name, tmp_path):
     seeds = cfg["training_seeds"]
     n_jobs = seeds * (n_methods + n_grid + len([v for v in abl.values() if v]))
     assert cfg["distill"]["group_seeds"] is False
-    assert jobs == {"prepare_data": 1, "train_teacher": 1, "init_student": seeds, "score_difficulty": 1,
-                    "teacher_samples": 1, "distill": n_jobs,
-                    "collect": 1, "tables": 1, "figures": 1, "all": 1, "total": n_jobs + 8 + seeds}
+    # the fine-tuned start is built once per seed, because distillm and gkd start from it, as
+    # DistiLLM's scripts do (read from their files, independently of kdbench's discovery)
+    starts = {p.stem for p in (REPO / "methods").glob("*.py") if 'starts_from = "sft"' in p.read_text()}
+    assert {"distillm", "gkd"} <= starts
+    assert jobs == {"prepare_data": 1, "train_teacher": 1, "init_student": seeds, "sft_init": seeds,
+                    "score_difficulty": 1, "teacher_samples": 1, "distill": n_jobs,
+                    "collect": 1, "tables": 1, "figures": 1, "all": 1, "total": n_jobs + 8 + 2 * seeds}
     # a dry run loads and writes nothing (Snakemake's own .snakemake/ aside)
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
                      if ".snakemake" not in p.parts and "hf_home" not in p.parts)

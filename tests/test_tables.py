@@ -11,7 +11,8 @@ Rouge-L per run (3 training seeds, benchmarks a and b; avg = mean of a and b per
 Per-example scores (30 examples per benchmark): sft equals kd on every example (p = 1);
 cpd is kd + 5 on every example of a (a zero-variance difference: p = 0) and kd ± 3 alternating
 on b, the same for every seed (mean difference exactly 0, p = 1). For avg the difference is
-2.5 + (b's ±3)/2 per example: no seed variance, example variance only (p ≈ 1e-9).
+2.5 + (b's ±3)/2 per example: no seed variance, example variance only (t ≈ 9 on 2 df,
+p ≈ 0.012; Holm over the family of sft and cpd: 0.025).
 """
 from __future__ import annotations
 
@@ -97,17 +98,19 @@ def test_mean_and_std_over_seeds(main):
 def test_p_values(main):
     assert main.loc["cpd", "a_p"] == 0.0  # + 5 on every example of every seed
     assert main.loc["cpd", "b_p"] == 1.0
-    # avg: difference 2.5 ± 1.5 alternating over 30 examples, no seed variance: a one-sample
-    # t-test over the 30 example differences (df 29)
+    # avg: difference 2.5 ± 1.5 alternating over 30 examples, no seed variance: the variance is
+    # the one-sample t-test's over the 30 example differences, the df S − 1 = 2 (not 29)
     d = np.array([4.0 if i % 2 == 0 else 1.0 for i in range(30)])
     t = d.mean() / (d.std(ddof=1) / math.sqrt(30))
-    assert main.loc["cpd", "avg_p"] == pytest.approx(2 * T.t_sf(t, 29), rel=1e-9)
-    assert main.loc["cpd", "avg_p"] < 1e-6
+    assert main.loc["cpd", "avg_p"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    assert main.loc["cpd", "avg_diff"] == pytest.approx(2.5)
     assert (main.loc["sft", ["a_p", "b_p", "avg_p"]] == 1.0).all()
     assert main.loc[["kd", "teacher"], ["a_p", "b_p", "avg_p"]].isna().all().all()
-    # Holm over the 6 tests of the table: the smallest p is multiplied by 6, the next by 5
-    assert main.loc["cpd", "avg_p_holm"] == pytest.approx(5 * main.loc["cpd", "avg_p"])
-    assert main.loc["cpd", "a_p_holm"] == 0.0 and main.loc["sft", "a_p_holm"] == 1.0
+    # Holm over the primary family only: the avg of each tested row (sft and cpd), so the
+    # smaller p is doubled; the per-test-set p are not adjusted
+    assert main.loc["cpd", "avg_p_holm"] == pytest.approx(2 * main.loc["cpd", "avg_p"])
+    assert main.loc["sft", "avg_p_holm"] == 1.0
+    assert "a_p_holm" not in main.columns and main.loc["cpd", "avg_p_holm"] < T.ALPHA
 
 
 def test_intervals(main):
@@ -115,7 +118,7 @@ def test_intervals(main):
     # examples with no seed variance, so t(29) · sd / √30
     assert (main.loc["cpd", "a_diff_lo"], main.loc["cpd", "a_diff_hi"]) == (5.0, 5.0)
     d = np.array([3.0, -3.0] * 15)
-    half = T.t_quantile(0.975, 29) * d.std(ddof=1) / math.sqrt(30)
+    half = T.t_quantile(0.975, 2) * d.std(ddof=1) / math.sqrt(30)
     assert main.loc["cpd", "b_diff_hi"] == pytest.approx(half, rel=1e-9)
     assert main.loc["cpd", "b_diff_lo"] == pytest.approx(-half, rel=1e-9)
     assert main.loc["cpd", "a_lo"] < main.loc["cpd", "a_hi"]
@@ -123,39 +126,76 @@ def test_intervals(main):
     assert main.loc["teacher", ["a_lo", "a_hi"]].isna().all()
 
 
-def test_markdown_bold_and_dagger(main):
+def _cpd_avg_half():
+    """Half-width of cpd's 95% avg interval: the example differences 4, 1, 4, ... (sd
+    1.5·√(30/29)) over 30 examples, on 2 df."""
+    return T.t_quantile(0.975, 2) * 1.5 * math.sqrt(30 / 29) / math.sqrt(30)
+
+
+def test_markdown_shows_differences_with_intervals_and_marks_only_the_primary_test(main):
     f = T.format_table(main, "md").set_index("method")
-    assert f.loc["cpd", "a"] == "**25.00 ± 1.00**†"
-    assert f.loc["cpd", "avg"] == "**17.50 ± 1.00**†"
-    # b: kd and cpd tie at 10.00 -> both bold; cpd's b equals kd on average -> no dagger
-    assert f.loc["kd", "b"] == "**10.00 ± 0.00**"
-    assert f.loc["cpd", "b"] == "**10.00 ± 1.00**"
-    assert f.loc["sft", "a"] == "12.00 ± 1.00"  # identical to kd per example: no dagger
-    assert f.loc["kd", "a"] == "20.00 ± 10.00"
-    # the teacher is best everywhere but never bold; one run: no ± std
-    assert f.loc["teacher"].tolist() == ["40.00", "30.00", "35.00"]
-    assert not any("†" in x for x in f.loc[["sft", "kd", "teacher"]].to_numpy().ravel())
+    assert list(f.columns) == ["a", "b", "avg", "Δ a", "Δ b", "Δ avg", "p (Holm)"]
+    assert f.loc["cpd", "a"] == "25.00 ± 1.00"  # nothing bold
+    assert not any("**" in x for x in f.to_numpy().ravel())
+    # a: +5 on every example (p = 0), but a test-set cell: an interval, never a mark
+    assert f.loc["cpd", "Δ a"] == "+5.00 [+5.00, +5.00]"
+    half = _cpd_avg_half()
+    assert f.loc["cpd", "Δ avg"] == f"+2.50 [{2.5 - half:+.2f}, {2.5 + half:+.2f}]†"
+    assert f.loc["cpd", "p (Holm)"] == f"{main.loc['cpd', 'avg_p_holm']:.3f}"
+    assert f.loc["sft", "Δ avg"] == "+0.00 [+0.00, +0.00]" and f.loc["sft", "p (Holm)"] == "1.000"
+    # the baseline and the teacher: no difference, no test
+    assert (f.loc[["kd", "teacher"], ["Δ a", "Δ avg", "p (Holm)"]] == "–").all().all()
+    assert f.loc["teacher"].tolist()[:3] == ["40.00", "30.00", "35.00"]  # one run: no ± std
 
 
-def test_teacher_never_bold_even_when_tied_with_the_best_student():
-    scores = {k: dict(v) for k, v in SCORES.items()}
-    scores["teacher"] = {"a": [25], "b": [10]}  # equals cpd's a and the best b
-    f = T.format_table(T.main_table(make_runs(scores)), "md").set_index("method")
-    assert f.loc["teacher", "a"] == "25.00" and f.loc["teacher", "b"] == "10.00"
-    assert f.loc["cpd", "a"] == "**25.00 ± 1.00**"
+def test_caption_says_it_in_one_sentence(main):
+    caption = main.attrs["caption"]
+    assert caption.count(". ") == 0 and caption.endswith(".")
+    for part in ("3 training seeds", "difference Δ to kd", "95% interval", "Holm",
+                 "2 methods tested", "nothing is bold"):
+        assert part in caption
 
 
 def test_tex_cells(main):
     f = T.format_table(main, "tex").set_index("method")
-    assert f.loc["cpd", "a"] == r"\textbf{25.00 $\pm$ 1.00}$^{\dagger}$"
+    assert f.loc["cpd", "a"] == r"25.00 $\pm$ 1.00"
     assert f.loc["sft", "b"] == r"6.00 $\pm$ 2.00"
+    assert f.loc["cpd", r"$\Delta$ avg"].endswith(r"$^{\dagger}$")
+    assert f.loc["cpd", r"$\Delta$ b"].startswith("+0.00 [$-$")  # b: 0 ± its interval
 
 
-def test_without_examples_no_marks_and_footnote_says_so():
+def test_without_examples_no_differences_and_footnote_says_so():
     df = T.main_table(make_runs())
-    assert df[["a_p", "b_p", "avg_p"]].isna().all().all()
-    assert "†" not in "".join(T.format_table(df).drop(columns="method").to_numpy().ravel())
-    assert any("No significance marks" in line for line in df.attrs["footnote"])
+    assert df[["a_p", "b_p", "avg_p", "avg_diff"]].isna().all().all()
+    f = T.format_table(df)
+    assert list(f.columns) == ["method", "a", "b", "avg"]
+    assert "†" not in "".join(f.drop(columns="method").to_numpy().ravel())
+    assert any("No differences or tests" in line for line in df.attrs["footnote"])
+    assert "no test" in df.attrs["caption"]
+
+
+def test_identical_runs_are_one_row_found_from_the_data():
+    """A method whose runs score exactly as another's on every example of every seed is folded
+    into the first of them (display order), whatever its name; one differing example keeps it
+    apart. The reason: "never sampled" where epochs.csv logs on-policy batches, all 0."""
+    scores = {**SCORES, "zz": SCORES["cpd"]}
+    ex = make_examples(methods=("teacher", "sft", "kd", "cpd"))
+    twin = ex[ex["method"] == "cpd"].assign(method="zz")
+    df = T.main_table(make_runs(scores), examples=pd.concat([ex, twin], ignore_index=True))
+    assert list(df.index) == ["teacher", "sft", "kd", "cpd (= zz: same scores)"]
+    assert df.loc["cpd (= zz: same scores)", "same_as"] == "zz"
+    assert "2 methods tested" in df.attrs["caption"]  # the family: sft and cpd, not zz
+    assert any("cpd (= zz: same scores)" in line for line in df.attrs["footnote"])
+
+    epochs = pd.DataFrame([dict(pair="p", method="zz", variant="default", seed=s, epoch=0,
+                                on_policy_batch=0.0) for s in range(3)])
+    df = T.main_table(make_runs(scores), examples=pd.concat([ex, twin], ignore_index=True),
+                      epochs=epochs)
+    assert "cpd (= zz: never sampled)" in df.index
+
+    twin.loc[twin.index[0], "rouge_l"] += 1.0  # one example of one seed differs
+    df = T.main_table(make_runs(scores), examples=pd.concat([ex, twin], ignore_index=True))
+    assert list(df.index) == ["teacher", "sft", "kd", "cpd", "zz"]
 
 
 def test_student_t_against_closed_forms():
@@ -174,16 +214,43 @@ def test_crossed_mean_test_reduces_to_t_tests():
     closed = 1 - t / math.sqrt(2 + t * t)
     # seeds only (every example of a seed equal): the seed-level paired t-test
     est, se, df, p, half = T.crossed_mean_test([np.repeat(seeds[:, None], 40, axis=1)])
-    assert (est, df) == (3.0, pytest.approx(2.0)) and p == pytest.approx(closed, rel=1e-9)
+    assert (est, df) == (3.0, 2) and p == pytest.approx(closed, rel=1e-9)
     assert half == pytest.approx(T.t_quantile(0.975, 2) * se)
-    # examples only (every seed equal): the one-sample t-test over the examples
+    # examples only (4 equal seeds): the one-sample variance over the examples, on S − 1 = 3 df
     est, se, df, p, _ = T.crossed_mean_test([np.repeat(seeds[None, :], 4, axis=0)])
-    assert df == pytest.approx(2.0) and p == pytest.approx(closed, rel=1e-9)
+    assert df == 3 and se == pytest.approx(seeds.std(ddof=1) / math.sqrt(3), rel=1e-12)
+    assert p == pytest.approx(2 * T.t_sf(t, 3), rel=1e-9)
     # degenerate cases
     assert T.crossed_mean_test([np.zeros((3, 5))])[3] == 1.0
     assert T.crossed_mean_test([np.full((3, 5), 2.0)])[3] == 0.0
     one_seed = T.crossed_mean_test([np.arange(5.0)[None, :]])
     assert one_seed[0] == 2.0 and all(math.isnan(v) for v in one_seed[1:])
+
+
+def test_crossed_mean_test_is_vectorised_and_continuous_where_the_example_term_vanishes():
+    """Leading axes are independent problems (the simulations test thousands at once). Where
+    MS_ex crosses MS_res the example term enters at 0, so p moves little; with Satterthwaite's
+    df it jumped from 0.0003 to 0.84 on a committed cell (pocl − kd on ID)."""
+    rng = np.random.default_rng(0)
+    blocks = [rng.normal(1.0, 3.0, (4, 3, 50)) + rng.normal(0, 1, (4, 3, 1)) for _ in range(2)]
+    batch = T.crossed_mean_test(blocks)
+    for i in range(4):
+        one = T.crossed_mean_test([b[i] for b in blocks])
+        for got, want in zip(batch, one):
+            assert np.asarray(got)[i] if np.ndim(got) else got == pytest.approx(want, rel=1e-12)
+    # one block whose example mean square is a factor c of its residual one, c around 1
+    x = rng.normal(0, 1, (3, 200))
+    x -= x.mean(axis=0)  # no example effect: MS_ex = 0
+    example = rng.normal(0, 1, 200)
+    ps = []
+    for c in (0.99, 1.0, 1.01):
+        _, ms_res = T.mean_squares(x)
+        scale = math.sqrt(c * ms_res / (3 * example.var(ddof=1)))
+        y = x + scale * example + np.array([[0.5], [1.2], [0.9]])
+        ms_ex, ms_res2 = T.mean_squares(y)
+        assert ms_ex / ms_res2 == pytest.approx(c, rel=1e-9)
+        ps.append(T.crossed_mean_test([y])[3])
+    assert max(ps) - min(ps) < 0.01
 
 
 def test_holm():
@@ -193,34 +260,41 @@ def test_holm():
     np.testing.assert_allclose(adj, [[0.04, 0.09], [0.09, np.nan], [0.025, 0.9]])
 
 
-def _simulated_difference(rng, delta, seed_sd, example_sd, n_seeds=3, n_examples=(200, 150, 80)):
+def _simulated_difference(rng, delta, seed_sd, example_sd, method_example_sd=0.0, n_seeds=3,
+                          n_examples=(200, 150, 80)):
     """Per benchmark, the seeds × examples differences of a method and the baseline. Each run
-    (a trained model) has its own offset on every benchmark, each (run, example) its own noise;
+    (a trained model) has its own offset on every benchmark, each method its own effect on an
+    example (method × example: the same for all its seeds), each (run, example) its own noise;
     the examples' difficulty is shared by both and cancels."""
     offsets = rng.normal(0, seed_sd, (2, n_seeds, 1))
-    runs = [[offsets[r] + rng.normal(0, example_sd, (n_seeds, n)) for n in n_examples] for r in range(2)]
+    runs = [[offsets[r] + rng.normal(0, method_example_sd, (1, n)) + rng.normal(0, example_sd, (n_seeds, n))
+             for n in n_examples] for r in range(2)]
     return [a + delta - b for a, b in zip(*runs)]
 
 
 def _flagged(blocks):
-    ps = [T.crossed_mean_test([b])[3] for b in blocks] + [T.crossed_mean_test(blocks)[3]]
-    return bool((T.holm(np.array(ps)) < T.ALPHA).any())
+    """The primary test of one row: its avg over the benchmarks."""
+    return bool(T.crossed_mean_test(blocks)[3] < T.ALPHA)
 
 
-@pytest.mark.parametrize("seed_sd,example_sd", [(1.0, 2.0), (0.2, 15.0)])
-def test_null_tables_are_flagged_at_most_5_percent(seed_sd, example_sd):
-    """Two identical methods, 200 tables of 3 benchmarks + avg (Holm over 4 tests), with the
-    noise dominated by the training seeds or by the examples."""
+@pytest.mark.parametrize("seed_sd,example_sd,method_example_sd",
+                         [(1.0, 2.0, 0.0), (0.2, 15.0, 0.0), (0.3, 12.0, 5.0), (1.0, 12.0, 5.0)])
+def test_null_tables_are_flagged_at_most_5_percent(seed_sd, example_sd, method_example_sd):
+    """Two identical methods, 400 tables of 3 benchmarks, the avg tested: noise dominated by the
+    training seeds, by the examples, or with a method × example component (the one that
+    broke Satterthwaite's df, which marks 6.8% and 8.5% of these tables in the last two
+    settings). At most 5% + two Monte-Carlo errors."""
     rng = np.random.default_rng(0)
-    flagged = sum(_flagged(_simulated_difference(rng, 0.0, seed_sd, example_sd)) for _ in range(200))
-    assert flagged <= 10
+    flagged = sum(_flagged(_simulated_difference(rng, 0.0, seed_sd, example_sd, method_example_sd))
+                  for _ in range(400))
+    assert flagged <= 0.05 * 400 + 2 * math.sqrt(0.05 * 0.95 * 400)
 
 
 def test_a_planted_two_point_difference_is_flagged():
     """2 Rouge-L points with a run-to-run sd of 0.1 and a per-example sd of 2 (the per-seed sd of
     a difference is then about 0.25): flagged in (nearly) every table. With three seeds the test
-    has two degrees of freedom at the seed level, so a run-to-run sd of 1 (the embedded
-    default's) hides a 2-point difference in most tables: the test says so rather than mark it."""
+    has two degrees of freedom, so a run-to-run sd of 1 (the embedded default's) hides a 2-point
+    difference in most tables: the test says so rather than mark it."""
     rng = np.random.default_rng(1)
     hits = sum(_flagged(_simulated_difference(rng, 2.0, 0.1, 2.0)) for _ in range(20))
     assert hits >= 19
@@ -234,13 +308,15 @@ def test_write_table_files(main, tmp_path):
     assert all(p.stat().st_size > 0 for p in paths)
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []
     md = paths[0].read_text()
-    assert "| method" in md and "**25.00 ± 1.00**†" in md and "Holm" in md
-    assert "Holm-corrected paired test against kd" in md.splitlines()[0]  # the caption
+    cpd = next(line for line in md.splitlines() if line.startswith("| cpd "))
+    assert "| method" in md and " 25.00 ± 1.00 |" in cpd and cpd.count("†") == 1
+    assert md.splitlines()[0] == f"**{main.attrs['caption']}**"
     csv = pd.read_csv(paths[1])
     assert list(csv["label"]) == ["teacher", "sft", "kd", "cpd"]
-    assert {"a_mean", "a_std", "a_p", "a_p_holm", "a_lo", "a_hi", "a_diff_lo", "a_diff_hi",
-            "avg_mean", "avg_std", "avg_p"} <= set(csv.columns)
+    assert {"a_mean", "a_std", "a_p", "a_lo", "a_hi", "a_diff", "a_diff_lo", "a_diff_hi",
+            "avg_mean", "avg_std", "avg_p", "avg_p_holm", "same_as"} <= set(csv.columns)
     assert csv.set_index("label").loc["kd", "avg_std"] == 5
+    assert csv.set_index("label").loc["cpd", "avg_diff"] == pytest.approx(2.5)
     tex = paths[2].read_text().splitlines()
     teacher = next(i for i, line in enumerate(tex) if line.startswith("teacher &"))
     assert tex[teacher + 1] == r"\midrule"
@@ -280,15 +356,30 @@ def test_ablation_table():
     nc = ex[ex["method"] == "kd"].assign(variant="curriculum-false", method="cpd")
     df = T.ablation_table(_ablation_runs(), _ablations(),
                           examples=pd.concat([ex, nc], ignore_index=True))
-    assert list(df.index) == ["full", "no_curriculum", "same_run"]
+    # same_run names full's run: one row that says so
+    assert list(df.index) == ["full (= same_run: same run)", "no_curriculum"]
     assert df.loc["no_curriculum", "a_mean"] == 21 and df.loc["no_curriculum", "b_std"] == 1
     assert df.loc["no_curriculum", "avg_mean"] == pytest.approx(14.5)
-    # no_curriculum's examples equal kd's = full − 5 on a: significant; same_run: identical
+    # no_curriculum's examples equal kd's = full − 5 on a, full ∓ 3 on b: p = 0 on a, but only
+    # the avg (−2.5, the one test of the family) is marked
     assert df.loc["no_curriculum", "a_p"] == 0.0
-    assert df.loc["same_run", "a_p"] == 1.0
+    assert df.loc["no_curriculum", "avg_p_holm"] == df.loc["no_curriculum", "avg_p"] < T.ALPHA
     f = T.format_table(df, "md").set_index("ablation")
-    assert f.loc["no_curriculum", "a"].endswith("†")
-    assert f.loc["full", "a"] == "**25.00 ± 1.00**" and f.loc["same_run", "a"] == f.loc["full", "a"]
+    assert f.loc["no_curriculum", "Δ a"] == "-5.00 [-5.00, -5.00]"
+    assert f.loc["no_curriculum", "Δ avg"].startswith("-2.50 [") and f.loc["no_curriculum", "Δ avg"].endswith("†")
+    assert "1 ablations tested" in df.attrs["caption"]
+
+
+def test_a_reference_that_repeats_an_earlier_row_is_that_row():
+    """'full' listed after another name of the same run: the row of that name is the reference."""
+    ex = make_examples()
+    nc = ex[ex["method"] == "kd"].assign(variant="curriculum-false", method="cpd")
+    abl = pd.DataFrame({"ablation": ["cpd_default", "full", "no_curriculum"], "method": ["cpd"] * 3,
+                        "variant": ["default", "default", "curriculum-false"]})
+    df = T.ablation_table(_ablation_runs(), abl, examples=pd.concat([ex, nc], ignore_index=True))
+    assert list(df.index) == ["cpd_default (= full: same run)", "no_curriculum"]
+    assert df.loc["no_curriculum", "avg_diff"] == pytest.approx(-2.5)
+    assert "difference Δ to cpd_default" in df.attrs["caption"]
 
 
 def test_runtime_table_ratio_and_data_fraction():
@@ -325,7 +416,8 @@ def test_build_all(tmp_path):
     paths = T.build_all(tmp_path)
     assert sorted(p.name for p in paths) == sorted(
         f"{t}.{e}" for t in ("main", "runtime") for e in ("md", "csv", "tex"))
-    assert "**25.00 ± 1.00**†" in (tmp_path / "main.md").read_text()
+    cpd = next(x for x in (tmp_path / "main.md").read_text().splitlines() if x.startswith("| cpd "))
+    assert " 25.00 ± 1.00 |" in cpd and cpd.count("†") == 1
 
     _ablation_runs().to_csv(tmp_path / "runs.csv", index=False)
     _ablations().to_csv(tmp_path / "ablations.csv", index=False)
@@ -352,7 +444,7 @@ def test_user_errors(tmp_path):
 def test_ablation_table_rows_of_other_methods_and_cost_ratios():
     abl = pd.concat([_ablations(), pd.DataFrame({"ablation": ["kd_control"], "method": ["kd"],
                                                  "variant": ["default"]})], ignore_index=True)
-    df = T.ablation_table(_ablation_runs(), abl)
+    df = T.ablation_table(_ablation_runs(), abl).rename(index={"full (= same_run: same run)": "full"})
     assert df.loc["kd_control", "method"] == "kd" and df.loc["kd_control", "a_mean"] == 20
     # cpd: 1950 of kd's 3000 examples; wall time 88 s over kd's 110 s
     assert df.loc["full", "examples_ratio_mean"] == pytest.approx(0.65)
@@ -370,13 +462,18 @@ def test_seed_counts_in_the_caption():
     notes = " ".join(df.attrs["footnote"])
     assert "1 training seed, no std" in notes and "1 training seeds" not in notes
     assert "teacher: 1 teacher seed, no std" in notes
+    # with per-example scores: the differences, without interval or test
+    df = T.main_table(make_runs(one), examples=make_examples()[lambda e: e["seed"] == 0])
+    f = T.format_table(df).set_index("method")
+    assert f.loc["cpd", "Δ a"] == "+5.00" and "p (Holm)" not in f.columns
+    assert "nan" not in "".join(f.to_numpy().ravel()) and "no interval or test" in df.attrs["caption"]
     two = {**SCORES, "teacher": {"a": [40, 44], "b": [30, 30]}}
     df = T.main_table(make_runs(two)).set_index("method")
     assert df.loc["teacher", "n_seeds"] == 2
     assert df.loc["teacher", "a_mean"] == pytest.approx(42) and df.loc["teacher", "a_std"] == pytest.approx(math.sqrt(8))
     assert df.loc["teacher", "avg_std"] == pytest.approx(math.sqrt(2))
     notes = " ".join(df.attrs["footnote"])
-    assert "mean ± sample std over 3 training seeds (teacher: mean ± sample std over 2 teacher seeds)" in notes
+    assert "mean ± sample std over 3 training seeds (teacher: mean ± sample std over 2 teacher seeds; not tested)" in notes
 
 
 def test_runtime_table_convergence_and_the_teachers_own_data_fraction():
@@ -398,3 +495,27 @@ def test_runtime_table_convergence_and_the_teachers_own_data_fraction():
     assert f.loc["kd", "val-loss Δ last 20% (%)"] == "-3.0"
     assert np.isnan(df.loc["sft", "val_loss_change_mean"])
     assert "had not flattened (kd, cpd)." in " ".join(df.attrs["footnote"])
+
+
+def test_the_validation_gap_is_best_minus_the_last_fifth_of_the_seed_mean_curve():
+    from kdbench.tables import val_rouge_gap_last20
+
+    # two seeds, 10 epochs: seed means 10, 11, ..., 19 except a peak of 25 at epoch 5; the
+    # last 20% are epochs 8 and 9 (means 18 and 19): gap 25 - 18.5
+    rows = []
+    for seed, shift in ((0, -1.0), (1, 1.0)):
+        for e in range(10):
+            rows.append({"method": "kd", "variant": "default", "seed": seed, "epoch": e,
+                         "val_rouge_l": (25.0 if e == 5 else 10.0 + e) + shift})
+    gap = val_rouge_gap_last20(pd.DataFrame(rows))
+    assert gap[("kd", "default")] == pytest.approx(25.0 - 18.5)
+
+
+def test_the_main_table_says_how_the_learning_rates_were_set():
+    from kdbench.tables import lr_note
+
+    runs = pd.DataFrame({"method": ["teacher", "kd", "sft"], "lr": [0.003, 0.004, 0.004]})
+    assert lr_note(runs) == "Learning rate: 0.004 for every student method."
+    runs.loc[2, "lr"] = 0.012
+    assert lr_note(runs).startswith("Learning rates: per method (0.004, 0.012; runtime table)")
+    assert "validation Rouge-L" in lr_note(runs) and "never by a test score" in lr_note(runs)

@@ -1,4 +1,5 @@
-# Per pair: the teachers (one per teacher seed), the student initialisation of each seed, and
+# Per pair: the teachers (one per teacher seed), the student initialisation of each seed (and,
+# for methods that start from it, that student fine-tuned on the training split), and
 # what the student runs share: cached teacher logits and the teacher's samples (SeqKD) per
 # teacher seed, the difficulty profile.
 
@@ -59,6 +60,26 @@ rule init_student:
         P.log("init_student", "{pair}", "seed{seed}.log"),
     shell:
         "{KD} init_student {STAGE_ARGS} --pair {wildcards.pair:q} --seed {wildcards.seed} --threads {threads} --timing {output.timing:q} 2> {log:q}"
+
+
+rule sft_init:
+    # the *init* student of methods with `starts_from = "sft"` (built only if one runs)
+    input:
+        P.student_init(),
+        train=P.data("train"),
+        validation=P.data("validation"),
+    output:
+        directory(P.student_sft()),
+        timing=P.timing("sft_init", "{pair}", "seed{seed}.tsv"),
+    params:
+        fp=fp(C.init_budget(CFG), CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"]),
+    threads: CFG["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        P.log("sft_init", "{pair}", "seed{seed}.log"),
+    shell:
+        "{KD} sft_init {STAGE_ARGS} --pair {wildcards.pair:q} --seed {wildcards.seed} --threads {threads} --timing {output.timing:q} 2> {log:q}"
 
 
 rule cache_teacher:

@@ -12,11 +12,15 @@ def job_seeds(wc):
 
 
 def distill_inputs(wc):
-    cls, meth, seeds = METHODS[wc.method], method_of(wc), job_seeds(wc)
+    return {**student_inputs(wc, job_seeds(wc)), "test_sets": TEST_SET_FILES}
+
+
+def student_inputs(wc, seeds):
+    """What training the students of (pair, method, variant) with these seeds reads."""
+    cls, meth = METHODS[wc.method], method_of(wc)
     tseeds = sorted({P.teacher_seed(s) for s in seeds})
-    out = {"init": [P.student_init(wc.pair, s) for s in seeds], "train": P.data("train"),
-           "validation": P.data("validation"), "test_sets": TEST_SET_FILES,
-           "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
+    out = {"init": [P.student_start(cls.starts_from, wc.pair, s) for s in seeds], "train": P.data("train"),
+           "validation": P.data("validation"), "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
     if cls.needs_teacher:
         out["teacher"] = [P.teacher_cache(wc.pair, t) if C.uses_teacher_cache(CFG, cls) else P.teacher_model(wc.pair, t)
                           for t in tseeds]
@@ -42,13 +46,14 @@ JOB_RUNS = [{"seed": s} for s in SEEDS] if GROUP_SEEDS else [{}]
 JOB = "{variant}" if GROUP_SEEDS else "{variant}/seed{seed}"  # its timing and log file names
 
 
-def run_settings(wc):
+def run_settings(wc, set_by_job=()):
     # distill.fused only picks how the same losses are evaluated (equal up to float rounding,
     # tests/test_fused.py), like the thread count, and group_seeds how runs share processes:
-    # not reasons to rerun a finished run
+    # not reasons to rerun a finished run; `set_by_job` names budget keys the job sets itself
+    # (a tuning run's lr)
     distill = {k: v for k, v in CFG["distill"].items() if k not in ("fused", "group_seeds")}
-    return fp(run_of(wc).params, C.student_budget(CFG, wc.method), distill, CFG["data"]["max_length"],
-              CFG["evaluation"], CFG["seed"])
+    budget = {k: v for k, v in C.student_budget(CFG, wc.method).items() if k not in set_by_job}
+    return fp(run_of(wc).params, budget, distill, CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"])
 
 
 rule distill:
