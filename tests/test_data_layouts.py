@@ -52,7 +52,7 @@ def test_validate_names_a_missing_field(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["validate", "--config", str(profile)]) == 2
     err = capsys.readouterr().err
-    assert "mydata-raw-0 has no instruction field" in err and "data.fields.instruction" in err
+    assert "mydata/raw.jsonl, line 1 has no instruction field" in err and "data.fields.instruction" in err
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from snakemake.utils import update_config
 from kdbench import config as C
 from kdbench import method as M
 from kdbench.errors import UserError
-from kdbench.paths import SAFE_NAME, TEACHER, Paths
+from kdbench.paths import NAME_CHARS, TEACHER, Paths
 
 # `--configfile X` replaces config/default.yaml rather than merging into it: a profile is
 # complete on its own. The Snakefile therefore has no `configfile:` directive (Snakemake would
@@ -89,4 +89,4 @@ wildcard_constraints:
     pair="|".join(PAIRS),
     seed=r"\d+",
     tseed=r"\d+",
-    variant=SAFE_NAME.strip("^$"),
+    variant=NAME_CHARS,
