@@ -108,11 +108,24 @@ def test_nan_gradients_stop_before_the_step_naming_the_method(make_model, tokeni
     student = make_model(seed=1)
     before = [p.detach().clone() for p in student.parameters()]
     teacher = OnlineTeacher(make_model(seed=2), "fp32", torch.device("cpu"))
-    with pytest.raises(UserError, match=r"loss is finite but its gradients are not; method 'test_resume'") as e:
+    with pytest.raises(UserError, match=r"loss is finite but its gradients are not, while the student's cross-entropy "
+                                        r"has finite gradients; method 'test_resume' is the suspect") as e:
         train(student, examples, BUDGET, seed=0, pad_id=tokenizer.pad_token_id, method=_NaNGradient(),
               teacher=teacher, kd_ratio=0.5)
     assert "step 0" in str(e.value) and "\n" not in str(e.value)
     assert all(torch.equal(a, b) for a, b in zip(before, student.parameters()))  # no step taken
+
+
+@pytest.mark.parametrize("name", ["kd", "cpd", "seqkd"])
+def test_a_diverging_distillation_blames_the_learning_rate_not_the_method(name, make_model, tokenizer, examples):
+    """lr 1e6: the first steps blow the weights up and every gradient overflows, the
+    cross-entropy's too, so the learning rate is named; the method's term is not the first
+    non-finite quantity."""
+    teacher = OnlineTeacher(make_model(seed=2), "fp32", torch.device("cpu"))
+    with pytest.raises(UserError, match="the learning rate or the precision is the suspect") as e:
+        train(make_model(seed=1), examples, {**BUDGET, "lr": 1e6}, seed=0, pad_id=tokenizer.pad_token_id,
+              method=METHODS[name](), teacher=teacher, kd_ratio=1.0, difficulty=np.linspace(0, 1, len(examples)))
+    assert "method" not in str(e.value) and "step 0" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_diverging_cross_entropy_blames_the_learning_rate(make_model, tokenizer, examples):
