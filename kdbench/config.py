@@ -220,6 +220,23 @@ def _missing_local(path: str, file: str | None = None, bare_ids: bool = False) -
             or not (re.fullmatch(HUB_ID, text) or (bare_ids and "/" not in text)))
 
 
+def local_data_files(cfg: dict) -> list[str]:
+    """Every local file a hub profile's data is read from (data.train, data.validation and the
+    test sets; each .json/.jsonl file of a folder): prepare_data's inputs, so that editing one
+    reruns prepare_data and, their inputs updated, the stages after it."""
+    d = cfg["data"]
+    if d["source"] != "hub":
+        return []
+    files = set()
+    for source in (d["train"], d["validation"], *d["benchmarks"].values()):
+        path = Path(source).expanduser() if source else None
+        if path is not None and path.is_file():
+            files.add(str(path))
+        elif path is not None and path.is_dir():
+            files |= {str(f) for f in path.rglob("*") if f.suffix in (".json", ".jsonl") and f.is_file()}
+    return sorted(files)
+
+
 # --- runs ---------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)

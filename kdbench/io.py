@@ -70,6 +70,16 @@ def _remove_stale(path: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_empty_folders(root: str | Path) -> None:
+    """Delete every empty folder under `root`, deepest first, and `root` if it ends up empty."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [root]:
+        with contextlib.suppress(OSError):  # not empty
+            folder.rmdir()
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -119,7 +119,9 @@ class Paths:
     def answer_stats(self, test_set, **run): return str(Path(self.run_dir(**run)) / "answers" / f"{test_set}.json")
 
     # resume state of an unfinished training job (kdbench/resume.py), removed when it ends
-    def checkpoint(self, *parts): return self._p("checkpoints", *map(str, parts)) + ".pt"
+    @property
+    def checkpoints(self): return self._p("checkpoints")
+    def checkpoint(self, *parts): return str(Path(self.checkpoints).joinpath(*map(str, parts))) + ".pt"
 
     # --- the profile's tables and figures ----------------------------------------------------
     @property
