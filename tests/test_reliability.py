@@ -225,3 +225,47 @@ def test_a_planted_pickle_is_never_executed(tmp_path, make_model, capsys):
     assert Checkpoint(tmp_path / "run.pt", 0, key="k").restore(model, opt, sched, None) is None
     assert not (tmp_path / "PWNED").exists()
     assert "starting from step 0" in capsys.readouterr().err and not (tmp_path / "run.pt").exists()
+
+
+# --- what a run leaves on disk (cases 4, 10) --------------------------------------------------
+
+def test_a_read_only_results_folder_stops_snakemake_with_one_sentence(tmp_path):
+    import os
+    import subprocess
+
+    from kdbench_cli import env, write_profile
+
+    results = tmp_path / "results"
+    results.mkdir()
+    profile = write_profile(tmp_path, {**tiny_profile(tmp_path), "results_dir": str(results)})
+    if os.geteuid() == 0:  # root ignores permissions; an immutable folder refuses it too
+        if subprocess.run(["chattr", "+i", str(results)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make a folder read-only here")
+    else:
+        results.chmod(0o555)
+    try:
+        out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                              str(tmp_path), "--configfile", str(profile), "--cores", "1"],
+                             capture_output=True, text=True, cwd=tmp_path, env=env())
+    finally:
+        subprocess.run(["chattr", "-i", str(results)], capture_output=True)
+        results.chmod(0o755)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("kdbench: error: cannot write ") and "writable" in last
+    assert not any(results.iterdir())
+
+
+def test_emptied_checkpoint_folders_are_removed(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "tiny" / "kd" / "default").mkdir(parents=True)
+    (ckpt / "tiny" / "teacher_pretrain").mkdir(parents=True)
+    (ckpt / "other" / "cpd" / "default").mkdir(parents=True)
+    (ckpt / "other" / "cpd" / "default" / "seed0.pt").write_bytes(b"a live run's")
+    io.remove_empty_folders(ckpt)
+    assert sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*")) == [
+        "other", "other/cpd", "other/cpd/default", "other/cpd/default/seed0.pt"]
+    (ckpt / "other" / "cpd" / "default" / "seed0.pt").unlink()
+    io.remove_empty_folders(ckpt)
+    assert not ckpt.exists()
+    io.remove_empty_folders(ckpt)  # nothing there: nothing to do
