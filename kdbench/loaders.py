@@ -2,8 +2,8 @@
 
 Free of network access unless a hub id is asked for. Data in the layout of the MiniLLM hub
 datasets (`MiniLLM/dolly`, `MiniLLM/self-inst`, `MiniLLM/Vicuna`, `MiniLLM/sinst`,
-`MiniLLM/uinst`) is loaded through `datasets` from the hub (or its cache) or from a local
-copy, and normalised to::
+`MiniLLM/uinst`) is loaded through `datasets` from the hub (or its cache), or read line by line
+from a local copy (so that an error names the file and the line), and normalised to::
 
     {"id": str, "instruction": str, "input": str, "output": list[str],
      "task": str, "difficulty": None}
@@ -399,7 +399,7 @@ def load_instruction_split(
     revision: hub revision (branch, tag or commit); ignored for local paths.
     task: benchmark name for the records' `task` field and the protocol's default limit;
         inferred from the hub id or path when omitted (`sinst`), else the file or folder name.
-    cache_dir: `datasets` cache folder (default: the HF cache).
+    cache_dir: `datasets` cache folder of hub ids (default: the HF cache).
     fields: {record field: source field} read first (`field_mapping`), e.g. the config's
         `data.fields`.
 

@@ -31,7 +31,7 @@ spaces, no leading dash or dot (a Snakemake wildcard constraint: `variant`)."""
 MISSING_VALUE_NAMES = ("NA", "NULL", "NaN", "None", "nan", "null")
 """The strings of pandas' default missing values (`na_values` of `pandas.read_csv`) that
 NAME_CHARS allows: a pair, method or test set of that name would vanish from a table read
-with pandas' defaults (tests/test_layout.py checks the list against pandas')."""
+with pandas' defaults (tests/test_reliability.py checks the list against pandas')."""
 SAFE_NAME = rf"^(?!(?:{'|'.join(MISSING_VALUE_NAMES)})$){NAME_CHARS}$"
 """Profile, pair, test-set, method and ablation-row names (workflows/schemas/config.schema.yaml)."""
 SAFE_PATH = r"^(?!-)[A-Za-z0-9_./-]+$"

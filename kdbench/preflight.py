@@ -41,11 +41,8 @@ def data_report(cfg: dict) -> list[str]:
     prepare_data will drop for prompts over data.max_prompt_tokens (`_long_prompts`). Local
     sources are read in full, exactly as prepare_data reads them, so a bad row, field or layout
     stops here; hub ids are left to prepare_data (they need the network or the cache)."""
-    import datasets
-
     from kdbench import loaders
 
-    datasets.disable_progress_bars()
     d = cfg["data"]
     if d["source"] == "synthetic":
         return [f"data: the embedded synthetic suite ({', '.join(f'{k} {v}' for k, v in d['synthetic_sizes'].items())})"]

@@ -316,11 +316,13 @@ class _Suspect:
 
     def loss(self, step, epoch, ce: float, distill: float) -> UserError:
         where = self._where(step, epoch)
-        if math.isfinite(ce) and self.method:
+        if not math.isfinite(ce):
+            return self._diverged(where, step, f"the student's cross-entropy is {ce}")
+        if not math.isfinite(distill) and self.method:
             return UserError(f"{where} method {self.method!r} returned a distillation loss of {distill} while the "
                              f"student's cross-entropy is {ce}; the method is the suspect: fix its `loss` in "
                              f"the methods folder ({self.method}.py) or its parameters.")
-        return self._diverged(where, step, f"the student's cross-entropy is {ce}")
+        return self._diverged(where, step, f"the loss overflowed (cross-entropy {ce}, distillation term {distill})")
 
     def gradient(self, step, epoch, ratio: float, ce_gradients_finite) -> UserError:
         """`ce_gradients_finite()` says whether the cross-entropy alone has finite gradients on

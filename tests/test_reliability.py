@@ -23,7 +23,7 @@ from kdbench import config as C  # noqa: E402
 from kdbench import io, loaders  # noqa: E402
 from kdbench.__main__ import main  # noqa: E402
 from kdbench.errors import UserError  # noqa: E402
-from kdbench.paths import MISSING_VALUE_NAMES, NAME_CHARS, SAFE_NAME  # noqa: E402
+from kdbench.paths import MISSING_VALUE_NAMES, NAME_CHARS, SAFE_NAME, SAFE_PATH  # noqa: E402
 
 
 @pytest.fixture
@@ -45,6 +45,7 @@ def test_the_missing_value_names_are_pandas_own():
     from pandas._libs.parsers import STR_NA_VALUES  # the list pandas.read_csv reads as missing by default
 
     assert set(MISSING_VALUE_NAMES) == {v for v in STR_NA_VALUES if re.fullmatch(NAME_CHARS, v)}
+    assert C.schema()["$defs"]["name"]["pattern"] == SAFE_NAME and C.schema()["$defs"]["folder"]["pattern"] == SAFE_PATH
     assert not any(re.match(SAFE_NAME, v) for v in STR_NA_VALUES)
     assert re.match(SAFE_NAME, "Nonesuch") and re.match(SAFE_NAME, "nan0")
 
