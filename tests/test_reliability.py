@@ -132,6 +132,10 @@ def test_a_mistyped_local_source_stops_validate(smoke, tmp_path, monkeypatch, ty
     _refused(raw, "`data.train`", typo, "neither an existing file or folder", "hub id")
     raw["data"]["train"] = "MiniLLM/dolly"  # a hub id is left to prepare_data
     C.validate(raw)
+    raw["pairs"]["tiny"]["teacher"] = {"init": "pretrained", "path": "hub_data/gtp2"}  # a model folder alike
+    _refused(raw, "`pairs.tiny.teacher`", "hub_data/gtp2", "does not exist")
+    raw["pairs"]["tiny"]["teacher"]["path"] = "gpt2"  # a model id without an owner is a hub id
+    C.validate(raw)
 
 
 # --- user data read by line (cases 4, 9, 10) --------------------------------------------------
