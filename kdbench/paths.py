@@ -28,9 +28,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-"""Profile, pair, test-set and method names: folder names and command-line words, so no
-shell syntax, no spaces, no leading dash or dot (workflows/schemas/config.schema.yaml)."""
+NAME_CHARS = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+"""The characters of a name: folder names and command-line words, so no shell syntax, no
+spaces, no leading dash or dot (a Snakemake wildcard constraint: `variant`)."""
+MISSING_VALUE_NAMES = ("NA", "NULL", "NaN", "None", "nan", "null")
+"""The strings of pandas' default missing values (`na_values` of `pandas.read_csv`) that
+NAME_CHARS allows: a pair, method or test set of that name would vanish from a table read
+with pandas' defaults (tests/test_reliability.py checks the list against pandas')."""
+SAFE_NAME = rf"^(?!(?:{'|'.join(MISSING_VALUE_NAMES)})$){NAME_CHARS}$"
+"""Profile, pair, test-set, method and ablation-row names (workflows/schemas/config.schema.yaml)."""
+SAFE_PATH = r"^(?!-)[A-Za-z0-9_./-]+$"
+"""`results_dir` and `methods_dir`: folders that become part of command lines, so the name
+characters and `/` only, not starting with a dash."""
 TEACHER = "teacher"  # the method name of the teachers' runs (variant "default", seed = teacher seed)
 
 #: files of a run folder (a training job writes them all: train_teacher or distill, which end with `evaluate`)
@@ -131,7 +140,9 @@ class Paths:
         return f"benchmarks/results/tuning_{self.profile}.md"
 
     # resume state of an unfinished training job (kdbench/resume.py), removed when it ends
-    def checkpoint(self, *parts): return self._p("checkpoints", *map(str, parts)) + ".pt"
+    @property
+    def checkpoints(self): return self._p("checkpoints")
+    def checkpoint(self, *parts): return str(Path(self.checkpoints).joinpath(*map(str, parts))) + ".pt"
 
     # --- the profile's tables and figures ----------------------------------------------------
     @property

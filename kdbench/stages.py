@@ -664,11 +664,11 @@ def collect(cfg: dict) -> None:
                          "train_gen_s": t.get("train_gen_s", 0.0), "student_params": t.get("params"),
                          "selected_epoch": t.get("selected_epoch"), "n_epochs": t.get("n_epochs"), "lr": t.get("lr"),
                          "val_loss_change_last20": t.get("val_loss_change_last20")})
-        examples.append(pd.read_csv(P.run_file("scores", **keys)).assign(**keys))
+        examples.append(io.read_csv(P.run_file("scores", **keys)).assign(**keys))
         for name, bucket in (("trace", traces), ("epochs", epochs), ("bin_loss", bins)):
             path = Path(P.run_file(name, **keys))
             if path.is_file() and path.stat().st_size > 1:
-                bucket.append(pd.read_csv(path).assign(**keys))
+                bucket.append(io.read_csv(path).assign(**keys))
     key_cols = list(RunKey._fields)
     front = lambda df: df[key_cols + [c for c in df.columns if c not in key_cols]]  # noqa: E731
     io.write_csv(P.long_table("runs"), pd.DataFrame(runs))

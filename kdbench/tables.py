@@ -72,7 +72,8 @@ def read_tables(tables_dir: str | Path, names: Sequence[str] | None = None
     """Read the DAG's long tables from `tables_dir`.
 
     names: a subset of `kdbench.paths.LONG_TABLES` keys (default: all). A missing or empty file gives None.
-    Key columns (pair, method, variant, benchmark, ablation, example_id, task) are read as str.
+    Key columns (pair, method, variant, benchmark, ablation, example_id, task) are read as str, and
+    only empty fields as missing (`kdbench.io.read_csv`).
     """
     tables_dir = Path(tables_dir)
     out: dict[str, pd.DataFrame | None] = {}
@@ -82,7 +83,7 @@ def read_tables(tables_dir: str | Path, names: Sequence[str] | None = None
             out[name] = None
             continue
         try:
-            out[name] = pd.read_csv(path, dtype=_STR_COLUMNS)
+            out[name] = io.read_csv(path, dtype=_STR_COLUMNS)
         except pd.errors.EmptyDataError:
             out[name] = None
     return out

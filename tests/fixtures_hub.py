@@ -217,7 +217,7 @@ def hub_cfg(tmp_path: Path, teacher: dict, student: dict, **data) -> dict:
     from kdbench import config as C
 
     raw = {"profile": "hubtest", "results_dir": str(tmp_path / "results"), "methods_dir": str(ROOT / "methods"),
-           "data": {"source": "hub", "train": "unused", "benchmarks": {"unused": "unused"}, **data},
+           "data": {"source": "hub", "train": "someone/unused", "benchmarks": {"unused": "someone/unused"}, **data},
            "pairs": {"p": {"teacher": teacher, "student": student}}, "training_seeds": 2}
     return C.validate(raw)
 

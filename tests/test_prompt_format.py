@@ -139,6 +139,7 @@ def test_the_same_record_renders_the_same_prompt_in_every_stage(chat_tok, tmp_pa
     monkeypatch.setattr(G, "sample_batch", spy_sample_batch)
     for name, call in [("train_teacher", lambda: S.train_teacher(cfg, "tiny", 0)),
                        ("init_student", lambda: S.init_student(cfg, "tiny", 0)),
+                       ("sft_init", lambda: S.sft_init(cfg, "tiny", 0)),  # gkd's start
                        ("cache_teacher", lambda: S.cache_teacher(cfg, "tiny", 0)),
                        ("teacher_samples", lambda: S.teacher_samples(cfg, "tiny", 0)),
                        ("score_difficulty", lambda: S.score_difficulty(cfg, "tiny")),
@@ -149,12 +150,13 @@ def test_the_same_record_renders_the_same_prompt_in_every_stage(chat_tok, tmp_pa
     end = chat_tok.convert_tokens_to_ids("<|im_end|>")
     assert {kind for *_, kind, _ in rendered} == {"chat"}
     mine = {(st, text) for st, ins, inp, _, text in rendered if (ins, inp) == (shared["instruction"], shared["input"])}
-    assert {st for st, _ in mine} == {"train_teacher", "cache_teacher", "teacher_samples", "score_difficulty", "distill"}
+    assert {st for st, _ in mine} == {"train_teacher", "sft_init", "cache_teacher", "teacher_samples",
+                                      "score_difficulty", "distill"}
     (text,) = {text for _, text in mine}
     assert text.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{shared['instruction']}")
     assert text.endswith("<|im_start|>assistant\n")
     assert {e for _, e in ends} == {end} and {e for _, e in stops} == {end}
-    assert {st for st, _ in stops} == {"train_teacher", "teacher_samples", "score_difficulty", "distill"}
+    assert {st for st, _ in stops} == {"train_teacher", "sft_init", "teacher_samples", "score_difficulty", "distill"}
     trace = pd.read_csv(P.run_file("trace", pair="tiny", method="gkd", variant="lmbda-1.0", seed=0))
     assert trace["on_policy_batch"].eq(1).all()  # λ = 1: every step trained on the student's samples
     rows = io.read_jsonl(P.answers("id", pair="tiny", method="gkd", variant="lmbda-1.0", seed=0))
@@ -226,7 +228,7 @@ def test_chat_format_runs_the_smoke_dag_with_the_template_in_every_stage(chat_to
     results = tmp_path / "results" / "smoke"
     logs = {p.relative_to(results / "logs"): p.read_text() for p in (results / "logs").rglob("*.log")}
     prompting = {str(p).split("/")[0] for p, text in logs.items() if "prompt format " in text}
-    assert prompting == {"train_teacher", "cache_teacher", "teacher_samples", "score_difficulty", "distill"}
+    assert prompting == {"train_teacher", "sft_init", "cache_teacher", "teacher_samples", "score_difficulty", "distill"}
     assert not any("prompt format alpaca" in text for text in logs.values())
     first = {line for text in logs.values() for line in text.splitlines() if line.startswith("prompt format chat: ")}
     assert all(line.startswith(f"prompt format chat: '<|im_start|>system\\n{SYSTEM}<|im_end|>") for line in first)
