@@ -78,7 +78,7 @@ CHUNK_ELEMENTS: int | None = None
 
 __all__ = [
     "forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "jensen_shannon",
-    "total_variation", "alpha_beta", "per_token", "token_mean", "kl_rows", "log_mixture", "zero",
+    "total_variation", "alpha_beta", "check_alpha_beta", "per_token", "token_mean", "kl_rows", "log_mixture", "zero",
     "CHUNK_ELEMENTS", "CPU_CHUNK_ELEMENTS", "CPU_PROJECTED_CHUNK_ELEMENTS", "rows_per_chunk",
     "ACCELERATOR_CHUNK_ELEMENTS",
 ]
@@ -437,9 +437,15 @@ def alpha_beta(student_logits, teacher_logits, mask, *, alpha=0.2, beta=0.7, tem
     α + β = 1 is Amari's α-divergence; α = β = ½ is 2 Σ (√p − √q)². Finite for α, β > 0;
     with α = 0 (β = 0) +inf where the student (teacher) has mass the other lacks, as the KLs.
     """
+    alpha, beta = check_alpha_beta(alpha, beta)
+    return token_mean(functools.partial(_alpha_beta_rows, alpha=alpha, beta=beta),
+                      student_logits, teacher_logits, mask, temperature=temperature)
+
+
+def check_alpha_beta(alpha, beta) -> tuple[float, float]:
+    """(α, β) as floats if both are finite and >= 0 and not both 0; UserError naming the bad one."""
     for name, value in (("alpha", alpha), ("beta", beta)):
         check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name, value,
               "a finite number >= 0")
-    check(alpha + beta > 0, "alpha + beta", alpha + beta, "> 0 (alpha = beta = 0 has no α-β divergence here)")
-    return token_mean(functools.partial(_alpha_beta_rows, alpha=float(alpha), beta=float(beta)),
-                      student_logits, teacher_logits, mask, temperature=temperature)
+    check(alpha + beta > 0, "alpha + beta", alpha + beta, "> 0 (α = β = 0 is not an α-β divergence here)")
+    return float(alpha), float(beta)
