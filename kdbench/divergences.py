@@ -9,8 +9,8 @@ p = softmax(teacher_logits / τ) (teacher) and q = softmax(student_logits / τ) 
     skew_reverse_kl   KL(q ‖ α q + (1−α) p)                      DistiLLM SRKL
     jensen_shannon    β KL(p ‖ m) + (1−β) KL(q ‖ m),  m = β p + (1−β) q   (GKD / TRL)
     total_variation   ½ Σ_v |p_v − q_v|
-    alpha_beta        D_AB^(α,β)(p ‖ q) = −1/(αβ) Σ_v (p^α q^β − α/(α+β) p^(α+β) − β/(α+β) q^(α+β))
-                      (ABKD; α = 1, β = 0: KL(p ‖ q); α = 0, β = 1: KL(q ‖ p))
+    alpha_beta        −1/(αβ) Σ_v (p^α q^β − α/(α+β) p^(α+β) − β/(α+β) q^(α+β))   ABKD
+                      (α = 1, β = 0: KL(p ‖ q); α = 0, β = 1: KL(q ‖ p))
 
 Conventions shared by every function
 - Inputs: `student_logits`, `teacher_logits` of shape (..., V) (usually (B, T, V)), any float
@@ -78,7 +78,8 @@ CHUNK_ELEMENTS: int | None = None
 
 __all__ = [
     "forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "jensen_shannon",
-    "total_variation", "alpha_beta", "check_alpha_beta", "per_token", "token_mean", "kl_rows", "log_mixture", "zero",
+    "total_variation", "alpha_beta", "check_alpha_beta", "per_token", "token_mean", "kl_rows",
+    "log_mixture", "zero",
     "CHUNK_ELEMENTS", "CPU_CHUNK_ELEMENTS", "CPU_PROJECTED_CHUNK_ELEMENTS", "rows_per_chunk",
     "ACCELERATOR_CHUNK_ELEMENTS",
 ]

@@ -12,9 +12,10 @@ as Snakemake wildcards and, given values, as paths in the stages.
       pairs/<pair>/student_init/seed<k>/          the pre-trained student (Method.starts_from "pretrained")
       pairs/<pair>/student_sft/seed<k>/           it fine-tuned on the training split ("sft", sft_init)
       pairs/<pair>/teacher_cache/seed<t>/         cached teacher logits (per teacher seed)
-      pairs/<pair>/teacher_samples/seed<t>.jsonl  the teacher's answers (SeqKD, DistiLLM-2), .json: their cost
+      pairs/<pair>/teacher_samples/seed<t>.jsonl  the teacher's answers (SeqKD, DistiLLM-2)
       pairs/<pair>/student_samples/<start>/seed<k>.jsonl  the answers of the student a method
-                                        starts from (DistiLLM-2), .json: their cost
+                                        starts from (DistiLLM-2); beside each samples file, a
+                                        .json of its cost (Paths.samples_stats)
       difficulty/<pair>.csv             per-example difficulty profile
       runs/<pair>/<method>/<variant>/seed<k>/     one run: RUN_FILES, answers/<test set>.json[l]
       tuning/<pair>/<method>/<variant>/lr<lr>.json  one point of the learning-rate grid (validation only)
@@ -115,6 +116,7 @@ class Paths:
     def samples_stats(samples: str) -> str:
         """The sampling statistics written beside a samples file (…/seed<k>.jsonl -> …/seed<k>.json)."""
         return str(Path(samples).with_suffix(".json"))
+
     def difficulty(self, pair="{pair}"): return self._p("difficulty", f"{pair}.csv")
 
     # --- per run ---------------------------------------------------------------------------

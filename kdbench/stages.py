@@ -344,7 +344,8 @@ def student_samples(cfg: dict, pair: str, start: str, seed: int) -> None:
     if start not in M.STARTS:
         raise UserError(f"student_samples: unknown start {start!r}; use one of {', '.join(M.STARTS)}.")
     P = Paths(cfg)
-    _sample_answers(cfg, P.student_start(start, pair, seed), C.derive_seed(cfg["seed"], pair, seed, start, "student_samples"),
+    _sample_answers(cfg, P.student_start(start, pair, seed),
+                    C.derive_seed(cfg["seed"], pair, seed, start, "student_samples"),
                     P.student_samples(pair, start, seed), f"{pair} student samples seed{seed}")
 
 
@@ -450,7 +451,8 @@ def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, b
     records = load_records(P.data("train"))
     # the samples generated before training that the run reads (their cost: pregen_wall_s)
     samples = {"teacher_samples": [P.teacher_samples(pair, tseed)],
-               "pairs": [P.teacher_samples(pair, tseed), P.student_samples(pair, cls.starts_from, seed)]}.get(cls.train_on, [])
+               "pairs": [P.teacher_samples(pair, tseed), P.student_samples(pair, cls.starts_from, seed)],
+               }.get(cls.train_on, [])
     responses = _samples(samples[0], records) if samples else None
     examples = encode(tok, records, cfg["data"]["max_length"], responses=responses)
     teacher, vocab, online = None, None, None
