@@ -26,7 +26,7 @@ STAGES = {
     "prepare_data": (), "train_tokenizer": (), "collect": (), "tables": (), "figures": (),
     "train_teacher": ("pair", "tseed"), "cache_teacher": ("pair", "tseed"), "teacher_samples": ("pair", "tseed"),
     "teacher_gate": ("pair",), "baselines": (), "score_difficulty": ("pair",), "init_student": ("pair", "seed"),
-    "sft_init": ("pair", "seed"),
+    "sft_init": ("pair", "seed"), "student_samples": ("pair", "start", "seed"),
     "distill": ("pair", "method", "variant", "seed"), "evaluate": ("pair", "method", "variant", "seed"),
     "tune": ("pair", "method", "variant", "lr"), "tuning_table": (),
 }

@@ -11,6 +11,8 @@ p = softmax(teacher_logits / τ) (teacher) and q = softmax(student_logits / τ) 
     forward_kl_to_interpolation  KL(r ‖ q), r ∝ p^α · sg(q)^(1−α)          target mixed in logits (TAID)
     jensen_shannon    β KL(p ‖ m) + (1−β) KL(q ‖ m),  m = β p + (1−β) q   (GKD / TRL)
     total_variation   ½ Σ_v |p_v − q_v|
+    alpha_beta        −1/(αβ) Σ_v (p^α q^β − α/(α+β) p^(α+β) − β/(α+β) q^(α+β))   ABKD
+                      (α = 1, β = 0: KL(p ‖ q); α = 0, β = 1: KL(q ‖ p))
 
 Conventions shared by every function
 - Inputs: `student_logits`, `teacher_logits` of shape (..., V) (usually (B, T, V)), any float
@@ -58,7 +60,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from kdbench.errors import UserError
-from kdbench.method import check_temperature, check_unit
+from kdbench.method import check, check_temperature, check_unit
 
 Kernel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -80,8 +82,8 @@ CHUNK_ELEMENTS: int | None = None
 
 __all__ = [
     "forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "forward_kl_to_mixture",
-    "forward_kl_to_interpolation", "jensen_shannon", "total_variation", "per_token", "token_mean",
-    "kl_rows", "log_mixture", "log_interpolation", "zero",
+    "forward_kl_to_interpolation", "jensen_shannon", "total_variation", "alpha_beta", "check_alpha_beta",
+    "per_token", "token_mean", "kl_rows", "log_mixture", "log_interpolation", "zero",
     "CHUNK_ELEMENTS", "CPU_CHUNK_ELEMENTS", "CPU_PROJECTED_CHUNK_ELEMENTS", "rows_per_chunk",
     "ACCELERATOR_CHUNK_ELEMENTS",
 ]
@@ -176,6 +178,26 @@ def _jensen_shannon_rows(log_q, log_p, *, beta):
 
 def _total_variation_rows(log_q, log_p):
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+
+def _power_kl_rows(log_a, log_b, gamma):
+    """(1/γ²) Σ_v (a^γ log(a^γ / b^γ) − a^γ + b^γ): the α-β divergence where the other
+    exponent is 0 (Cichocki et al.'s limit); γ = 1 is KL(a ‖ b). a_v = 0 adds b_v^γ / γ²."""
+    ga, gb = gamma * log_a, gamma * log_b
+    return (kl_rows(ga, gb) - ga.exp().sum(-1) + gb.exp().sum(-1)) / gamma ** 2
+
+
+def _alpha_beta_rows(log_q, log_p, *, alpha, beta):
+    if beta == 0.0:
+        return _power_kl_rows(log_p, log_q, alpha)
+    if alpha == 0.0:
+        return _power_kl_rows(log_q, log_p, beta)
+    # in log space, so zero probabilities give exp(−inf) = 0 with a zero gradient; each term
+    # −(...) is ≥ 0 by the weighted AM-GM inequality p^α q^β ≤ α/s p^s + β/s q^s
+    s = alpha + beta
+    terms = ((alpha * log_p + beta * log_q).exp() - (alpha / s) * (s * log_p).exp()
+             - (beta / s) * (s * log_q).exp())
+    return -terms.sum(-1) / (alpha * beta)
 
 
 # --- chunked evaluation ----------------------------------------------------------------
@@ -473,3 +495,27 @@ def total_variation(student_logits, teacher_logits, mask, *, temperature=1.0):
     """½ Σ_v |p_v − q_v| × τ², token mean."""
     return token_mean(_total_variation_rows, student_logits, teacher_logits, mask,
                       temperature=temperature)
+
+
+def alpha_beta(student_logits, teacher_logits, mask, *, alpha=0.2, beta=0.7, temperature=1.0):
+    """The α-β divergence D_AB^(α,β)(p ‖ q) × τ², token mean (Cichocki, Cruces & Amari 2011; ABKD):
+
+        −1/(αβ) Σ_v (p^α q^β − α/(α+β) p^(α+β) − β/(α+β) q^(α+β)),   α, β ≥ 0, α + β > 0,
+
+    with its limits where an exponent is 0: β = 0 gives (1/α²) Σ (p^α log(p^α/q^α) − p^α + q^α),
+    KL(p ‖ q) at α = 1; α = 0 gives (1/β²) Σ (q^β log(q^β/p^β) − q^β + p^β), KL(q ‖ p) at β = 1.
+    α + β = 1 is Amari's α-divergence; α = β = ½ is 2 Σ (√p − √q)². Finite for α, β > 0;
+    with α = 0 (β = 0) +inf where the student (teacher) has mass the other lacks, as the KLs.
+    """
+    alpha, beta = check_alpha_beta(alpha, beta)
+    return token_mean(functools.partial(_alpha_beta_rows, alpha=alpha, beta=beta),
+                      student_logits, teacher_logits, mask, temperature=temperature)
+
+
+def check_alpha_beta(alpha, beta) -> tuple[float, float]:
+    """(α, β) as floats if both are finite and >= 0 and not both 0; UserError naming the bad one."""
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name, value,
+              "a finite number >= 0")
+    check(alpha + beta > 0, "alpha + beta", alpha + beta, "> 0 (α = β = 0 is not an α-β divergence here)")
+    return float(alpha), float(beta)

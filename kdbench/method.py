@@ -8,6 +8,8 @@ Hooks (all optional except `loss`):
         logits (N, V) at the N tokens that carry the loss, mask (N,) all true;
         the distillation term only; the engine adds CE and weights by kd_ratio. The engine
         always calls `schedule` first in the same step, so progress.values holds its result.
+        Methods with train_on = "pairs" also get the keyword `from_student` (N,) bool: True
+        on the tokens of the student's responses, False on the teacher's (see DistiLLM-2).
     epoch_indices(epoch, ctx) -> np.ndarray | None
         the training examples for this epoch (None: all, shuffled). Curricula live here.
     schedule(progress) -> dict[str, float]
@@ -34,9 +36,12 @@ Class attributes the engine and the DAG read:
     needs_teacher     False for SFT-style methods: the teacher is never loaded.
     uses_difficulty   True if epoch_indices reads ctx.difficulty (the DAG then scores it); an
                       instance may override it from its parameters (cpd without a curriculum).
-    train_on          "reference" (the dataset's outputs), "teacher_samples" (SeqKD) or
+    train_on          "reference" (the dataset's outputs), "teacher_samples" (SeqKD),
                       "mixed" (references, and the student's own samples where its schedule
-                      says so; the teacher then runs online on those).
+                      says so; the teacher then runs online on those) or "pairs" (every
+                      prompt with two responses generated before training, the teacher's
+                      and the student's own, from the student the method starts from; both
+                      in every batch, the teacher online: DistiLLM-2).
     uses_validation_loss   True if the engine must measure the validation loss for
                       observe_validation_loss.
     starts_from       where the method's student starts, as in its reference scripts:
@@ -68,6 +73,7 @@ from kdbench.paths import SAFE_NAME
 
 
 STARTS = ("pretrained", "sft")  # values of Method.starts_from
+TRAIN_ON = ("reference", "teacher_samples", "mixed", "pairs")  # values of Method.train_on
 
 
 @dataclasses.dataclass
@@ -232,6 +238,9 @@ def _load_file(path: Path) -> type[Method]:
     if cls.starts_from not in STARTS:
         raise UserError(f"method file {path}: `starts_from = {cls.starts_from!r}` is not one of {', '.join(STARTS)}; "
                         "set it to where the method's reference scripts start the student.")
+    if cls.train_on not in TRAIN_ON:
+        raise UserError(f"method file {path}: `train_on = {cls.train_on!r}` is not one of {', '.join(TRAIN_ON)}; "
+                        "set it to the data the method trains on (kdbench/method.py).")
     if cls.needs_teacher and cls.loss is Method.loss:
         raise UserError(f"method file {path}: its Method needs a teacher but defines no `loss`; define "
                         "loss(student_logits, teacher_logits, mask, progress) or set `needs_teacher = False`.")

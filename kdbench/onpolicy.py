@@ -1,5 +1,6 @@
 """Training on the student's own samples: the engine side of methods with train_on = "mixed"
-(GKD, DistiLLM).
+(GKD, DistiLLM), sampled during training, and of train_on = "pairs" (DistiLLM-2), sampled
+before it (`Pairs`, at the end of this module).
 
 Every optimizer step, the method's schedule gives two shares in [0, 1] (logged in the trace):
     on_policy   fresh student samples
@@ -119,6 +120,38 @@ class Teacher:
 
     def __call__(self, batch: dict) -> torch.Tensor:
         return (self.online if "on_policy" in batch else self.reference)(batch)
+
+
+class Pairs:
+    """The batches of a train_on = "pairs" method: every batch of the step, built from the
+    teacher's responses (`teacher`, the engine's training examples), is rebuilt as those rows
+    followed by the student's responses to the same prompts (`student`, matched by example
+    index), both generated before training. `from_student` (B, T) marks the second half; the
+    engine passes it, at the loss positions, to the method's `loss`. Nothing is sampled here,
+    so there is no state and no trace column."""
+
+    def __init__(self, teacher: list[Encoded], student: list[Encoded], *, pad_id: int):
+        self.teacher = {e.index: e for e in teacher}
+        self.student = {e.index: e for e in student}
+        self.pad_id = pad_id
+
+    def window(self, window: list[dict], progress: Progress, model) -> tuple[list[dict], dict]:
+        out = []
+        for batch in window:
+            idx = batch["index"].tolist()
+            b = collate([self.teacher[i] for i in idx] + [self.student[i] for i in idx], self.pad_id)
+            b["from_student"] = (torch.arange(2 * len(idx)) >= len(idx))[:, None].expand_as(b["mask"]).clone()
+            out.append(b)
+        return out, {}
+
+    def epoch_end(self, model) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 @torch.no_grad()

@@ -12,7 +12,10 @@ as Snakemake wildcards and, given values, as paths in the stages.
       pairs/<pair>/student_init/seed<k>/          the pre-trained student (Method.starts_from "pretrained")
       pairs/<pair>/student_sft/seed<k>/           it fine-tuned on the training split ("sft", sft_init)
       pairs/<pair>/teacher_cache/seed<t>/         cached teacher logits (per teacher seed)
-      pairs/<pair>/teacher_samples/seed<t>.jsonl  the teacher's answers (SeqKD)
+      pairs/<pair>/teacher_samples/seed<t>.jsonl  the teacher's answers (SeqKD, DistiLLM-2)
+      pairs/<pair>/student_samples/<start>/seed<k>.jsonl  the answers of the student a method
+                                        starts from (DistiLLM-2); beside each samples file, a
+                                        .json of its cost (Paths.samples_stats)
       pairs/<pair>/teacher_gate.json              the teacher gate's verdict (written when it passes)
       difficulty/<pair>.csv             per-example difficulty profile
       runs/<pair>/<method>/<variant>/seed<k>/     one run: RUN_FILES, answers/<test set>.json[l]
@@ -117,6 +120,16 @@ class Paths:
     def teacher_samples(self, pair="{pair}", tseed="{tseed}"):
         return self._p("pairs", pair, "teacher_samples", f"seed{tseed}.jsonl")
     def teacher_gate(self, pair="{pair}"): return self._p("pairs", pair, "teacher_gate.json")
+
+    def student_samples(self, pair="{pair}", start="{start}", seed="{seed}"):
+        """The answers of seed `seed`'s student at `start` (a `Method.starts_from` value)."""
+        return self._p("pairs", pair, "student_samples", start, f"seed{seed}.jsonl")
+
+    @staticmethod
+    def samples_stats(samples: str) -> str:
+        """The sampling statistics written beside a samples file (…/seed<k>.jsonl -> …/seed<k>.json)."""
+        return str(Path(samples).with_suffix(".json"))
+
     def difficulty(self, pair="{pair}"): return self._p("difficulty", f"{pair}.csv")
 
     # --- per run ---------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 paths of `kdbench.paths.Paths`; the Snakemake rules and `python -m kdbench <stage>` call them.
 
     prepare_data ─► train_tokenizer* ─► train_teacher ─► cache_teacher* ─► score_difficulty
-    train_teacher (every teacher seed) ─► teacher_gate ─► teacher_samples, distill
+    train_teacher (every teacher seed) ─► teacher_gate ─► teacher_samples (SeqKD, DistiLLM-2), distill
     init_student (per seed) ─► sft_init* (per seed) ─► distill (pair, method, variant, seed; ends with evaluate)
     (* only for methods with `starts_from = "sft"`)
+    init_student or sft_init ─► student_samples (per start and seed: train_on = "pairs" only) ─► distill
     prepare_data ─► baselines;  collect, baselines ─► tables;  collect ─► figures
 
 Every stage that puts records to a model takes the profile's prompt format
@@ -336,19 +337,50 @@ def cache_teacher(cfg: dict, pair: str, tseed: int) -> None:
 
 
 def teacher_samples(cfg: dict, pair: str, tseed: int) -> None:
-    """Teacher seed `tseed`'s own sampled answers to the training prompts (SeqKD's targets)."""
+    """Teacher seed `tseed`'s own sampled answers to the training prompts (SeqKD's targets,
+    DistiLLM-2's teacher responses)."""
+    P = Paths(cfg)
+    _sample_answers(cfg, P.teacher_model(pair, tseed), _teacher_seed(cfg, pair, tseed, "teacher_samples"),
+                    P.teacher_samples(pair, tseed), f"{pair} teacher samples")
+
+
+def student_samples(cfg: dict, pair: str, start: str, seed: int) -> None:
+    """The answers of seed `seed`'s student at `start` (a `Method.starts_from` value: the
+    pre-trained student, or it fine-tuned by sft_init) to the training prompts, sampled once
+    before training with the settings of teacher_samples: the student responses of
+    train_on = "pairs" methods (DistiLLM-2), built only for them."""
+    if start not in M.STARTS:
+        raise UserError(f"student_samples: unknown start {start!r}; use one of {', '.join(M.STARTS)}.")
+    P = Paths(cfg)
+    _sample_answers(cfg, P.student_start(start, pair, seed),
+                    C.derive_seed(cfg["seed"], pair, seed, start, "student_samples"),
+                    P.student_samples(pair, start, seed), f"{pair} student samples seed{seed}")
+
+
+def _sample_answers(cfg: dict, folder: str, seed: int, out: str, desc: str) -> None:
+    """Sample the model saved in `folder` once on every training prompt, with the evaluation
+    settings (temperature, top_p, top_k, max_new_tokens), into `out` ({"id", "answer"} per
+    record) and its cost beside it (`Paths.samples_stats`: gen_wall_s, gen_tokens), which the
+    runs that train on the samples record (train.json `pregen_wall_s`, the runtime table)."""
     from kdbench.generate import sample
 
-    P, dev, ev = Paths(cfg), _setup(cfg), cfg["evaluation"]
-    teacher = models.load_model(P.teacher_model(pair, tseed)).to(dev)
-    tok = models.load_tokenizer(P.teacher_model(pair, tseed))
-    records = load_records(P.data("train"))
-    answers, _ = sample(teacher, tok, records, seed=_teacher_seed(cfg, pair, tseed, "teacher_samples"),
-                        temperature=ev["temperature"], top_p=ev["top_p"], top_k=ev["top_k"],
-                        max_length=cfg["data"]["max_length"], max_new_tokens=ev["max_new_tokens"],
-                        batch_size=ev["batch_size"], precision=ev["precision"], desc=f"{pair} teacher samples",
-                        fmt=PromptFormat.of(cfg))
-    io.write_jsonl(P.teacher_samples(pair, tseed), [{"id": r["id"], "answer": a} for r, a in zip(records, answers)])
+    dev, ev = _setup(cfg), cfg["evaluation"]
+    model = models.load_model(folder).to(dev)
+    tok = models.load_tokenizer(folder)
+    records = load_records(Paths(cfg).data("train"))
+    answers, stats = sample(model, tok, records, seed=seed, temperature=ev["temperature"], top_p=ev["top_p"],
+                            top_k=ev["top_k"], max_length=cfg["data"]["max_length"],
+                            max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
+                            precision=ev["precision"], desc=desc, fmt=PromptFormat.of(cfg))
+    io.write_json(Paths.samples_stats(out), {"gen_wall_s": stats["gen_wall_s"], "gen_tokens": stats["gen_tokens"],
+                                            "n": len(records), "device": models.device_name(dev)})
+    io.write_jsonl(out, [{"id": r["id"], "answer": a} for r, a in zip(records, answers)])
+
+
+def _samples(path: str, records: list[dict]) -> list[str]:
+    """The sampled answers of a samples file, in the order of `records`."""
+    answers = {r["id"]: r["answer"] for r in io.read_jsonl(path)}
+    return [answers[r["id"]] for r in records]
 
 
 def teacher_gate(cfg: dict, pair: str) -> None:
@@ -460,10 +492,11 @@ def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, b
     student = models.load_model(start).to(dev)
     tok = models.load_tokenizer(start)
     records = load_records(P.data("train"))
-    responses = None
-    if cls.train_on == "teacher_samples":
-        answers = {r["id"]: r["answer"] for r in io.read_jsonl(P.teacher_samples(pair, tseed))}
-        responses = [answers[r["id"]] for r in records]
+    # the samples generated before training that the run reads (their cost: pregen_wall_s)
+    samples = {"teacher_samples": [P.teacher_samples(pair, tseed)],
+               "pairs": [P.teacher_samples(pair, tseed), P.student_samples(pair, cls.starts_from, seed)],
+               }.get(cls.train_on, [])
+    responses = _samples(samples[0], records) if samples else None
     examples = encode(tok, records, cfg["data"]["max_length"], responses=responses, fmt=PromptFormat.of(cfg))
     teacher, vocab, online, t_model = None, None, None, None
     if cls.needs_teacher:
@@ -477,13 +510,20 @@ def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, b
     kd_ratio = cfg["distill"]["kd_ratio"] if cls.needs_teacher else 0.0
     fused = use_fused(cfg["distill"]["fused"], student, vocab or student.config.vocab_size)
     on_policy = _on_policy(cfg, meth, examples, tok, student, train_seed) if cls.train_on == "mixed" else None
+    if cls.train_on == "pairs":  # every batch: the teacher's responses, then the student's own
+        from kdbench.onpolicy import Pairs
+
+        own = encode(tok, records, cfg["data"]["max_length"], responses=_samples(samples[1], records),
+                     fmt=PromptFormat.of(cfg))
+        on_policy = Pairs(examples, own, pad_id=tok.pad_token_id)
     if on_policy is not None and teacher is not online:
         from kdbench.onpolicy import Teacher
 
         teacher = Teacher(teacher, online)
     # a retrained teacher or a rescored difficulty profile makes an older checkpoint another run's
     ckpt = _checkpoint(cfg, ckpt_parts, (budget, train_seed, method, run.params, kd_ratio, vocab, tseed, cfg["evaluation"]),
-                       student, examples, P.teacher_model(pair, tseed) if cls.needs_teacher else None, difficulty)
+                       student, examples, P.teacher_model(pair, tseed) if cls.needs_teacher else None, difficulty,
+                       *samples)
     res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
                 kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, on_policy=on_policy,
                 validate=_validator(cfg, tok, pair, seed),
@@ -491,7 +531,8 @@ def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, b
     info = {"method": method, "variant": variant, "fused": fused, "lr": budget["lr"],
             "method_params": {**M.defaults(cls), **run.params},
             "teacher_seed": tseed if cls.needs_teacher else None, "starts_from": cls.starts_from,
-            "params": models.n_params(student)}
+            "params": models.n_params(student),
+            "pregen_wall_s": sum(io.read_json(Paths.samples_stats(f))["gen_wall_s"] for f in samples)}
     return Trained(student, tok, res, info, ckpt, t_model)
 
 
@@ -661,7 +702,8 @@ def collect(cfg: dict) -> None:
             runs.append({**keys, "benchmark": bench, **b, "train_wall_s": t.get("train_wall_s", np.nan),
                          "train_tokens": t.get("train_tokens", np.nan), "train_examples": t.get("train_examples", np.nan),
                          "train_tokens_per_s": t.get("train_tokens_per_s", np.nan),
-                         "train_gen_s": t.get("train_gen_s", 0.0), "student_params": t.get("params"),
+                         "train_gen_s": t.get("train_gen_s", 0.0), "pregen_wall_s": t.get("pregen_wall_s", 0.0),
+                         "student_params": t.get("params"),
                          "selected_epoch": t.get("selected_epoch"), "n_epochs": t.get("n_epochs"), "lr": t.get("lr"),
                          "val_loss_change_last20": t.get("val_loss_change_last20")})
         examples.append(io.read_csv(P.run_file("scores", **keys)).assign(**keys))

@@ -724,6 +724,8 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     time of the row / mean wall time of `baseline` (a ratio of means; no std).
     With train_gen_s in runs.csv: `gen_share` = the share of the training wall time spent
     sampling the student's own answers (on-policy methods; 0 for the others).
+    With pregen_wall_s in runs.csv (some run > 0): `pregen_wall_s` = the seconds spent sampling,
+    before training, the answers the run trains on (SeqKD, DistiLLM-2; not in train_wall_s).
     With `epochs` (epochs.csv): `data_fraction` = examples seen / (epochs × training-set
     size), the size being the largest epoch among the pair's students (the teacher's own for
     the teacher, which may train on another split) — below 1 for curricula that train on subsets.
@@ -740,6 +742,8 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     per_run = by_run[values].mean()
     if "train_gen_s" in runs.columns:
         per_run["gen_share"] = by_run["train_gen_s"].mean().fillna(0.0) / per_run["train_wall_s"]
+    if "pregen_wall_s" in runs.columns and (runs["pregen_wall_s"].fillna(0.0) > 0).any():
+        per_run["pregen_wall_s"] = by_run["pregen_wall_s"].mean().fillna(0.0)
     if "selected_epoch" in runs.columns and runs["selected_epoch"].notna().any():
         per_run["best_epoch"] = by_run["selected_epoch"].mean() + 1
         per_run["val_loss_change"] = 100 * by_run["val_loss_change_last20"].mean()
@@ -800,6 +804,9 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     if "val_gap_mean" in df.columns:
         cols.insert(cols.index(next(c for c in cols if c["key"] == "time_ratio")),
                     _col_spec("val_gap", "val R-L gap last 20%", "{:.2f}", best=None, show_std=False))
+    if "pregen_wall_s_mean" in df.columns:
+        cols.insert(1, _col_spec("pregen_wall_s", "pre-gen time (s)", _magnitude_fmt(df["pregen_wall_s_mean"]),
+                                 best=None, show_std=False))
     if "lr_mean" in df.columns:
         cols.insert(0, _col_spec("lr", "lr", "{:g}", best=None, show_std=False))
     cols += [_col_spec(key, header, "{:.2f}", best=None) for key, header in ANSWER_SHAPE.items()
@@ -835,6 +842,10 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     if "gen_share_mean" in df.columns:
         notes.insert(-1, "On-policy gen share: share of the training time spent sampling the "
                          "student's own answers (included in train time).")
+    if "pregen_wall_s_mean" in df.columns:
+        notes.insert(-1, "Pre-gen time: seconds spent, before training, sampling the answers a run trains on "
+                         "(the teacher's, and for DistiLLM-2 the student's own), mean over seeds; not in train "
+                         "time, and one teacher's samples serve every run that distils from that teacher.")
     if "length_ratio_mean" in df.columns:
         notes.append("Answer shape, mean over benchmarks (kdbench/metrics.py): answer/ref = mean answer "
                      "length / mean reference length, in words; capped = share of answers that hit the "

@@ -78,7 +78,8 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     """Train `model` in place. `teacher(batch) -> (N, V)` logits at the N true entries of
     batch["mask"] (row-major) are needed when kd_ratio > 0.
 
-    `on_policy` (a kdbench.onpolicy.OnPolicy) swaps in student samples for methods that ask.
+    `on_policy` (a kdbench.onpolicy.OnPolicy, or .Pairs) swaps in or adds student samples for
+    methods that ask.
     `validate(model) -> dict` (optional) runs after every epoch; its values join the epoch's
     row, and `budget["selection"]` decides which epoch's weights the model ends with.
 
@@ -396,8 +397,10 @@ def _micro_step(model, batch: dict, precision: str, ratio: float, method, teache
         t_logits = teacher(batch)
         V = vocab_size or t_logits.shape[-1]
         student = logits.vocab_prefix(V) if fused else logits[:, :V]
+        # a train_on = "pairs" batch (kdbench.onpolicy.Pairs) says which tokens are the student's own
+        pairs = {"from_student": batch["from_student"][mask]} if "from_student" in batch else {}
         distill = method.loss(student, t_logits[:, :V],
-                              torch.ones(len(targets), dtype=torch.bool, device=mask.device), progress)
+                              torch.ones(len(targets), dtype=torch.bool, device=mask.device), progress, **pairs)
         loss = loss + ratio * distill
     return loss, ce, distill.float(), tok_ce
 

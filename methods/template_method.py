@@ -29,8 +29,11 @@ class Method(Base):  # the class must be called `Method` and subclass kdbench.me
     # True if `epoch_indices` reads ctx.difficulty: the DAG then scores the training set first.
     uses_difficulty = False
     # "reference" (the dataset's answers), "teacher_samples" (the teacher's sampled answers,
-    # as in SeqKD) or "mixed" (also the student's own samples, on the steps the schedule's
-    # "on_policy" / "replay" shares pick; see kdbench/onpolicy.py and methods/gkd.py).
+    # as in SeqKD), "mixed" (also the student's own samples, on the steps the schedule's
+    # "on_policy" / "replay" shares pick; see kdbench/onpolicy.py and methods/gkd.py) or
+    # "pairs" (the teacher's and the student's answers to every prompt, both sampled before
+    # training and both in every batch; `loss` then gets the keyword `from_student`, True on
+    # the student's tokens; see methods/distillm2.py).
     train_on = "reference"
     # Where the student starts, as the method's reference scripts do: "pretrained" (the pair's
     # student as it comes) or "sft" (that student first fine-tuned on the training split by the

@@ -21,6 +21,7 @@ ALL = {
     "forward_kl_to_interpolation": functools.partial(D.forward_kl_to_interpolation, alpha=0.3),
     "jensen_shannon": D.jensen_shannon,
     "total_variation": D.total_variation,
+    "alpha_beta": D.alpha_beta,
 }
 MIXED_TARGETS = ("forward_kl_to_mixture", "forward_kl_to_interpolation")  # α = 0.3 in ALL
 INF = math.inf
@@ -62,6 +63,13 @@ P2, Q2 = [0.5, 0.5], [0.9, 0.1]
 P3, Q3 = [0.7, 0.2, 0.1], [0.1, 0.3, 0.6]
 
 
+def ab(p, q, alpha, beta):
+    """D_AB^(α,β)(p ‖ q) of python lists, α, β, α + β ≠ 0 (the textbook sum)."""
+    s = alpha + beta
+    return -sum(x ** alpha * y ** beta - alpha / s * x ** s - beta / s * y ** s
+                for x, y in zip(p, q)) / (alpha * beta)
+
+
 def plain(name, s, t, mask, *, alpha=0.1, beta=0.1, temperature=1.0):
     """Unchunked textbook implementation (probabilities, no log-space tricks)."""
     lq = torch.log_softmax(s / temperature, -1)
@@ -84,6 +92,9 @@ def plain(name, s, t, mask, *, alpha=0.1, beta=0.1, temperature=1.0):
     elif name == "jensen_shannon":
         lm = torch.log(beta * p + (1 - beta) * q)
         v = beta * (p * (lp - lm)).sum(-1) + (1 - beta) * (q * (lq - lm)).sum(-1)
+    elif name == "alpha_beta":
+        a = alpha + beta
+        v = -(p ** alpha * q ** beta - alpha / a * p ** a - beta / a * q ** a).sum(-1) / (alpha * beta)
     else:
         v = 0.5 * (p - q).abs().sum(-1)
     return v[mask].mean() * temperature ** 2
@@ -210,6 +221,53 @@ def test_jensen_shannon_symmetric_at_half_and_vanishes_at_ends():
         assert 0 <= one(D.jensen_shannon, Q3, P3, beta=beta) < 1e-5
 
 
+def test_alpha_beta_by_hand_on_two_tokens():
+    """ABKD's GPT-2 constants α = 0.2, β = 0.7 on p = (0.5, 0.5), q = (0.9, 0.1), written out."""
+    terms = [0.5 ** 0.2 * 0.9 ** 0.7 - (0.2 / 0.9) * 0.5 ** 0.9 - (0.7 / 0.9) * 0.9 ** 0.9,
+             0.5 ** 0.2 * 0.1 ** 0.7 - (0.2 / 0.9) * 0.5 ** 0.9 - (0.7 / 0.9) * 0.1 ** 0.9]
+    want = -sum(terms) / (0.2 * 0.7)
+    assert want == pytest.approx(0.43678, abs=1e-5)  # (0.01785 + 0.04330) / 0.14
+    assert one(D.alpha_beta, Q2, P2, alpha=0.2, beta=0.7) == pytest.approx(want, rel=1e-9)
+    # the defaults are those constants; p is the teacher: swapping the roles changes the value
+    assert one(D.alpha_beta, Q2, P2) == pytest.approx(want, rel=1e-9)
+    assert abs(one(D.alpha_beta, P2, Q2) - want) > 0.05
+    # D^(α,β)(p ‖ q) = D^(β,α)(q ‖ p)
+    assert one(D.alpha_beta, P3, Q3, alpha=0.7, beta=0.2) == pytest.approx(ab(P3, Q3, 0.2, 0.7), rel=1e-9)
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.2, 0.7), (0.1, 0.8), (0.5, 1.5), (2.0, 0.3)])
+def test_alpha_beta_closed_form(alpha, beta):
+    assert one(D.alpha_beta, Q3, P3, alpha=alpha, beta=beta) == pytest.approx(ab(P3, Q3, alpha, beta), rel=1e-9)
+
+
+def test_alpha_beta_limits_are_the_kls_and_amari():
+    # the exponent-0 forms, exactly, and the general form approaching them
+    assert one(D.alpha_beta, Q3, P3, alpha=1.0, beta=0.0) == pytest.approx(kl(P3, Q3), rel=1e-12)
+    assert one(D.alpha_beta, Q3, P3, alpha=0.0, beta=1.0) == pytest.approx(kl(Q3, P3), rel=1e-12)
+    assert one(D.alpha_beta, Q3, P3, alpha=1.0, beta=1e-6) == pytest.approx(kl(P3, Q3), rel=1e-5)
+    assert one(D.alpha_beta, Q3, P3, alpha=1e-6, beta=1.0) == pytest.approx(kl(Q3, P3), rel=1e-5)
+    g = 0.4  # β = 0: (1/α²) Σ (p^α log(p^α/q^α) − p^α + q^α), and the general form near it
+    power = sum(x ** g * math.log(x ** g / y ** g) - x ** g + y ** g for x, y in zip(P3, Q3)) / g ** 2
+    assert one(D.alpha_beta, Q3, P3, alpha=g, beta=0.0) == pytest.approx(power, rel=1e-12)
+    assert one(D.alpha_beta, Q3, P3, alpha=g, beta=1e-7) == pytest.approx(power, rel=1e-5)
+    # α + β = 1: Amari's α-divergence; α = β = ½: twice the squared Hellinger sum
+    a = 0.3
+    amari = sum(a * x + (1 - a) * y - x ** a * y ** (1 - a) for x, y in zip(P3, Q3)) / (a * (1 - a))
+    assert one(D.alpha_beta, Q3, P3, alpha=a, beta=1 - a) == pytest.approx(amari, rel=1e-9)
+    hellinger = 2 * sum((math.sqrt(x) - math.sqrt(y)) ** 2 for x, y in zip(P3, Q3))
+    assert one(D.alpha_beta, Q3, P3, alpha=0.5, beta=0.5) == pytest.approx(hellinger, rel=1e-9)
+
+
+def test_alpha_beta_gradient_pulls_the_student_towards_the_teacher():
+    """One gradient step on the student's logits lowers the divergence and raises q where p > q."""
+    s = as_logits(Q3).requires_grad_()
+    value = D.alpha_beta(s, as_logits(P3), torch.ones(1, 1, dtype=torch.bool))
+    value.backward()
+    assert s.grad[0, 0, 0] < 0 < s.grad[0, 0, 2]  # p0 = 0.7 > q0 = 0.1; p2 = 0.1 < q2 = 0.6
+    stepped = as_logits(Q3) - 0.1 * s.grad
+    assert one(D.alpha_beta, torch.softmax(stepped, -1)[0, 0].tolist(), P3) < value.item()
+
+
 def test_total_variation():
     assert one(D.total_variation, Q2, P2) == pytest.approx(0.4, rel=1e-12)
     assert one(D.total_variation, Q3, P3) == pytest.approx(0.5 * (0.6 + 0.1 + 0.5), rel=1e-12)
@@ -227,6 +285,7 @@ def test_temperature_scales_by_tau_squared(name):
         "forward_kl_to_interpolation": kl(geo(0.3, p, q), q),
         "jensen_shannon": 0.1 * kl(p, mix(0.1, p, q)) + 0.9 * kl(q, mix(0.1, p, q)),
         "total_variation": 0.5 * sum(abs(a - b) for a, b in zip(p, q)),
+        "alpha_beta": ab(p, q, 0.2, 0.7),
     }[name]
     s = torch.tensor([[zs]], dtype=torch.float64)
     t = torch.tensor([[zt]], dtype=torch.float64)
@@ -312,7 +371,7 @@ def test_shared_neg_inf_entries_are_zero_probability_tokens(name):
 
 
 @pytest.mark.parametrize("name", ["forward_kl", "skew_forward_kl", "skew_reverse_kl",
-                                  *MIXED_TARGETS, "jensen_shannon", "total_variation"])
+                                  *MIXED_TARGETS, "jensen_shannon", "total_variation", "alpha_beta"])
 def test_teacher_only_neg_inf_stays_finite(name):
     """p = 0 where the student has mass: finite for these, with closed-form values."""
     p, q = [0.8, 0.2, 0.0], [0.5, 0.3, 0.2]
@@ -326,6 +385,7 @@ def test_teacher_only_neg_inf_stays_finite(name):
         "forward_kl_to_mixture": kl(mix(0.3, p, q), q), "forward_kl_to_interpolation": kl(geo(0.3, p, q), q),
         "jensen_shannon": 0.1 * kl(p, mix(0.1, p, q)) + 0.9 * kl(q, mix(0.1, p, q)),
         "total_variation": 0.5 * (0.3 + 0.1 + 0.2),
+        "alpha_beta": ab(p, q, 0.2, 0.7),  # p = 0: the term is β/(α+β) q^(α+β) / (αβ)
     }[name]
     assert value.item() == pytest.approx(want, rel=1e-9)
     value.backward()
@@ -379,6 +439,8 @@ def test_chunked_matches_plain_values_and_gradients(name, temperature, monkeypat
         kw["alpha"] = 0.3
     if name == "jensen_shannon":
         kw["beta"] = 0.3
+    if name == "alpha_beta":
+        kw.update(alpha=0.3, beta=0.6)
     ours = ALL[name](s, t, mask, **kw)
     ref = plain(name, s, t, mask, alpha=kw.get("alpha", 0.1), beta=kw.get("beta", 0.1),
                 temperature=temperature)
@@ -447,6 +509,9 @@ def test_backward_twice_with_retained_graph():
     (D.forward_kl, {"temperature": 0.0}, "temperature"),
     (D.reverse_kl, {"temperature": -1.0}, "temperature"),
     (D.total_variation, {"temperature": float("inf")}, "temperature"),
+    (D.alpha_beta, {"alpha": -0.1}, "alpha"),
+    (D.alpha_beta, {"beta": float("nan")}, "beta"),
+    (D.alpha_beta, {"alpha": 0.0, "beta": 0.0}, "alpha \\+ beta"),
 ])
 def test_bad_parameters_raise_user_error(fn, kw, word):
     s, t, mask = random_inputs()

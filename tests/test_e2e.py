@@ -54,6 +54,10 @@ def test_smoke_profile_end_to_end(smoke_results):
         assert f"| {name}" in main or f"|{name}" in main or name in main
     assert set(runs["benchmark"]) == {"id", "paraphrase", "hard"}
     assert runs["rouge_l"].between(0, 100).all()
+    # the answers sampled before training are costed apart (seqkd: the teacher's; distillm2: both)
+    pregen = runs.groupby("method")["pregen_wall_s"].max()
+    assert pregen["distillm2"] > pregen["seqkd"] > 0 and pregen["kd"] == 0
+    assert "pre-gen time (s)" in (tables / "runtime.md").read_text()
     for stem in ("main", "runtime", "ablation"):
         for ext in ("md", "csv", "tex"):
             assert (tables / f"{stem}.{ext}").stat().st_size > 0

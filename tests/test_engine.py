@@ -7,6 +7,7 @@ import torch
 from kdbench import method as M
 from kdbench.data import collate, encode
 from kdbench.errors import UserError
+from kdbench.onpolicy import Pairs
 from kdbench.teacher import CachedTeacher, OnlineTeacher, build_cache
 from kdbench.train import lr_factor, train
 
@@ -33,9 +34,11 @@ def test_every_method_trains_through_the_engine(name, examples, tokenizer, make_
     student, teacher = make_model(seed=1), make_model(seed=2, hidden_size=32)
     difficulty = np.random.default_rng(0).random(len(examples)) if cls.uses_difficulty else None
     before = [p.detach().clone() for p in student.parameters()]
+    # a "pairs" method gets both responses per prompt (here the references twice)
+    pairs = Pairs(examples, examples, pad_id=tokenizer.pad_token_id) if cls.train_on == "pairs" else None
     res = train(student, examples, {**BUDGET, "epochs": 3}, seed=0, pad_id=tokenizer.pad_token_id,
                 method=meth, teacher=OnlineTeacher(teacher, "fp32", torch.device("cpu")),
-                kd_ratio=1.0 if cls.needs_teacher else 0.0, difficulty=difficulty)
+                kd_ratio=1.0 if cls.needs_teacher else 0.0, difficulty=difficulty, on_policy=pairs)
     assert np.isfinite(res.trace["loss"]).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
     assert len(res.epochs) == 3 and res.stats["train_examples"] == res.epochs["n_examples"].sum()

@@ -90,6 +90,8 @@ def test_every_method_gives_the_plain_paths_loss_and_gradients(name, monkeypatch
     hidden, weight, bias, teacher, _ = _inputs(seed=3)
     hidden, teacher = hidden.detach().reshape(-1, H).requires_grad_(), teacher.reshape(-1, V)
     mask = torch.ones(B * T, dtype=torch.bool)  # what the engine passes
+    # and, to a "pairs" method, which rows are the student's own response
+    extra = {"from_student": torch.arange(B * T) % 2 == 1} if M.discover()[name].train_on == "pairs" else {}
     results = []
     for fused in (False, True):
         meth = M.discover()[name]()
@@ -97,7 +99,7 @@ def test_every_method_gives_the_plain_paths_loss_and_gradients(name, monkeypatch
         progress.values = dict(meth.schedule(progress))
         student = (ProjectedLogits(hidden, weight, bias, hidden.dtype) if fused
                    else F.linear(hidden, weight, bias))
-        value = meth.loss(student, teacher, mask, progress)
+        value = meth.loss(student, teacher, mask, progress, **extra)
         results.append((value, _grads(value, (hidden, weight, bias)), meth.state_dict()))
     (v0, g0, s0), (v1, g1, s1) = results
     torch.testing.assert_close(v1, v0, rtol=1e-10, atol=1e-12)

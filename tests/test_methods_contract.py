@@ -76,7 +76,7 @@ def test_class_attributes_and_defaults(name):
     cls = METHODS[name]
     assert issubclass(cls, Method)
     assert isinstance(cls.needs_teacher, bool) and isinstance(cls.uses_difficulty, bool)
-    assert cls.train_on in ("reference", "teacher_samples", "mixed")
+    assert cls.train_on in ("reference", "teacher_samples", "mixed", "pairs")
     assert isinstance(cls.uses_validation_loss, bool)
     assert cls.references and all(isinstance(r, str) and r for r in cls.references)
     params = defaults(cls)

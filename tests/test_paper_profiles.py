@@ -65,6 +65,13 @@ def test_paper_profile_follows_the_protocol(name):
     assert (methods["gkd"].beta, methods["gkd"].lmbda) == (0.1, 0.5)
     assert sorted(v.get("beta", 0.1) for v in C.variants(cfg, "gkd").values()) == [0.1, 0.5]  # TRL's as a variant
     assert methods["pocl"].base == ("kd" if gpt2 else "jsd")
+    # ABKD: its GPT-2 α, β and batch (scripts/gpt2/ab/*.sh); DistiLLM-2's one recipe everywhere
+    assert (methods["abkd"].alpha, methods["abkd"].beta) == (0.2, 0.7)
+    abkd, dl2 = C.student_budget(cfg, "abkd"), C.student_budget(cfg, "distillm2")
+    assert (abkd["epochs"], abkd["lr"], abkd["batch_size"] * abkd["grad_accum"]) == (
+        (20, 5e-4, 32) if gpt2 else (20, 5e-5, 32))
+    assert (dl2["epochs"], dl2["lr"], dl2["warmup"], dl2["batch_size"] * dl2["grad_accum"]) == (1, 5e-5, 0.1, 32)
+    assert (methods["distillm2"].alpha, methods["distillm2"].beta, methods["distillm2"].gradual_beta) == (0.1, 1.0, False)
 
 
 def test_paper_pairs():
@@ -138,10 +145,12 @@ def test_paper_profile_dry_run_offline(name, tmp_path):
     # DistiLLM's scripts do (read from their files, independently of kdbench's discovery)
     starts = {p.stem for p in (REPO / "methods").glob("*.py") if 'starts_from = "sft"' in p.read_text()}
     assert {"distillm", "gkd"} <= starts
+    # and DistiLLM-2 (train_on "pairs") samples each seed's fine-tuned student once
+    assert 'train_on = "pairs"' in (REPO / "methods" / "distillm2.py").read_text()
     assert jobs == {"prepare_data": 1, "train_teacher": 1, "teacher_gate": 1, "init_student": seeds,
-                    "sft_init": seeds, "score_difficulty": 1, "teacher_samples": 1, "distill": n_jobs,
-                    "baselines": 1, "collect": 1, "tables": 1, "figures": 1, "all": 1,
-                    "total": n_jobs + 10 + 2 * seeds}
+                    "sft_init": seeds, "score_difficulty": 1, "teacher_samples": 1, "student_samples": seeds,
+                    "distill": n_jobs, "baselines": 1, "collect": 1, "tables": 1, "figures": 1, "all": 1,
+                    "total": n_jobs + 10 + 3 * seeds}
     # a dry run loads and writes nothing (Snakemake's own .snakemake/ aside)
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
                      if ".snakemake" not in p.parts and "hf_home" not in p.parts)

@@ -16,9 +16,11 @@ from kdbench.paths import Paths
 from kdbench_cli import REPO, env, prepare_tree, tiny_profile, write_profile
 
 # from each reference's scripts: DistiLLM's distillm/ and gkd/ scripts load results/*/train/init/,
-# MiniLLM's minillm/ scripts an SFT-initialised student; the divergence baselines, SFT, SeqKD and
-# POCL load the pre-trained checkpoint (DistiLLM and POCL scripts/*/kd, sft, seqkd, pocl)
-FROM_SFT = {"distillm", "gkd", "minillm"}
+# MiniLLM's minillm/ scripts an SFT-initialised student, ABKD's scripts/gpt2/ab/*.sh the init
+# checkpoint, DistiLLM-2's configs an SFT'd student (model_name_or_path: outputs/*-sft); the
+# divergence baselines, SFT, SeqKD and POCL load the pre-trained checkpoint (DistiLLM and POCL
+# scripts/*/kd, sft, seqkd, pocl)
+FROM_SFT = {"distillm", "gkd", "minillm", "abkd", "distillm2"}
 
 
 def test_every_method_starts_where_its_reference_scripts_do():

@@ -132,6 +132,7 @@ rule teacher_samples:
         train=P.data("train"),
     output:
         P.teacher_samples(),
+        P.samples_stats(P.teacher_samples()),
         timing=P.timing("teacher_samples", "{pair}", "seed{tseed}.tsv"),
     params:
         fp=fp(CFG["evaluation"], CFG["data"]["max_length"], CFG["seed"], PROMPTS),
@@ -142,6 +143,29 @@ rule teacher_samples:
         P.log("teacher_samples", "{pair}", "seed{tseed}.log"),
     shell:
         "{KD} teacher_samples {STAGE_ARGS} --pair {wildcards.pair:q} --tseed {wildcards.tseed} --threads {threads} --timing {output.timing:q} 2> {log:q}"
+
+
+rule student_samples:
+    # the student's own answers of train_on = "pairs" methods (DistiLLM-2), sampled from the
+    # start the method trains from (built only if one runs)
+    input:
+        lambda wc: P.student_start(wc.start, wc.pair, wc.seed),
+        train=P.data("train"),
+    output:
+        P.student_samples(),
+        P.samples_stats(P.student_samples()),
+        timing=P.timing("student_samples", "{pair}", "{start}", "seed{seed}.tsv"),
+    params:
+        fp=fp(CFG["evaluation"], CFG["data"]["max_length"], CFG["seed"], PROMPTS),
+    wildcard_constraints:
+        start="|".join(M.STARTS),
+    threads: CFG["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        P.log("student_samples", "{pair}", "{start}", "seed{seed}.log"),
+    shell:
+        "{KD} student_samples {STAGE_ARGS} --pair {wildcards.pair:q} --start {wildcards.start} --seed {wildcards.seed} --threads {threads} --timing {output.timing:q} 2> {log:q}"
 
 
 def difficulty_inputs(wc):

@@ -31,8 +31,10 @@ def student_inputs(wc, seeds):
         out["teacher_model"] = [P.teacher_model(wc.pair, t) for t in tseeds]
     if meth.uses_difficulty:
         out["difficulty"] = P.difficulty(wc.pair)
-    if cls.train_on == "teacher_samples":
+    if cls.train_on in ("teacher_samples", "pairs"):
         out["samples"] = [P.teacher_samples(wc.pair, t) for t in tseeds]
+    if cls.train_on == "pairs":  # and the student's own, from its start
+        out["student_samples"] = [P.student_samples(wc.pair, cls.starts_from, s) for s in seeds]
     return out
 
 
