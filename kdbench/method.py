@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from kdbench.curriculum import epoch_progress
 from kdbench.errors import UserError
@@ -97,6 +98,21 @@ class Progress:
         one (π = 1), the same π the curricula use (`kdbench.curriculum.epoch_progress`), so
         a one-epoch run trains on all data with the schedules' end values."""
         return epoch_progress(self.epoch, self.n_epochs)
+
+
+@dataclasses.dataclass
+class Term:
+    """One micro-batch's share of an optimizer step: the step's loss is Σ weight · loss.
+
+    loss: 0-d float32 tensor carrying the graph; weight: its share of the step (the engine
+    normalises by the step's tokens); tokens: the training tokens it covers (trace `tokens`);
+    parts: 0-d detached tensors for the trace, at least "ce" (the student's cross-entropy) and
+    "distill" (the method's term), each summed over the step with the same weights."""
+
+    loss: torch.Tensor
+    weight: float
+    tokens: int
+    parts: dict[str, torch.Tensor]
 
 
 @dataclasses.dataclass
