@@ -54,9 +54,14 @@ from kdbench.method import Method as Base, Term, check, check_choice, check_unit
 RETURN_FROM = ("current", "next")
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision logits, float64 kept."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def token_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] per row: (N, V), (N,) -> (N,) float32."""
-    return logits.float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+    """log softmax(logits)[target] per row: (N, V), (N,) -> (N,) float32 (float64 for float64)."""
+    return _wide(logits).log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
 
 
 def importance_weights(log_q: torch.Tensor, log_p: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -77,8 +82,9 @@ def returns(rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float, length_n
     """Per-token returns of B rollouts: rewards and mask (B, L), each row's tokens first and
     zeros after its end. start "current": G_t = Σ_{k ≥ t} γ^{k−t} r_k; "next": G_{t+1} (0 at
     the last token). length_norm divides by the number of tokens summed (at least 1).
-    (B, L) float32, 0 outside the mask."""
-    rewards, mask = rewards.float(), mask.float()
+    (B, L), 0 outside the mask."""
+    rewards = _wide(rewards)
+    mask = mask.to(rewards.dtype)
     out, acc = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
         acc = rewards[:, t] + gamma * acc
@@ -180,7 +186,7 @@ class Method(Base):
             if self.lm_coef > 0:
                 lm = env.corpus_batch(len(mb["input_ids"]))
                 s = env.student(lm)
-                ce = F.cross_entropy(s.float(), lm["targets"][lm["mask"]])
+                ce = F.cross_entropy(_wide(s), lm["targets"][lm["mask"]])
                 everywhere = torch.ones(len(s), dtype=torch.bool, device=env.dev)
                 pt = (1 - self.pt_kd_ratio) * ce + self.pt_kd_ratio * D.forward_kl(s, env.teacher(lm), everywhere)
                 loss = loss + self.lm_coef * pt
