@@ -65,6 +65,12 @@ def test_paper_profile_follows_the_protocol(name):
     assert (methods["gkd"].beta, methods["gkd"].lmbda) == (0.1, 0.5)
     assert sorted(v.get("beta", 0.1) for v in C.variants(cfg, "gkd").values()) == [0.1, 0.5]  # TRL's as a variant
     assert methods["pocl"].base == ("kd" if gpt2 else "jsd")
+    # MiniLLM's scripts: 256 (GPT-2) or 128 (DistiLLM's OPT script) rollouts per step, 10 passes,
+    # lr 5e-6 held constant, 4 PPO epochs; without the OpenWebText loss kdbench does not load
+    mini = C.student_budget(cfg, "minillm")
+    assert (mini["epochs"], mini["lr"], mini["min_lr_ratio"], mini["batch_size"] * mini["grad_accum"]) == (
+        10, 5e-6, 1.0, 256 if gpt2 else 128)
+    assert (methods["minillm"].inner_steps, methods["minillm"].teacher_mix, methods["minillm"].lm_coef) == (4, 0.2, 0.0)
 
 
 def test_paper_pairs():
