@@ -81,10 +81,10 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     """Train `model` in place. `teacher(batch) -> (N, V)` logits at the N true entries of
     batch["mask"] (row-major) are needed when kd_ratio > 0.
 
-    Where a step's losses come from (`_Source`): `on_policy` (a kdbench.onpolicy.OnPolicy)
-    swaps in student samples for methods that ask; `rollouts` (a kdbench.rollouts.Rollouts)
-    is what a method with train_on = "rollouts" samples and scores with, the method then
-    giving the losses itself (`Method.rollout`, `Method.rollout_losses`).
+    Where a step's losses come from: the engine's batches (`_References`), where `on_policy` (a
+    kdbench.onpolicy.OnPolicy) swaps in student samples for methods that ask; or, for a method
+    with train_on = "rollouts", the method itself (`_Rollouts`: `Method.rollout`,
+    `Method.rollout_losses`), which samples and scores with `rollouts` (a kdbench.rollouts.Rollouts).
     `validate(model) -> dict` (optional) runs after every epoch; its values join the epoch's
     row, and `budget["selection"]` decides which epoch's weights the model ends with.
 
