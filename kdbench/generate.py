@@ -21,6 +21,7 @@ which is most of the time for small models.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -79,9 +80,13 @@ def new_token_cap(prompts: list[list[int]], max_length: int, max_new_tokens: int
 
 
 def sample_batch(model, prompts: list[list[int]], limits: list[int], *, eos: int, pad: int,
-                 temperature: float, top_p: float, top_k: int) -> list[list[int]]:
+                 temperature: float, top_p: float, top_k: int, mix=None) -> list[list[int]]:
     """New tokens of each prompt, cut before EOS; row b gets at most limits[b] tokens
-    (EOS included). Prompts are left-padded so that each ends at the last column."""
+    (EOS included). Prompts are left-padded so that each ends at the last column.
+
+    mix = (other_model, alpha): each token is drawn from (1 − α)·q + α·p, q the model's and p
+    the other model's next-token distribution over the vocabulary they share (MiniLLM's
+    teacher-mixed sampling); temperature and filters then apply to the mixture."""
     dev = next(model.parameters()).device
     B, T = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((B, T), pad, dtype=torch.long)
@@ -98,8 +103,13 @@ def sample_batch(model, prompts: list[list[int]], limits: list[int], *, eos: int
     # positions count real tokens only, as in `generate` (padding gets position 1)
     prompt_attn = attn.to(dev)
     pos = (prompt_attn.cumsum(-1) - 1).masked_fill_(prompt_attn == 0, 1)
-    dec = decoder(model, valid)
-    logits = dec(ids, pos)
+    decs = [decoder(model, valid)] + ([decoder(mix[0], valid)] if mix is not None else [])
+
+    def next_logits(input_ids, position_ids):  # (B, V): the model's logits, or the mixture's log-probabilities
+        zs = [d(input_ids, position_ids) for d in decs]
+        return zs[0] if mix is None else _mixed(*zs, alpha=mix[1])
+
+    logits = next_logits(ids, pos)
     last_pos = pos[:, -1:]
     active = torch.arange(B, device=dev)  # the rows of `out` still sampling, in the decoder's order
     for step in range(steps):
@@ -112,12 +122,25 @@ def sample_batch(model, prompts: list[list[int]], limits: list[int], *, eos: int
             break
         if 4 * n_done >= len(done):  # a quarter of the rows have finished: stop computing them
             rows = (~done).nonzero().squeeze(1)
-            dec.keep(rows)
+            for d in decs:
+                d.keep(rows)
             active, token, last_pos, limit, done = active[rows], token[rows], last_pos[rows], limit[rows], done[rows]
         last_pos = last_pos + 1
-        logits = dec(token[:, None], last_pos)
+        logits = next_logits(token[:, None], last_pos)
     rows = out.tolist()
     return [r[:r.index(eos)] if eos in r else r[:lim] for r, lim in zip(rows, limits)]
+
+
+def _mixed(logits: torch.Tensor, other: torch.Tensor, *, alpha: float) -> torch.Tensor:
+    """log((1 − α)·softmax(logits) + α·softmax(other)) over the first V columns both have:
+    (B, V) log-probabilities, which sampling treats as logits."""
+    V = min(logits.shape[-1], other.shape[-1])
+    log_q, log_p = logits[:, :V].float().log_softmax(-1), other[:, :V].float().log_softmax(-1)
+    if alpha <= 0.0:
+        return log_q
+    if alpha >= 1.0:
+        return log_p
+    return torch.logaddexp(log_q + math.log1p(-alpha), log_p + math.log(alpha))
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_p: float, top_k: int) -> torch.Tensor:
@@ -144,13 +167,13 @@ def _draw(logits: torch.Tensor, temperature: float, top_p: float, top_k: int) ->
 @torch.no_grad()
 def sample_ids(model, prompts: list[list[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-               precision: str = "auto") -> list[list[int]]:
+               precision: str = "auto", mix=None) -> list[list[int]]:
     """One batch of prompts (token ids) -> each prompt's sampled continuation, at most
     `max_new_tokens` tokens, ending with its EOS where one was drawn (on-policy training learns
-    to stop). The same loop as `sample`; uses the global torch RNG."""
+    to stop). The same loop as `sample` (`mix`: see `sample_batch`); uses the global torch RNG."""
     dev = next(model.parameters()).device
     limits = [max_new_tokens] * len(prompts)
     with autocast(precision, dev):
         news = sample_batch(model, prompts, limits, eos=eos_id, pad=pad_id,
-                            temperature=temperature, top_p=top_p, top_k=top_k)
+                            temperature=temperature, top_p=top_p, top_k=top_k, mix=mix)
     return [new + [eos_id] if len(new) < limit else new for new, limit in zip(news, limits)]

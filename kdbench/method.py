@@ -28,6 +28,20 @@ Hooks (all optional except `loss`):
     observe_validation_loss(loss)
         called before training and after every epoch with the student's validation
         cross-entropy, for methods with uses_validation_loss = True (DistiLLM's adaptive schedule).
+Hooks of a method that owns its rollouts (train_on = "rollouts", MiniLLM), both required there:
+    rollout(window, env, progress)
+        sample and score rollouts for a window of prompts and store them on the method;
+        window: the optimizer step's micro-batches, each a list of kdbench.data.Encoded (prompt =
+        ids[:n_prompt]); env: a kdbench.rollouts.Rollouts (the student, the teacher, a sampler that
+        can mix them, a pre-training corpus). Called before the window's first inner step; its
+        wall time is the trace's gen_s.
+    rollout_losses(inner, env, progress) -> iterable of Term
+        the micro-batch losses of inner step `inner` (0 .. inner_steps - 1) over the stored
+        rollouts (the PPO epochs); the engine backpropagates each before asking for the next, then
+        takes the optimizer step. The whole loss is the method's: kd_ratio does not apply.
+    Stored rollouts must be in state_dict (tensors, numbers, lists and dicts only), as a
+    checkpoint can fall between two inner steps. `loss` stays required: the method's per-token term
+    on given positions, which the contract tests check like every other method's.
 Parameters are the keyword arguments of `__init__` (their defaults are the method's); a bad
 value is rejected there with `check`, `check_temperature`, `check_unit` or `check_choice`
 below, which raise UserError naming the parameter, its valid values and the value given
@@ -38,10 +52,14 @@ Class attributes the engine and the DAG read:
                       instance may override it from its parameters (cpd without a curriculum).
     train_on          "reference" (the dataset's outputs), "teacher_samples" (SeqKD),
                       "mixed" (references, and the student's own samples where its schedule
-                      says so; the teacher then runs online on those) or "pairs" (every
+                      says so; the teacher then runs online on those), "pairs" (every
                       prompt with two responses generated before training, the teacher's
                       and the student's own, from the student the method starts from; both
-                      in every batch, the teacher online: DistiLLM-2).
+                      in every batch, the teacher online: DistiLLM-2) or "rollouts" (the
+                      method samples, stores and trains on rollouts itself, through `rollout`
+                      and `rollout_losses`; the teacher runs online: MiniLLM).
+    inner_steps       optimizer steps per window of prompts (train_on = "rollouts": the inner
+                      epochs over one window's rollouts, e.g. MiniLLM's PPO epochs); 1 otherwise.
     uses_validation_loss   True if the engine must measure the validation loss for
                       observe_validation_loss.
     starts_from       where the method's student starts, as in its reference scripts:
@@ -62,10 +80,12 @@ import inspect
 import math
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from kdbench.curriculum import epoch_progress
 from kdbench.errors import UserError
@@ -73,7 +93,7 @@ from kdbench.paths import SAFE_NAME
 
 
 STARTS = ("pretrained", "sft")  # values of Method.starts_from
-TRAIN_ON = ("reference", "teacher_samples", "mixed", "pairs")  # values of Method.train_on
+TRAIN_ON = ("reference", "teacher_samples", "mixed", "pairs", "rollouts")  # values of Method.train_on
 
 
 @dataclasses.dataclass
@@ -107,6 +127,21 @@ class Progress:
 
 
 @dataclasses.dataclass
+class Term:
+    """One micro-batch's share of an optimizer step: the step's loss is Σ weight · loss.
+
+    loss: 0-d float32 tensor carrying the graph; weight: its share of the step (the engine
+    normalises by the step's tokens); tokens: the training tokens it covers (trace `tokens`);
+    parts: 0-d detached tensors for the trace, at least "ce" (the student's cross-entropy) and
+    "distill" (the method's term), each summed over the step with the same weights."""
+
+    loss: torch.Tensor
+    weight: float
+    tokens: int
+    parts: dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass
 class EpochContext:
     """What `epoch_indices` may use: run facts and the per-example difficulty profile.
 
@@ -127,6 +162,7 @@ class Method:
     train_on: str = "reference"
     uses_validation_loss: bool = False
     starts_from: str = "pretrained"
+    inner_steps: int = 1
     replay_capacity: int = 0
     max_new_tokens: int | None = None
     references: list[str] = []
@@ -151,6 +187,12 @@ class Method:
 
     def observe_validation_loss(self, loss: float) -> None:
         return None
+
+    def rollout(self, window: list, env, progress: Progress) -> None:
+        raise NotImplementedError
+
+    def rollout_losses(self, inner: int, env, progress: Progress) -> Iterable[Term]:
+        raise NotImplementedError
 
 
 # --- parameter checks (the one convention for a bad method parameter) -----------------------
@@ -241,6 +283,9 @@ def _load_file(path: Path) -> type[Method]:
     if cls.train_on not in TRAIN_ON:
         raise UserError(f"method file {path}: `train_on = {cls.train_on!r}` is not one of {', '.join(TRAIN_ON)}; "
                         "set it to the data the method trains on (kdbench/method.py).")
+    if cls.train_on == "rollouts" and (cls.rollout is Method.rollout or cls.rollout_losses is Method.rollout_losses):
+        raise UserError(f"method file {path}: `train_on = 'rollouts'` needs both `rollout` and `rollout_losses`; "
+                        "define them (methods/template_method.py shows how) or set train_on to the data it trains on.")
     if cls.needs_teacher and cls.loss is Method.loss:
         raise UserError(f"method file {path}: its Method needs a teacher but defines no `loss`; define "
                         "loss(student_logits, teacher_logits, mask, progress) or set `needs_teacher = False`.")

@@ -516,6 +516,7 @@ def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, b
         own = encode(tok, records, cfg["data"]["max_length"], responses=_samples(samples[1], records),
                      fmt=PromptFormat.of(cfg))
         on_policy = Pairs(examples, own, pad_id=tok.pad_token_id)
+    rollouts = _rollouts(cfg, meth, tok, student, t_model, vocab, train_seed) if cls.train_on == "rollouts" else None
     if on_policy is not None and teacher is not online:
         from kdbench.onpolicy import Teacher
 
@@ -525,7 +526,7 @@ def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, b
                        student, examples, P.teacher_model(pair, tseed) if cls.needs_teacher else None, difficulty,
                        *samples)
     res = train(student, examples, budget, seed=train_seed, pad_id=tok.pad_token_id, method=meth, teacher=teacher,
-                kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, on_policy=on_policy,
+                kd_ratio=kd_ratio, difficulty=difficulty, vocab_size=vocab, on_policy=on_policy, rollouts=rollouts,
                 validate=_validator(cfg, tok, pair, seed),
                 desc=f"{pair}/{method}/{variant}/seed{seed}", checkpoint=ckpt, fused=fused)
     info = {"method": method, "variant": variant, "fused": fused, "lr": budget["lr"],
@@ -548,6 +549,19 @@ def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
                     max_length=cfg["data"]["max_length"], max_new_tokens=cfg["evaluation"]["max_new_tokens"],
                     precision=cfg["training"]["student"]["precision"], seed=seed,
                     validation=validation, model=student)
+
+
+def _rollouts(cfg: dict, meth, tok, student, teacher, vocab: int, seed: int):
+    """What a train_on = "rollouts" method samples and scores with (kdbench/rollouts.py). Its
+    pre-training text is the training split as the student's language-model pre-training reads
+    it (every token, `_pretrain`): the embedded default's own student pre-training corpus, and in
+    the paper profiles a stand-in for the reference's OpenWebText (docs/protocol.md, "MiniLLM")."""
+    from kdbench.rollouts import Rollouts
+
+    return Rollouts(student, teacher, corpus=_train_examples(cfg, tok), pad_id=tok.pad_token_id,
+                    eos_id=end_token(tok, PromptFormat.of(cfg)), max_length=cfg["data"]["max_length"],
+                    max_new_tokens=meth.max_new_tokens or cfg["evaluation"]["max_new_tokens"],
+                    precision=cfg["training"]["student"]["precision"], seed=seed, vocab_size=vocab)
 
 
 def _checkpoint(cfg: dict, parts: tuple, settings: tuple, model, examples, *inputs):

@@ -7,7 +7,9 @@ batches, bf16 autocast where supported, a per-step trace. The total loss of a st
     (1 - kd_ratio) * CE(student, reference) + kd_ratio * method.loss(student, teacher, mask, progress)
 
 with kd_ratio from the config, overridden per step by the method's schedule, and 0 for
-methods that need no teacher.
+methods that need no teacher. A method that owns its rollouts (train_on = "rollouts", MiniLLM)
+gives its step's losses itself from rollouts it samples and stores; the engine keeps the
+optimizer, schedule, checkpoints, validation, trace and timing (`_Rollouts`).
 
 Model selection (docs/protocol.md): with a `validate(model) -> {"val_loss", "val_rouge_l"}`
 callback, every epoch ends with a validation pass; `budget["selection"] == "best"` keeps the
@@ -26,6 +28,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -35,7 +38,7 @@ from tqdm import tqdm
 
 from kdbench.data import Encoded, collate, make_batches
 from kdbench.errors import UserError
-from kdbench.method import EpochContext, Method, Progress
+from kdbench.method import EpochContext, Method, Progress, Term
 from kdbench.fused import ProjectedLogits, cross_entropy as fused_cross_entropy
 from kdbench.models import autocast, rows_hidden, rows_logits
 from kdbench.resume import Checkpoint
@@ -73,13 +76,15 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
 def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: int,
           method: Method | None = None, teacher=None, kd_ratio: float = 0.0,
           difficulty: np.ndarray | None = None, vocab_size: int | None = None,
-          on_policy=None, validate=None, desc: str = "train", checkpoint: Checkpoint | None = None,
-          fused: bool = False) -> Result:
+          on_policy=None, rollouts=None, validate=None, desc: str = "train",
+          checkpoint: Checkpoint | None = None, fused: bool = False) -> Result:
     """Train `model` in place. `teacher(batch) -> (N, V)` logits at the N true entries of
     batch["mask"] (row-major) are needed when kd_ratio > 0.
 
-    `on_policy` (a kdbench.onpolicy.OnPolicy, or .Pairs) swaps in or adds student samples for
-    methods that ask.
+    Where a step's losses come from: the engine's batches (`_References`), where `on_policy` (a
+    kdbench.onpolicy.OnPolicy, or .Pairs) swaps in or adds student samples for methods that ask; or, for a method
+    with train_on = "rollouts", the method itself (`_Rollouts`: `Method.rollout`,
+    `Method.rollout_losses`), which samples and scores with `rollouts` (a kdbench.rollouts.Rollouts).
     `validate(model) -> dict` (optional) runs after every epoch; its values join the epoch's
     row, and `budget["selection"]` decides which epoch's weights the model ends with.
 
@@ -98,10 +103,16 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     lengths = np.array([len(e.ids) for e in examples])
     plan = epoch_plan(method, len(examples), budget["epochs"], seed, difficulty)
     epoch_batches = [make_batches(p, lengths, budget["batch_size"], budget["bucket_window"], rng) for p in plan]
-    accum = budget["grad_accum"]
-    steps_per_epoch = [math.ceil(len(b) / accum) for b in epoch_batches]
+    bins = _quintiles(difficulty) if difficulty is not None else None
+    suspect = _Suspect(desc, type(method).__module__.rpartition(".")[2] if method is not None else None, budget)
+    if method is not None and method.train_on == "rollouts":
+        source = _Rollouts(method, examples, rollouts, pad_id, budget["loss_on"])
+    else:
+        source = _References(model, examples, budget, pad_id, method, teacher, kd_ratio, vocab_size, fused,
+                             on_policy, bins)
+    # optimizer steps per epoch: one per window of `grad_accum` batches, times the method's inner steps
+    steps_per_epoch = [math.ceil(len(b) / budget["grad_accum"]) * source.inner_steps for b in epoch_batches]
     total = max(1, sum(steps_per_epoch))
-    uses_teacher = method is not None and method.needs_teacher and teacher is not None
 
     restarts = sorted({e for e in (method.restarts(len(plan)) if method is not None else [])
                        if 0 < e < len(plan)})
@@ -109,126 +120,235 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
     segment_steps = {bounds[i]: sum(steps_per_epoch[bounds[i]:bounds[i + 1]])
                      for i in range(len(bounds) - 1)}  # first epoch -> optimizer steps
     opt, sched = _optimizer(model, budget, segment_steps[0])
-    bins = _quintiles(difficulty) if difficulty is not None else None
-    suspect = _Suspect(desc, type(method).__module__.rpartition(".")[2] if method is not None else None, budget)
 
-    # Everything the rest of the run depends on besides model, optimizer, schedule, RNG and
-    # method: the position (epoch, step k inside it, global step) and what was accumulated.
-    loop = {"epoch": 0, "k": 0, "step": 0, "tokens": 0, "seen": 0, "elapsed_s": 0.0,
-            "trace": [], "epochs": [], "bin_rows": [], "ep_start_s": 0.0, "ep_tokens": 0,
-            # per-example response-token CE sums and counts of the epoch, for the difficulty bins
-            "ce_sum": torch.zeros(len(examples), dtype=torch.float64, device=dev),
-            "ce_n": torch.zeros(len(examples), dtype=torch.float64, device=dev),
-            "best": None,  # (val_rouge_l, epoch, state_dict copy) of the segment's best epoch so far
-            "val_wall_s": 0.0,  # seconds spent validating (kept out of the training time)
-            "on_policy": None}  # the sampler's generator and replay buffer (OnPolicy.state_dict)
+    state = LoopState(ce_sum=torch.zeros(len(examples), dtype=torch.float64, device=dev),
+                      ce_n=torch.zeros(len(examples), dtype=torch.float64, device=dev))
     if checkpoint is not None and (restored := checkpoint.restore(model, opt, sched, method)) is not None:
-        loop = restored
-        loop["ce_sum"], loop["ce_n"] = loop["ce_sum"].to(dev), loop["ce_n"].to(dev)
-        if on_policy is not None and loop["on_policy"] is not None:
-            on_policy.load_state_dict(loop["on_policy"])
-        segment = max(b for b in bounds[:-1] if b <= loop["epoch"])
+        state = LoopState.from_dict(restored)
+        state.ce_sum, state.ce_n = state.ce_sum.to(dev), state.ce_n.to(dev)
+        if source.sampler is not None and state.on_policy is not None:
+            source.sampler.load_state_dict(state.on_policy)
+        segment = max(b for b in bounds[:-1] if b <= state.epoch)
         if segment > 0:  # a schedule's lambda is not in its state: rebuild it over this segment's steps
             opt, sched = _reload(_optimizer(model, budget, segment_steps[segment]), opt, sched)
 
     model.train()
-    t0 = time.perf_counter() - loop["elapsed_s"]
-    bar = tqdm(total=total, initial=loop["step"], desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
-    while loop["epoch"] < len(epoch_batches):
-        epoch, batches = loop["epoch"], epoch_batches[loop["epoch"]]
-        if epoch in restarts and loop["k"] == 0:
-            if loop["best"] is not None:
-                model.load_state_dict(loop["best"][2])
-            loop["best"] = None
+    t0 = time.perf_counter() - state.elapsed_s
+    bar = tqdm(total=total, initial=state.step, desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
+    while state.epoch < len(epoch_batches):
+        epoch, batches = state.epoch, epoch_batches[state.epoch]
+        if epoch in restarts and state.k == 0:
+            if state.best is not None:
+                model.load_state_dict(state.best[2])
+            state.best = None
             opt, sched = _optimizer(model, budget, segment_steps[epoch])
-        ce_sum, ce_n = loop["ce_sum"], loop["ce_n"]
-        while loop["k"] < steps_per_epoch[epoch]:
-            k, step = loop["k"], loop["step"]
-            window = [collate([examples[i] for i in b], pad_id, budget["loss_on"])
-                      for b in batches[k * accum:(k + 1) * accum]]
-            progress = Progress(epoch=epoch, n_epochs=len(epoch_batches), step=step, total_steps=total,
-                                epoch_step=k, epoch_steps=steps_per_epoch[epoch])
+        while state.k < steps_per_epoch[epoch]:
+            progress = Progress(epoch=epoch, n_epochs=len(epoch_batches), step=state.step, total_steps=total,
+                                epoch_step=state.k, epoch_steps=steps_per_epoch[epoch])
             progress.values = dict(method.schedule(progress)) if method is not None else {}
-            window, gen_row = on_policy.window(window, progress, model) if on_policy is not None else (window, {})
-            n_window = sum(int(b["mask"].sum()) for b in window)
-            ratio = float(progress.values.get("kd_ratio", kd_ratio)) if uses_teacher else 0.0
-            sums = {"loss": 0.0, "ce": 0.0, "distill": 0.0}
-            for batch in window:
-                n_micro = int(batch["mask"].sum())
-                if n_micro == 0:
-                    continue
-                batch = {k_: v.to(dev) for k_, v in batch.items()}
-                loss, ce, distill, tok_ce = _micro_step(model, batch, budget["precision"], ratio,
-                                                        method, teacher, vocab_size, progress, fused)
-                w = n_micro / n_window
-                # one host read per micro-batch for the trace and the finiteness check
-                loss_v, ce_v, distill_v = torch.stack([loss.detach(), ce.detach(), distill.detach()]).tolist()
-                if not math.isfinite(loss_v):
-                    raise suspect.loss(step, epoch, ce_v, distill_v)
-                (loss * w).backward()
-                sums["loss"] += loss_v * w
-                sums["ce"] += ce_v * w
-                sums["distill"] += distill_v * w
-                if bins is not None and "on_policy" not in batch:  # per-example CE: references only
-                    rows = batch["index"].repeat_interleave(batch["mask"].sum(1))
-                    ce_sum.index_add_(0, rows, tok_ce.detach().double())
-                    ce_n.index_add_(0, rows, torch.ones_like(ce_n[rows]))
-            # the global gradient norm (clipped when grad_clip > 0): finite, or stop before the step
-            params = [p for p in model.parameters() if p.grad is not None]
-            norm = (torch.nn.utils.clip_grad_norm_(params, budget["grad_clip"]) if budget["grad_clip"] > 0
-                    else torch.nn.utils.get_total_norm([p.grad for p in params]))
-            if not torch.isfinite(norm):
-                raise suspect.gradient(step, epoch, ratio, lambda: _ce_gradients_finite(model, window, budget["precision"]))
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            n_examples = sum(len(b) for b in batches[k * accum:(k + 1) * accum])
-            loop["tokens"] += n_window
-            loop["ep_tokens"] += n_window
-            loop["seen"] += n_examples
-            row = {"step": step, "epoch": epoch, **sums, "lr": opt.param_groups[0]["lr"],
-                   "tokens": loop["tokens"], "examples": loop["seen"], "wall_s": time.perf_counter() - t0 - loop["val_wall_s"],
-                   **{k_: float(v) for k_, v in progress.values.items()}, "kd_ratio": ratio, **gen_row}
-            loop["trace"].append(row)
-            loop["step"], loop["k"] = step + 1, k + 1
+            row = _step(model, opt, sched, budget, source, suspect, state, batches, progress, t0)
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss']:.3f}", epoch=epoch, refresh=False)
-            if checkpoint is not None and checkpoint.due() and loop["k"] < steps_per_epoch[epoch]:
-                loop["elapsed_s"] = time.perf_counter() - t0
-                _save(checkpoint, model, opt, sched, method, on_policy, loop)
-        if on_policy is not None:
-            on_policy.epoch_end(model)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", epoch=epoch, refresh=False)
+            if checkpoint is not None and checkpoint.due() and state.k < steps_per_epoch[epoch]:
+                state.elapsed_s = time.perf_counter() - t0
+                _save(checkpoint, model, opt, sched, method, source.sampler, state)
+        if source.sampler is not None:
+            source.sampler.epoch_end(model)
         ep_extra, ep_end_s = {}, time.perf_counter() - t0
         if validate is not None:
             v_t0 = time.perf_counter()
             ep_extra = validate(model)
-            loop["val_wall_s"] += time.perf_counter() - v_t0
+            state.val_wall_s += time.perf_counter() - v_t0
             model.train()
-            if loop["best"] is None or ep_extra["val_rouge_l"] > loop["best"][0]:
-                loop["best"] = (ep_extra["val_rouge_l"], epoch, copy.deepcopy(model.state_dict()))
-        _end_epoch(loop, plan[epoch], difficulty, bins, ep_end_s, ep_extra)
-        loop["ep_start_s"] = loop["elapsed_s"] = time.perf_counter() - t0  # the next epoch starts after validation
+            if state.best is None or ep_extra["val_rouge_l"] > state.best[0]:
+                state.best = (ep_extra["val_rouge_l"], epoch, copy.deepcopy(model.state_dict()))
+        _end_epoch(state, plan[epoch], difficulty, bins, ep_end_s, ep_extra)
+        state.ep_start_s = state.elapsed_s = time.perf_counter() - t0  # the next epoch starts after validation
         if checkpoint is not None:
-            _save(checkpoint, model, opt, sched, method, on_policy, loop)
+            _save(checkpoint, model, opt, sched, method, source.sampler, state)
     bar.close()
-    wall = time.perf_counter() - t0 - loop["val_wall_s"]
-    selected, best = len(epoch_batches) - 1, loop["best"]
+    wall = time.perf_counter() - t0 - state.val_wall_s
+    selected, best = len(epoch_batches) - 1, state.best
     if best is not None and budget.get("selection", "last") == "best":
         model.load_state_dict(best[2])
         selected = best[1]
     model.eval()
     suspect.weights(model)
-    ep_df = pd.DataFrame(loop["epochs"])
-    tokens, seen = loop["tokens"], loop["seen"]
+    ep_df = pd.DataFrame(state.epochs)
+    tokens, seen = state.tokens, state.seen
     stats = {"selection": budget.get("selection", "last") if validate is not None else "last",
              "selected_epoch": selected, "n_epochs": len(epoch_batches),
              "val_loss_change_last20": val_loss_change(ep_df, steps_per_epoch),
              "val_rouge_l_selected": float(ep_df["val_rouge_l"].iloc[selected]) if "val_rouge_l" in ep_df else None,
-             "val_wall_s": loop["val_wall_s"], "train_wall_s": wall, "train_tokens": tokens, "train_examples": seen,
-             "train_steps": loop["step"], "train_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
-             "train_gen_s": sum(r.get("gen_s", 0.0) for r in loop["trace"]),
+             "val_wall_s": state.val_wall_s, "train_wall_s": wall, "train_tokens": tokens, "train_examples": seen,
+             "train_steps": state.step, "train_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
+             "train_gen_s": sum(r.get("gen_s", 0.0) for r in state.trace),
              "examples_per_epoch": [len(p) for p in plan]}
-    return Result(pd.DataFrame(loop["trace"]), ep_df, pd.DataFrame(loop["bin_rows"]), stats)
+    return Result(pd.DataFrame(state.trace), ep_df, pd.DataFrame(state.bin_rows), stats)
+
+
+@dataclasses.dataclass
+class LoopState:
+    """The training loop's position and what it has accumulated: everything the rest of a run
+    depends on besides the model, optimizer, schedule, RNGs and method. A checkpoint stores it
+    as a plain dict (`as_dict`, `from_dict`) of numbers, tensors, lists, tuples and dicts."""
+
+    epoch: int = 0            # the current epoch
+    k: int = 0                # optimizer steps taken inside it
+    step: int = 0             # optimizer steps taken in all
+    tokens: int = 0           # training tokens so far (response tokens with loss_on: response)
+    seen: int = 0             # training examples so far
+    elapsed_s: float = 0.0    # run time at the last save (a resumed run's clock continues from it)
+    ep_start_s: float = 0.0   # run time when the current epoch started
+    ep_tokens: int = 0        # training tokens of the current epoch
+    val_wall_s: float = 0.0   # seconds spent validating (kept out of the training time)
+    trace: list[dict] = dataclasses.field(default_factory=list)     # one row per optimizer step
+    epochs: list[dict] = dataclasses.field(default_factory=list)    # one row per finished epoch
+    bin_rows: list[dict] = dataclasses.field(default_factory=list)  # per epoch x difficulty quintile
+    # per-example response-token CE sums and counts of the epoch (N,) float64, for the difficulty bins
+    ce_sum: torch.Tensor | None = None
+    ce_n: torch.Tensor | None = None
+    best: tuple | None = None  # (val_rouge_l, epoch, state_dict copy) of the segment's best epoch so far
+    on_policy: dict | None = None  # the state of the run's sampler (OnPolicy or Rollouts `state_dict`)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoopState:
+        return cls(**d)
+
+
+class _References:
+    """Step losses from the engine's batches (references, or teacher samples) through
+    `_micro_step`: (1 - kd_ratio) * CE + kd_ratio * method.loss; on the steps a "mixed"
+    method's schedule picks, the student's own samples instead (`on_policy`)."""
+
+    inner_steps = 1
+
+    def __init__(self, model, examples, budget, pad_id, method, teacher, kd_ratio, vocab_size, fused,
+                 on_policy, bins):
+        self.model, self.examples, self.budget, self.pad_id = model, examples, budget, pad_id
+        self.method, self.teacher, self.kd_ratio, self.vocab_size = method, teacher, kd_ratio, vocab_size
+        self.fused, self.sampler, self.bins = fused, on_policy, bins
+        self.uses_teacher = method is not None and method.needs_teacher and teacher is not None
+
+    def ratio(self, progress: Progress) -> float:
+        return float(progress.values.get("kd_ratio", self.kd_ratio)) if self.uses_teacher else 0.0
+
+    def references(self, window_idx: list[np.ndarray]) -> list[dict]:
+        """The window's batches of references (what the cross-entropy reads)."""
+        return [collate([self.examples[i] for i in b], self.pad_id, self.budget["loss_on"]) for b in window_idx]
+
+    def terms(self, window_idx: list[np.ndarray], progress: Progress, ratio: float,
+              state: LoopState) -> tuple[Iterable[Term], dict]:
+        window = self.references(window_idx)
+        window, gen_row = (self.sampler.window(window, progress, self.model) if self.sampler is not None
+                           else (window, {}))
+        return self._terms(window, progress, ratio, state), gen_row
+
+    def _terms(self, window, progress, ratio, state):
+        dev = next(self.model.parameters()).device
+        n_window = sum(int(b["mask"].sum()) for b in window)
+        for batch in window:
+            n_micro = int(batch["mask"].sum())
+            if n_micro == 0:
+                continue
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            loss, ce, distill, tok_ce = _micro_step(self.model, batch, self.budget["precision"], ratio, self.method,
+                                                    self.teacher, self.vocab_size, progress, self.fused)
+            yield Term(loss, n_micro / n_window, n_micro, {"ce": ce.detach(), "distill": distill.detach()})
+            if self.bins is not None and "on_policy" not in batch:  # per-example CE: references only
+                rows = batch["index"].repeat_interleave(batch["mask"].sum(1))
+                state.ce_sum.index_add_(0, rows, tok_ce.detach().double())
+                state.ce_n.index_add_(0, rows, torch.ones_like(state.ce_n[rows]))
+
+
+class _Rollouts:
+    """Step losses from a method that owns its rollouts (train_on = "rollouts"): each window
+    of prompt batches is sampled and scored once (`Method.rollout`, its time is the trace's
+    `gen_s`), then trained on for the method's `inner_steps` optimizer steps, whose
+    micro-batch losses the method gives (`Method.rollout_losses`). The whole loss is the
+    method's (kd_ratio 1 in the trace)."""
+
+    def __init__(self, method: Method, examples, rollouts, pad_id: int, loss_on: str):
+        if rollouts is None:
+            raise ValueError("a method with train_on = 'rollouts' needs the engine's `rollouts`")
+        self.method, self.examples, self.sampler = method, examples, rollouts
+        self.pad_id, self.loss_on = pad_id, loss_on
+        self.inner_steps = int(method.inner_steps)
+
+    def references(self, window_idx: list[np.ndarray]) -> list[dict]:
+        return [collate([self.examples[i] for i in b], self.pad_id, self.loss_on) for b in window_idx]
+
+    def ratio(self, progress: Progress) -> float:
+        return 1.0
+
+    def terms(self, window_idx, progress, ratio, state):
+        inner, gen_s = state.k % self.inner_steps, 0.0
+        if inner == 0:
+            t0 = time.perf_counter()
+            self.method.rollout([[self.examples[i] for i in b] for b in window_idx], self.sampler, progress)
+            gen_s = time.perf_counter() - t0
+        return self.method.rollout_losses(inner, self.sampler, progress), {"gen_s": gen_s}
+
+
+def _step(model, opt, sched, budget: dict, source, suspect, state: LoopState, batches: list[np.ndarray],
+          progress: Progress, t0: float) -> dict:
+    """Optimizer step `state.k` of the epoch whose batches are `batches`: the micro-batch
+    losses of its window from `source`, their backward, the optimizer step and the trace row
+    (returned, and appended to state.trace)."""
+    accum, step, epoch = budget["grad_accum"], state.step, state.epoch
+    w = state.k // source.inner_steps
+    window_idx = batches[w * accum:(w + 1) * accum]
+    ratio = source.ratio(progress)
+    terms, gen_row = source.terms(window_idx, progress, ratio, state)
+    sums, n_tokens = _backward(terms, suspect, step, epoch)
+    _optimizer_step(model, opt, sched, budget["grad_clip"], suspect, step, epoch, ratio,
+                    lambda: _ce_gradients_finite(model, source.references(window_idx), budget["precision"]))
+    state.tokens += n_tokens
+    state.ep_tokens += n_tokens
+    if state.k % source.inner_steps == 0:  # a window's prompts count once, not once per inner step
+        state.seen += sum(len(b) for b in window_idx)
+    row = {"step": step, "epoch": epoch, **sums, "lr": opt.param_groups[0]["lr"],
+           "tokens": state.tokens, "examples": state.seen, "wall_s": time.perf_counter() - t0 - state.val_wall_s,
+           **{k: float(v) for k, v in progress.values.items()}, "kd_ratio": ratio, **gen_row}
+    state.trace.append(row)
+    state.step, state.k = step + 1, state.k + 1
+    return row
+
+
+def _backward(terms: Iterable[Term], suspect, step: int, epoch: int) -> tuple[dict[str, float], int]:
+    """Backward of every micro-batch's weighted loss; the step's weighted sums of the loss and
+    its parts (for the trace) and its tokens. A non-finite loss stops before its backward."""
+    sums, n_tokens = {"loss": 0.0, "ce": 0.0, "distill": 0.0}, 0
+    for term in terms:
+        # one host read per micro-batch for the trace and the finiteness check
+        values = torch.stack([term.loss.detach(), *term.parts.values()]).tolist()
+        parts = dict(zip(term.parts, values[1:]))
+        if not math.isfinite(values[0]):
+            raise suspect.loss(step, epoch, parts["ce"], parts["distill"])
+        (term.loss * term.weight).backward()
+        for key, v in (("loss", values[0]), *parts.items()):
+            sums[key] = sums.get(key, 0.0) + v * term.weight
+        n_tokens += term.tokens
+    return sums, n_tokens
+
+
+def _optimizer_step(model, opt, sched, grad_clip: float, suspect, step: int, epoch: int, ratio: float,
+                    ce_gradients_finite) -> None:
+    """The global gradient norm (clipped when grad_clip > 0) must be finite, or training stops
+    before the step (`ce_gradients_finite()`: whether the references' cross-entropy alone has
+    finite gradients, which names the suspect); then the optimizer and learning-rate steps,
+    and the gradients cleared."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = (torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip > 0
+            else torch.nn.utils.get_total_norm([p.grad for p in params]))
+    if not torch.isfinite(norm):
+        raise suspect.gradient(step, epoch, ratio, ce_gradients_finite)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def _optimizer(model, budget: dict, total: int):
@@ -261,34 +381,35 @@ def val_loss_change(epochs: pd.DataFrame, steps_per_epoch: list[int]) -> float |
     return (last - l80) / l80 if l80 > 0 else None
 
 
-def _end_epoch(loop: dict, idx: np.ndarray, difficulty, bins, now_s: float, extra: dict) -> None:
-    """Close the epoch in `loop`: its row (with `extra`, the validation values), its
+def _end_epoch(state: LoopState, idx: np.ndarray, difficulty, bins, now_s: float, extra: dict) -> None:
+    """Close the epoch in `state`: its row (with `extra`, the validation values), its
     per-difficulty-bin losses, and the position of the next epoch."""
-    epoch = loop["epoch"]
-    ep_rows = [r for r in loop["trace"] if r["epoch"] == epoch]
-    ep = {"epoch": epoch, "n_examples": len(idx), "n_tokens": loop["ep_tokens"],
-          "wall_s": now_s - loop["ep_start_s"],
+    epoch = state.epoch
+    ep_rows = [r for r in state.trace if r["epoch"] == epoch]
+    ep = {"epoch": epoch, "n_examples": len(idx), "n_tokens": state.ep_tokens,
+          "wall_s": now_s - state.ep_start_s,
           "mean_difficulty": float(np.mean(difficulty[idx])) if difficulty is not None and len(idx) else np.nan}
     for key in (ep_rows[0] if ep_rows else {}):
         if key not in ("step", "epoch", "loss", "ce", "distill", "lr", "tokens", "examples", "wall_s"):
             ep[key] = float(np.mean([r[key] for r in ep_rows]))
     ep.update(extra)
-    loop["epochs"].append(ep)
-    ce_sum, ce_n = loop["ce_sum"].cpu().numpy(), loop["ce_n"].cpu().numpy()
+    state.epochs.append(ep)
+    ce_sum, ce_n = state.ce_sum.cpu().numpy(), state.ce_n.cpu().numpy()
     if bins is not None:
         for q in range(1, 6):
             sel = (bins == q) & (ce_n > 0)
             if sel.any():
-                loop["bin_rows"].append({"epoch": epoch, "bin": q, "n_examples": int(sel.sum()),
-                                         "ce": float(ce_sum[sel].sum() / ce_n[sel].sum())})
-    loop.update(epoch=epoch + 1, k=0, ep_tokens=0, ep_start_s=now_s, elapsed_s=now_s,
-                ce_sum=torch.zeros_like(loop["ce_sum"]), ce_n=torch.zeros_like(loop["ce_n"]))
+                state.bin_rows.append({"epoch": epoch, "bin": q, "n_examples": int(sel.sum()),
+                                       "ce": float(ce_sum[sel].sum() / ce_n[sel].sum())})
+    state.epoch, state.k, state.ep_tokens, state.ep_start_s, state.elapsed_s = epoch + 1, 0, 0, now_s, now_s
+    state.ce_sum, state.ce_n = torch.zeros_like(state.ce_sum), torch.zeros_like(state.ce_n)
 
 
-def _save(checkpoint: Checkpoint, model, opt, sched, method, on_policy, loop: dict) -> None:
-    """Save the run's state; the on-policy sampler's generator and replay buffer go in `loop`."""
-    loop["on_policy"] = on_policy.state_dict() if on_policy is not None else None
-    checkpoint.save(model, opt, sched, method, loop)
+def _save(checkpoint: Checkpoint, model, opt, sched, method, sampler, state: LoopState) -> None:
+    """Save the run's state; the sampler's (on-policy generator and replay buffer, or the
+    rollouts' corpus order) goes in `state`, the whole as a plain dict."""
+    state.on_policy = sampler.state_dict() if sampler is not None else None
+    checkpoint.save(model, opt, sched, method, state.as_dict())
 
 
 def _reload(fresh, opt, sched):

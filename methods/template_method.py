@@ -83,3 +83,23 @@ class Method(Base):  # the class must be called `Method` and subclass kdbench.me
     # (and set uses_difficulty = True above).
     def epoch_indices(self, epoch: int, ctx: EpochContext) -> np.ndarray | None:
         return None
+
+    # A method that samples, stores and trains on rollouts itself (MiniLLM: methods/minillm.py)
+    # sets train_on = "rollouts" and inner_steps (optimizer steps per window of prompts) and
+    # defines two hooks; the engine keeps the optimizer, schedule, checkpoints, validation and
+    # timing. `env` is a kdbench.rollouts.Rollouts; Term and Encoded come from kdbench.method
+    # and kdbench.data. For example, this method's loss on one sample per prompt, trained twice:
+    #     train_on, inner_steps = "rollouts", 2
+    #     def rollout(self, window, env, progress):       # before a window's first inner step
+    #         self.batches = []                              # state_dict must return it
+    #         for examples in window:                        # the step's micro-batches of prompts
+    #             prompts = [e.ids[:e.n_prompt] for e in examples]
+    #             answers = env.sample(prompts, teacher_mix=0.0)  # > 0 mixes in the teacher
+    #             self.batches.append(env.batch([Encoded(p + a, len(p), e.index)
+    #                                            for p, a, e in zip(prompts, answers, examples)]))
+    #     def rollout_losses(self, inner, env, progress):  # inner = 0 .. inner_steps - 1
+    #         for batch in self.batches:                    # (N, V) rows at the sampled tokens
+    #             s, t = env.student(batch), env.teacher(batch)
+    #             loss = self.loss(s, t, torch.ones(len(s), dtype=torch.bool), progress)
+    #             ce = torch.nn.functional.cross_entropy(s.float(), batch["targets"][batch["mask"]])
+    #             yield Term(loss, 1 / len(self.batches), len(s), {"ce": ce.detach(), "distill": loss.detach()})

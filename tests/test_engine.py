@@ -8,6 +8,7 @@ from kdbench import method as M
 from kdbench.data import collate, encode
 from kdbench.errors import UserError
 from kdbench.onpolicy import Pairs
+from kdbench.rollouts import Rollouts
 from kdbench.teacher import CachedTeacher, OnlineTeacher, build_cache
 from kdbench.train import lr_factor, train
 
@@ -36,9 +37,14 @@ def test_every_method_trains_through_the_engine(name, examples, tokenizer, make_
     before = [p.detach().clone() for p in student.parameters()]
     # a "pairs" method gets both responses per prompt (here the references twice)
     pairs = Pairs(examples, examples, pad_id=tokenizer.pad_token_id) if cls.train_on == "pairs" else None
+    # a method that owns its rollouts samples and scores with the engine's Rollouts
+    rollouts = (Rollouts(student, teacher, corpus=examples, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                         max_length=512, max_new_tokens=5, precision="fp32", seed=0)
+                if cls.train_on == "rollouts" else None)
     res = train(student, examples, {**BUDGET, "epochs": 3}, seed=0, pad_id=tokenizer.pad_token_id,
                 method=meth, teacher=OnlineTeacher(teacher, "fp32", torch.device("cpu")),
-                kd_ratio=1.0 if cls.needs_teacher else 0.0, difficulty=difficulty, on_policy=pairs)
+                kd_ratio=1.0 if cls.needs_teacher else 0.0, difficulty=difficulty, on_policy=pairs,
+                rollouts=rollouts)
     assert np.isfinite(res.trace["loss"]).all()
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
     assert len(res.epochs) == 3 and res.stats["train_examples"] == res.epochs["n_examples"].sum()

@@ -76,7 +76,8 @@ def test_class_attributes_and_defaults(name):
     cls = METHODS[name]
     assert issubclass(cls, Method)
     assert isinstance(cls.needs_teacher, bool) and isinstance(cls.uses_difficulty, bool)
-    assert cls.train_on in ("reference", "teacher_samples", "mixed", "pairs")
+    assert cls.train_on in ("reference", "teacher_samples", "mixed", "pairs", "rollouts")
+    assert isinstance(cls.inner_steps, int) and cls.inner_steps >= 1
     assert isinstance(cls.uses_validation_loss, bool)
     assert cls.references and all(isinstance(r, str) and r for r in cls.references)
     params = defaults(cls)
@@ -195,6 +196,84 @@ def test_epoch_indices_are_none_or_valid(name):
         assert len(np.unique(idx)) == idx.size, "repeated examples in one epoch"
 
 
+# --- contract, every method that owns its rollouts (train_on = "rollouts") ----------------
+
+ROLLOUTS = [n for n in NAMES if METHODS[n].train_on == "rollouts"]
+
+
+@pytest.fixture
+def rollout_env(make_model, tokenizer, records):
+    """Tiny student and teacher, the Rollouts a method samples with, and a window of two
+    micro-batches of prompts."""
+    from kdbench.data import encode
+    from kdbench.rollouts import Rollouts
+
+    examples = encode(tokenizer, records[:5], max_length=512)
+    student, teacher = make_model(seed=1), make_model(seed=2, hidden_size=32)
+    env = Rollouts(student, teacher, corpus=examples, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                   max_length=512, max_new_tokens=5, precision="fp32", seed=0)
+    return env, [examples[:3], examples[3:]]
+
+
+def _rollout_step(method, env, window, inner, progress):
+    """What the engine does for one inner step: the window's rollouts first (inner 0), then
+    each micro-batch's loss backpropagated before the next is asked for; (loss, weight) values."""
+    if inner == 0:
+        method.rollout(window, env, progress)
+    out = []
+    for term in method.rollout_losses(inner, env, progress):
+        assert isinstance(term.loss, torch.Tensor) and term.loss.dim() == 0 and term.loss.dtype == torch.float32
+        assert torch.isfinite(term.loss) and term.tokens > 0 and {"ce", "distill"} <= set(term.parts)
+        assert all(v.dim() == 0 and torch.isfinite(v) for v in term.parts.values())
+        (term.loss * term.weight).backward()
+        out.append((term.loss.item(), term.weight))
+    return out
+
+
+@pytest.mark.parametrize("name", ROLLOUTS)
+def test_rollout_losses_train_the_student_only(name, rollout_env):
+    env, window = rollout_env
+    method = fresh(name)
+    progress = progress_at(0.3)
+    progress.values = method.schedule(progress)
+    for inner in range(method.inner_steps):
+        env.model.zero_grad(set_to_none=True)
+        losses = _rollout_step(method, env, window, inner, progress)
+        assert sum(w for _, w in losses) == pytest.approx(1.0)
+        grads = [p.grad for p in env.model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+        assert all(p.grad is None for p in env.teacher_model.parameters())
+
+
+@pytest.mark.parametrize("name", ROLLOUTS)
+def test_stored_rollouts_survive_a_checkpoint(name, rollout_env):
+    """A checkpoint can fall between two inner steps: the state_dict (plain tensors and
+    containers, as kdbench/resume.py stores them) must give the same next losses."""
+    env, window = rollout_env
+    method, progress = fresh(name), progress_at(0.3)
+    progress.values = method.schedule(progress)
+    _rollout_step(method, env, window, 0, progress)
+    state, env_state = copy.deepcopy(method.state_dict()), copy.deepcopy(env.state_dict())
+    _assert_plain(state)
+    want = _rollout_step(method, env, window, 1 % method.inner_steps, progress)
+    restored = fresh(name)
+    restored.load_state_dict(state)
+    env.load_state_dict(env_state)
+    assert _rollout_step(restored, env, window, 1 % method.inner_steps, progress) == want
+
+
+def _assert_plain(obj):
+    if isinstance(obj, dict):
+        assert all(isinstance(k, str) for k in obj)
+        for v in obj.values():
+            _assert_plain(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _assert_plain(v)
+    else:
+        assert isinstance(obj, (torch.Tensor, int, float, str, bool, type(None))), type(obj)
+
+
 # --- discovery -------------------------------------------------------------------------
 
 MINIMAL = """
@@ -225,8 +304,11 @@ def test_the_template_copied_under_a_new_name_is_a_working_method(tmp_path):
     assert "template_method" not in NAMES
 
 
+NO_ROLLOUT_HOOKS = MINIMAL.replace('references = ["test"]', 'references = ["test"]\n    train_on = "rollouts"')
+
+
 @pytest.mark.parametrize("body", ["def broken(:\n", "import no_such_module_kdbench\n",
-                                  "class NotMethod:\n    pass\n"])
+                                  "class NotMethod:\n    pass\n", NO_ROLLOUT_HOOKS])
 def test_a_broken_file_raises_user_error_naming_it(tmp_path, body):
     (tmp_path / "good.py").write_text(MINIMAL)
     (tmp_path / "broken_one.py").write_text(body)
@@ -382,6 +464,8 @@ def test_seqkd_is_kd_on_teacher_samples_with_the_teacher_loaded():
     ("gkd", {"lmbda": 1.5}), ("gkd", {"max_new_tokens": 0}),
     ("distillm", {"init_threshold": -0.1}), ("distillm", {"capacity": 2.5}),
     ("distillm", {"replay_ratio": "random"}), ("distillm", {"loss_eps": -1}),
+    ("minillm", {"teacher_mix": 1.5}), ("minillm", {"ppo_epochs": 0}), ("minillm", {"clip": 0}),
+    ("minillm", {"return_from": "previous"}), ("minillm", {"lm_coef": -1.0}),
 ])
 def test_parameters_are_validated_in_one_sentence(name, params):
     """One convention: a UserError naming the method, the parameter and the value given."""

@@ -72,6 +72,12 @@ def test_paper_profile_follows_the_protocol(name):
         (20, 5e-4, 32) if gpt2 else (20, 5e-5, 32))
     assert (dl2["epochs"], dl2["lr"], dl2["warmup"], dl2["batch_size"] * dl2["grad_accum"]) == (1, 5e-5, 0.1, 32)
     assert (methods["distillm2"].alpha, methods["distillm2"].beta, methods["distillm2"].gradual_beta) == (0.1, 1.0, False)
+    # MiniLLM's scripts: 256 (GPT-2) or 128 (DistiLLM's OPT script) rollouts per step, 10 passes,
+    # lr 5e-6 held constant, 4 PPO epochs; without the OpenWebText loss kdbench does not load
+    mini = C.student_budget(cfg, "minillm")
+    assert (mini["epochs"], mini["lr"], mini["min_lr_ratio"], mini["batch_size"] * mini["grad_accum"]) == (
+        10, 5e-6, 1.0, 256 if gpt2 else 128)
+    assert (methods["minillm"].inner_steps, methods["minillm"].teacher_mix, methods["minillm"].lm_coef) == (4, 0.2, 0.0)
 
 
 def test_paper_pairs():
