@@ -215,20 +215,23 @@ def test_the_gate_stops_the_dag_before_any_student(chat_tok, tmp_path):
 
 @pytest.mark.slow
 def test_chat_format_runs_the_smoke_dag_with_the_template_in_every_stage(chat_tok, tmp_path):
-    """The smoke profile (every path of the DAG: no teacher, teacher samples, cached logits,
-    difficulty, ablations) with a pretrained chat-template pair and `prompt_format: chat`: every
+    """The smoke profile (every path of the DAG: teacher samples, cached logits, difficulty,
+    student samples before and during training, rollouts, ablations) with a pretrained chat-template pair and `prompt_format: chat`: every
     stage's log shows the same chat prompt, none an Alpaca one."""
     from test_e2e import snakemake
 
     raw = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
     raw.update(tokenizer={"train": False}, pairs=chat_pair(tmp_path, chat_tok))
     raw["data"].update(prompt_format="chat", system_prompt=SYSTEM)
+    # one method per way a prompt reaches a model (sft and pocl add none: kd, cpd have them)
+    raw["methods"]["include"] = [m for m in raw["methods"]["include"] if m not in ("sft", "pocl")]
     (tmp_path / "chat.yaml").write_text(yaml.safe_dump(raw))
     snakemake(tmp_path, "--cores", "2", configfile=tmp_path / "chat.yaml")
     results = tmp_path / "results" / "smoke"
     logs = {p.relative_to(results / "logs"): p.read_text() for p in (results / "logs").rglob("*.log")}
     prompting = {str(p).split("/")[0] for p, text in logs.items() if "prompt format " in text}
-    assert prompting == {"train_teacher", "sft_init", "cache_teacher", "teacher_samples", "score_difficulty", "distill"}
+    assert prompting == {"train_teacher", "sft_init", "cache_teacher", "teacher_samples", "student_samples",
+                         "score_difficulty", "distill"}
     assert not any("prompt format alpaca" in text for text in logs.values())
     first = {line for text in logs.values() for line in text.splitlines() if line.startswith("prompt format chat: ")}
     assert all(line.startswith(f"prompt format chat: '<|im_start|>system\\n{SYSTEM}<|im_end|>") for line in first)

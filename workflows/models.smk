@@ -165,7 +165,7 @@ rule student_samples:
     log:
         P.log("student_samples", "{pair}", "{start}", "seed{seed}.log"),
     shell:
-        "{KD} student_samples {STAGE_ARGS} --pair {wildcards.pair:q} --start {wildcards.start} --seed {wildcards.seed} --threads {threads} --timing {output.timing:q} 2> {log:q}"
+        "{KD} student_samples {STAGE_ARGS} --pair {wildcards.pair:q} --start {wildcards.start:q} --seed {wildcards.seed} --threads {threads} --timing {output.timing:q} 2> {log:q}"
 
 
 def difficulty_inputs(wc):
