@@ -31,10 +31,13 @@ def student_inputs(wc, seeds):
         out["teacher_model"] = [P.teacher_model(wc.pair, t) for t in tseeds]
     if meth.uses_difficulty:
         out["difficulty"] = P.difficulty(wc.pair)
+    # samples made before training, with their cost beside them (the run records it: pregen_wall_s)
     if cls.train_on in ("teacher_samples", "pairs"):
-        out["samples"] = [P.teacher_samples(wc.pair, t) for t in tseeds]
+        out["samples"] = [f for t in tseeds for f in (P.teacher_samples(wc.pair, t),
+                                                      P.samples_stats(P.teacher_samples(wc.pair, t)))]
     if cls.train_on == "pairs":  # and the student's own, from its start
-        out["student_samples"] = [P.student_samples(wc.pair, cls.starts_from, s) for s in seeds]
+        out["student_samples"] = [f for s in seeds for f in (P.student_samples(wc.pair, cls.starts_from, s),
+                                                             P.samples_stats(P.student_samples(wc.pair, cls.starts_from, s)))]
     return out
 
 
