@@ -64,9 +64,12 @@ def report(cfg: dict, df: pd.DataFrame) -> str:
             name = method if variant == "default" else f"{method} ({variant})"
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {lr:g}{edge} |")
         lines.append("")
-    chosen = df[df["chosen"] & (df["variant"] == "default")]
+    # one line per method: its `default` variant's choice, or that of the main-table variant
+    # that `methods.params` makes of it (distillm's divergence-sfkl in the default profile)
+    chosen = (df[df["chosen"]].assign(other=lambda d: d["variant"] != "default")
+              .sort_values(["method", "other"], kind="stable").groupby("method", sort=True).head(1))
     lines += ["The choices as profile lines (`training.per_method`, merged with any other per-method keys;",
-              "variants other than `default` train at their method's choice):", "", "```yaml",
+              "a method's other variants train at its choice):", "", "```yaml",
               "training:", "  per_method:"]
     lines += [f"    {m}: {{lr: {lr:g}}}" for m, lr in zip(chosen["method"], chosen["lr"])]
     lines += ["```", ""]
