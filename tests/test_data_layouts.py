@@ -86,7 +86,8 @@ def test_worked_example_runs_through_the_dag(tmp_path):
     assert "rule prepare_data:" in dry.stdout and "Updated input files: mydata/raw.jsonl" in dry.stdout, dry.stdout
     assert "rule distill:" in dry.stdout and "rule tables:" in dry.stdout
     assert len(io.read_jsonl(results / "data" / "train.jsonl")) == 54
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
+    # the dry run above shows what reruns; running the data stage shows what it reads now
+    out = subprocess.run(cmd + ["--until", "prepare_data"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
     train = io.read_jsonl(results / "data" / "train.jsonl")
     assert len(train) == 55 and train[-1]["instruction"] == "What colour is the sun?"
