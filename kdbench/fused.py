@@ -192,6 +192,29 @@ def cross_entropy(student: ProjectedLogits, targets: torch.Tensor, *, grad: bool
     return (total / n if n else total), values
 
 
+def token_nll(model, input_ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor,
+              reduction: str = "none") -> torch.Tensor:
+    """The model's cross-entropy against `targets` (N,) at the N true entries of `mask` (B, T),
+    per token (N,) float32 or summed (`reduction` "none" or "sum"), without a gradient: what
+    validation, DistiLLM's validation loss and difficulty scoring need. Call it inside the
+    autocast the logits would be made in.
+
+    Where `distill.fused: auto` would take the fused path (a PLAIN_HEAD model with at least
+    AUTO_MIN_VOCAB logits) it runs chunk by chunk over the output layer (`cross_entropy` of a
+    `ProjectedLogits`), so the (N, V) logits never exist at once: at GPT-2's 50,257 tokens the
+    response rows of a 64-example validation batch of Dolly are about 1.6 GB in float32, and the
+    full (B, T, V) logits 6.6 GB. Smaller vocabularies take `F.cross_entropy` of the (N, V) rows,
+    as before, bit for bit."""
+    from kdbench.models import rows_hidden, rows_logits
+
+    with torch.no_grad():
+        if use_fused("auto", model, model.config.vocab_size):
+            rows = ProjectedLogits.of(model.get_output_embeddings(), rows_hidden(model, input_ids, mask))
+            values = cross_entropy(rows, targets, grad=False)[1]
+            return values.sum() if reduction == "sum" else values
+        return F.cross_entropy(rows_logits(model, input_ids, mask).float(), targets, reduction=reduction)
+
+
 def use_fused(setting, model, vocab: int) -> bool:
     """Whether a run takes the fused path: `distill.fused` (true, false or "auto"), the student
     `model` and the vocabulary size its losses use."""
