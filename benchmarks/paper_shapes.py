@@ -26,9 +26,10 @@ Pairs (`SHAPES`): `gpt2` GPT-2 XL (1.5B) -> GPT-2 base (124M), V = 50,257 (confi
     `--new-tokens` new tokens at temperature 1, top_p 1, top_k 0 with the student:
     `kdbench.generate.sample_batch` against `model.generate` on the same left-padded batch. A
     random model almost never draws EOS, so every row runs to the cap.
-(c) The largest batch that fits `--memory-gib`: on a GPU, found by trying batches (doubling,
-    then bisecting) until one runs out of memory; on a CPU, extrapolated from the peaks measured
-    at batch 1 and 2 (linear in the batch), since an out-of-memory CPU process is killed.
+(c) The largest batch whose step (loss `--fit-loss`) fits: on a GPU, found by trying batches
+    (doubling, then bisecting) until one runs out of the GPU's memory; on a CPU, extrapolated to
+    `--memory-gib` from the peaks measured at batch 1 and 2 (linear in the batch), since an
+    out-of-memory CPU process is killed.
 
 Measures: CPU and wall seconds (medians and spread over interleaved repetitions: A, B, C, A,
 B, C, ...), tokens/s (the window's tokens per second of the step; generated tokens per second
@@ -297,7 +298,7 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
         for i, t in got.items():
             rows.append(_row(pair, "step", i, loss, args.batch, t, tokens, flops[i], rate))
     if dev.type == "cpu" and args.fit:
-        for loss in args.losses:
+        for loss in [args.fit_loss]:
             for i in impls:
                 peaks = {}
                 for b in (1, 2):
@@ -311,7 +312,7 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
                              "gib_per_row": per_row / 2**30, "memory_gib": args.memory_gib,
                              "largest_batch": fits, "how": "extrapolated from batch 1 and 2"})
     elif dev.type == "cuda" and args.fit:
-        for loss in args.losses:
+        for loss in [args.fit_loss]:
             for i in impls:
                 fits = largest_batch(i, loss, student, teacher, opt, args, V, dev)
                 rows.append({"pair": pair, "what": "largest batch", "impl": i, "loss": loss,
@@ -498,6 +499,7 @@ def main(argv=None) -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--sample-reps", type=int, default=3)
     ap.add_argument("--memory-gib", type=float, default=80.0, help="memory for the largest-batch extrapolation (CPU)")
+    ap.add_argument("--fit-loss", choices=LOSSES, default="jsd", help="the loss of the largest-batch search")
     ap.add_argument("--no-fit", dest="fit", action="store_false", help="skip the largest batch")
     ap.add_argument("--no-step", dest="step", action="store_false")
     ap.add_argument("--no-sample", dest="sample", action="store_false")
