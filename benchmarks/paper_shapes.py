@@ -298,10 +298,14 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
         for i, t in got.items():
             rows.append(_row(pair, "step", i, loss, args.batch, t, tokens, flops[i], rate))
     if dev.type == "cpu" and args.fit:
+        measured = {(r["impl"], r["loss"]): r for r in rows if r["batch"] == 1}
         for loss in [args.fit_loss]:
-            for i in impls:
+            for i in [i for i in impls if i in args.fit_impls]:
                 peaks = {}
-                for b in (1, 2):
+                for b in (1, 2):  # batch 1: the step measured above where there is one
+                    if b == 1 and (i, loss) in measured:
+                        peaks[b] = measured[(i, loss)]["peak_gib_median"] * 2**30
+                        continue
                     small = make_batch(b, args.window, args.prompt, V, dev)
                     fn = step_fn(i, loss, student, teacher, opt, small, args.precision)
                     peaks[b] = timed(fn, dev)[2]
@@ -313,13 +317,13 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
                              "largest_batch": fits, "how": "extrapolated from batch 1 and 2"})
     elif dev.type == "cuda" and args.fit:
         for loss in [args.fit_loss]:
-            for i in impls:
+            for i in [i for i in impls if i in args.fit_impls]:
                 fits = largest_batch(i, loss, student, teacher, opt, args, V, dev)
                 rows.append({"pair": pair, "what": "largest batch", "impl": i, "loss": loss,
                              "memory_gib": torch.cuda.get_device_properties(dev).total_memory / 2**30,
                              "largest_batch": fits, "how": "tried (doubling, then bisection)"})
     del teacher, student, opt
-    return rows, info
+    return [{**r, **info} for r in rows], info
 
 
 def largest_batch(impl, loss, student, teacher, opt, args, V, dev, cap: int = 4096) -> int:
@@ -418,7 +422,7 @@ def machine(dev: torch.device) -> str:
     return f"{name} ({torch.get_num_threads()} torch threads)" if dev.type == "cpu" else name
 
 
-def write(df: pd.DataFrame, infos: dict, args, dev, rate: float, cmd: str) -> None:
+def write(df: pd.DataFrame, args, dev, rate: float, cmd: str) -> None:
     from kdbench import io
 
     out = Path(args.out)
@@ -438,12 +442,12 @@ def write(df: pd.DataFrame, infos: dict, args, dev, rate: float, cmd: str) -> No
              + (": resident set size sampled every millisecond, minus the size before the step." if dev.type == "cpu"
                 else ": torch.cuda.max_memory_allocated minus the allocation before the step.") + "\n"]
     for pair, g in df.groupby("pair", sort=False):
-        info = infos[pair]
-        lines.append(f"## {pair}: {SHAPES[pair]['teacher']['model_type']} teacher "
-                     f"{info['teacher_params'] / 1e9:.2f}B ({info['teacher_layers']} layers) -> student "
-                     f"{info['student_params'] / 1e6:.0f}M, V = {SHAPES[pair]['student']['vocab_size']:,}\n")
+        lines.append(f"## {pair}: {SHAPES[pair]['teacher']['model_type']}, V = {SHAPES[pair]['student']['vocab_size']:,}\n")
         steps = g[g.what == "step"]
         if len(steps):
+            info = steps.iloc[0]
+            lines.append(f"Teacher {info['teacher_params'] / 1e9:.2f}B parameters ({int(info['teacher_layers'])} layers), "
+                         f"student {info['student_params'] / 1e6:.0f}M.\n")
             lines.append(f"One optimizer step, online teacher, batch {args.batch} x {args.window} tokens "
                          f"({args.window - args.prompt} response tokens per row carry the loss); weights and "
                          f"AdamW states: {info['static_gib']:.1f} GiB.\n")
@@ -500,10 +504,12 @@ def main(argv=None) -> None:
     ap.add_argument("--sample-reps", type=int, default=3)
     ap.add_argument("--memory-gib", type=float, default=80.0, help="memory for the largest-batch extrapolation (CPU)")
     ap.add_argument("--fit-loss", choices=LOSSES, default="jsd", help="the loss of the largest-batch search")
+    ap.add_argument("--fit-impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations of the largest-batch search")
     ap.add_argument("--no-fit", dest="fit", action="store_false", help="skip the largest batch")
     ap.add_argument("--no-step", dest="step", action="store_false")
     ap.add_argument("--no-sample", dest="sample", action="store_false")
     ap.add_argument("--out", default=str(HERE / "results" / "paper_shapes.md"))
+    ap.add_argument("--merge", nargs="*", default=[], help="CSVs of earlier parts to report with this run's rows")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     if dev.type == "cpu" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and argv is None:
@@ -514,18 +520,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     cmd = "python benchmarks/paper_shapes.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rate = matmul_rate(dev, torch.bfloat16 if args.precision == "bf16" else torch.float32)
-    rows, infos = [], {}
+    rows = [pd.read_csv(f) for f in args.merge]  # earlier parts of the measurement (their CSVs)
     for pair in args.pairs:
         if args.step:
-            got, infos[pair] = step_rows(pair, args, dev, rate)
-            rows += got
-        else:
-            infos[pair] = {"teacher_params": float("nan"), "student_params": float("nan"), "teacher_layers": "-",
-                           "static_gib": float("nan")}
+            rows.append(pd.DataFrame(step_rows(pair, args, dev, rate)[0]))
         if args.sample:
-            rows += sample_rows(pair, args, dev, rate)
-        pd.DataFrame(rows).to_csv(Path(args.out).with_suffix(".partial.csv"), index=False)  # survives a kill
-    write(pd.DataFrame(rows), infos, args, dev, rate, cmd)
+            rows.append(pd.DataFrame(sample_rows(pair, args, dev, rate)))
+        pd.concat(rows).to_csv(Path(args.out).with_suffix(".partial.csv"), index=False)  # survives a kill
+    write(pd.concat(rows, ignore_index=True), args, dev, rate, cmd)
     Path(args.out).with_suffix(".partial.csv").unlink(missing_ok=True)
 
 
