@@ -41,10 +41,10 @@ millisecond by a thread, minus the resident size before the step.
 
     nice -n 10 python benchmarks/paper_shapes.py                     # CPU defaults (below)
     python benchmarks/paper_shapes.py --device cuda --precision bf16 --batch 8 --sample-batch 64 \\
-        --reps 5 --memory-gib 139 --teacher-layers 0                  # a GPU, the protocol's sizes
+        --reps 5 --teacher-layers 0                                   # a GPU, the protocol's sizes
 
-CPU defaults: batch 1 (of the protocol's 8: time, on a shared 2-core machine), sampling batch 16
-(of 64), fp32, and for `qwen` a teacher cut to `--teacher-layers 4` of its 28 layers (the full
+CPU defaults: one thread, batch 1 (of the protocol's 8: time, on a shared 2-core machine),
+sampling batch 16 (of 64), fp32, and for `qwen` a teacher cut to `--teacher-layers 4` of its 28 layers (the full
 teacher in float32 and the student's AdamW states exceed 12 GB); --teacher-layers 0 keeps every
 layer. Results: benchmarks/results/paper_shapes.md (and .csv), or --out.
 TRL is needed for the trl rows (`pip install trl`; not a kdbench dependency).
@@ -295,6 +295,7 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
         for _ in range(args.reps):
             for i, fn in fns.items():
                 got[i].append(timed(fn, dev))
+                print(f"paper_shapes: {pair} step {loss} {i}: {got[i][-1]}", file=sys.stderr, flush=True)
         for i, t in got.items():
             rows.append(_row(pair, "step", i, loss, args.batch, t, tokens, flops[i], rate))
     if dev.type == "cpu" and args.fit:
@@ -397,6 +398,7 @@ def sample_rows(pair: str, args, dev, rate: float) -> list[dict]:
     for _ in range(args.sample_reps):
         for name, fn in fns.items():
             got[name].append(timed(fn, dev))
+            print(f"paper_shapes: {pair} sample {name}: {got[name][-1]}", file=sys.stderr, flush=True)
     return [_row(pair, "sample", name, "-", args.sample_batch, t, n_new[name], float("nan"), rate)
             for name, t in got.items()]
 
@@ -435,7 +437,9 @@ def write(df: pd.DataFrame, args, dev, rate: float, cmd: str) -> None:
              + (" The machine was shared with other engineers' jobs while this ran, so wall time measured them "
                 "too; CPU time of this process is what the ratios compare, and they compare implementations "
                 "measured in the same rounds." if dev.type == "cpu" else "") + "\n",
-             f"Matmul rate of this machine ({args.precision}, 4096^3): {rate / 1e12:.3f} TFLOP/s. "
+             f"Matmul rate of this machine ({args.precision}, 4096^3): {rate / 1e12:.3f} TFLOP "
+             + ("per second" if dev.type == "cuda" else "per CPU-second (the CPU time of all threads counted, as the "
+                "step's)") + ". "
              "`roofline`: the step's matmul FLOPs (torch.utils.flop_counter) per median second, as a share "
              "of that rate. `peak GiB`: memory beyond the weights and AdamW states at the step's peak "
              "(gradients, activations, logits, the teacher's outputs)"
@@ -492,7 +496,9 @@ def main(argv=None) -> None:
     ap.add_argument("--pairs", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads on a CPU")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads on a CPU (1: on a shared machine, a second OpenMP thread spins "
+                         "while the first waits for a core, and that spinning counts as CPU time)")
     ap.add_argument("--batch", type=int, default=1, help="rows per step (the protocol's: 8)")
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--prompt", type=int, default=256, help="prompt tokens per row (the protocol's cap)")
