@@ -25,7 +25,8 @@ from kdbench.errors import UserError
 STAGES = {
     "prepare_data": (), "train_tokenizer": (), "collect": (), "tables": (), "figures": (),
     "train_teacher": ("pair", "tseed"), "cache_teacher": ("pair", "tseed"), "teacher_samples": ("pair", "tseed"),
-    "score_difficulty": ("pair",), "init_student": ("pair", "seed"), "sft_init": ("pair", "seed"),
+    "teacher_gate": ("pair",), "baselines": (), "score_difficulty": ("pair",), "init_student": ("pair", "seed"),
+    "sft_init": ("pair", "seed"),
     "distill": ("pair", "method", "variant", "seed"), "evaluate": ("pair", "method", "variant", "seed"),
     "tune": ("pair", "method", "variant", "lr"), "tuning_table": (),
 }

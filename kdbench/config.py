@@ -21,7 +21,7 @@ import yaml
 
 from kdbench import method as M
 from kdbench.errors import UserError
-from kdbench.paths import SAFE_NAME
+from kdbench.paths import MISSING_VALUE_NAMES, SAFE_NAME, SAFE_PATH
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflows" / "schemas" / "config.schema.yaml"
 
@@ -39,44 +39,69 @@ def _with_defaults(cls):
             for key, sub in properties.items():
                 if "default" in sub and key not in instance:
                     instance[key] = copy.deepcopy(sub["default"])
-                elif _is_number_key(sub) and isinstance(instance.get(key), str) and _FLOAT.match(instance[key]):
-                    instance[key] = float(instance[key])  # `3e-3`: a number in YAML 1.2, a string in 1.1
         yield from validate_props(validator, properties, instance, sch)
 
     return jsonschema.validators.extend(cls, {"properties": set_defaults})
 
 
-# A float as YAML 1.2 and JSON write it; YAML 1.1 (PyYAML, Snakemake) reads `3e-3` or `1E5`,
-# without a dot or a signed exponent, as a string.
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+# A float as YAML 1.2 and JSON write it; YAML 1.1 (PyYAML, hence Snakemake's --configfile)
+# reads `3e-3` or `1E5`, without a dot or a signed exponent, as a string.
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-def _is_number_key(sub: dict) -> bool:
-    types = sub.get("type", [])
-    types = [types] if isinstance(types, str) else types
-    return "number" in types and "string" not in types
+def yaml12_numbers(value: Any, sch: dict, defs: dict) -> Any:
+    """`value` (a profile, or a part of it under schema `sch`) with every string written as a
+    float (`3e-3`, `1e-1`) read as the float YAML 1.2 makes of it, wherever the schema does not
+    allow a string: typed numbers, budgets under `training.per_method`, method parameters,
+    grids and ablation rows alike, so a value means the same wherever it is written."""
+    ref = sch.get("$ref")
+    if ref:
+        sch = {**defs[ref.rsplit("/", 1)[-1]], **{k: v for k, v in sch.items() if k != "$ref"}}
+    if isinstance(value, str):
+        return float(value) if _FLOAT.match(value) and not _allows("string", sch) else value
+    if isinstance(value, (dict, list)):  # a container under oneOf: the branch of its type
+        kind = "object" if isinstance(value, dict) else "array"
+        sch = next((b for b in sch.get("oneOf", []) if _allows(kind, b)), sch)
+    if isinstance(value, dict):
+        props, extra = sch.get("properties", {}), sch.get("additionalProperties")
+        return {k: yaml12_numbers(v, props.get(k, extra if isinstance(extra, dict) else {}), defs)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        items = sch.get("items")
+        return [yaml12_numbers(v, items if isinstance(items, dict) else {}, defs) for v in value]
+    return value
 
 
-_Validator = _with_defaults(jsonschema.Draft202012Validator)
+def _allows(kind: str, sch: dict) -> bool:
+    types = sch.get("type", [])
+    return kind in ([types] if isinstance(types, str) else types) or any(_allows(kind, b) for b in sch.get("oneOf", []))
 
 
 def validate(raw: dict, source: str = "the config") -> dict:
     """Validated copy of `raw` with every default filled in; UserError on the first problem."""
     cfg = copy.deepcopy(raw or {})
     cfg.pop("__resolved__", None)
+    sch = schema()
+    cfg = yaml12_numbers(cfg, sch, sch["$defs"])
     if "pairs" not in cfg:  # the one key without a usable default: an empty or partial file
         raise UserError(f"{source} names no `pairs`, so it is not a complete profile (a --configfile replaces "
                         "config/default.yaml rather than adding to it); start from a copy of one of "
                         "config/*.yaml, or override single keys with --config key=value.")
-    errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: (len(e.path), list(e.path)))
+    errors = sorted(_Validator(sch).iter_errors(cfg), key=lambda e: (len(e.path), list(e.path)))
     if errors:
         e = errors[0]
         key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
         name = next((x for x in [e, *e.context] if x.validator == "pattern" and x.validator_value == SAFE_NAME), None)
         if name is not None:  # also inside a oneOf (methods.include)
-            raise UserError(f"{source}: the name {name.instance!r} under `{key}` is not allowed; names become folder "
-                            "names and command-line words, so use letters, digits, _, . and - only, "
-                            "starting with a letter or digit.")
+            why = ("pandas reads it as a missing value, so its rows would vanish from the tables; pick another name"
+                   if name.instance in MISSING_VALUE_NAMES else "names become folder names and command-line words, "
+                   "so use letters, digits, _, . and - only, starting with a letter or digit")
+            raise UserError(f"{source}: the name {name.instance!r} under `{key}` is not allowed; {why}.")
+        if e.validator == "pattern" and e.validator_value == SAFE_PATH:
+            raise UserError(f"{source}: the folder {e.instance!r} under `{key}` is not allowed; it becomes part of "
+                            "command lines, so use letters, digits, _, ., - and / only, not starting with -.")
         if e.validator == "additionalProperties":
             msg = f"{e.message.split('(')[-1].rstrip(')')}" if "(" in e.message else e.message
             raise UserError(f"{source}: unknown key under `{key}` ({msg}); "
@@ -124,12 +149,13 @@ def _check_semantics(cfg: dict, source: str) -> None:
                            *([("data.validation", cfg["data"]["validation"])] if cfg["data"]["validation"] else []),
                            *((f"data.benchmarks.{k}", v) for k, v in cfg["data"]["benchmarks"].items())]:
             if _missing_local(where):
-                raise UserError(f"{source}: `{key}` names the local path {where}, which does not exist; "
-                                "fix the path or give a hub id (owner/name).")
+                raise UserError(f"{source}: `{key}` names {where}, which is neither an existing file or folder "
+                                "(relative paths are read from the folder snakemake runs in) nor a hub id "
+                                "(owner/name); fix the path or give a hub id.")
     for pair, spec in cfg["pairs"].items():
         for role in ("teacher", "student"):
             m = spec[role]
-            if m["init"] == "pretrained" and m["path"] and _missing_local(m["path"], m["gguf_file"]):
+            if m["init"] == "pretrained" and m["path"] and _missing_local(m["path"], m["gguf_file"], bare_ids=True):
                 shown = Path(m["path"]) / (m["gguf_file"] or "")
                 raise UserError(f"{source}: `pairs.{pair}.{role}` names the local file or folder {shown}, "
                                 "which does not exist; fix `path` (see the profile's header for how to get it).")
@@ -147,6 +173,13 @@ def _check_semantics(cfg: dict, source: str) -> None:
         if spec["student"]["init"] == "layers_from_teacher" and not spec["student"]["layers"]:
             raise UserError(f"{source}: `pairs.{pair}.student.layers` is empty; list the teacher "
                             "layers to copy for init: layers_from_teacher.")
+    if cfg["data"]["prompt_format"] == "chat" and cfg["tokenizer"]["train"]:
+        raise UserError(f"{source}: `data.prompt_format: chat` needs the teacher's own tokenizer and its chat "
+                        "template, but `tokenizer.train` is true (the trained BPE has none); use "
+                        "`prompt_format: alpaca`, or a pretrained teacher with `tokenizer.train: false`.")
+    if cfg["data"]["system_prompt"] is not None and cfg["data"]["prompt_format"] != "chat":
+        raise UserError(f"{source}: `data.system_prompt` is a chat template's system message, but "
+                        "`data.prompt_format` is alpaca; set `prompt_format: chat` or remove `system_prompt`.")
     if cfg["training"]["teacher_data"] == "broad" and not (
             cfg["data"]["source"] == "synthetic" and cfg["data"]["synthetic_sizes"].get("broad")):
         raise UserError(f"{source}: `training.teacher_data: broad` needs the synthetic `broad` split; "
@@ -189,14 +222,39 @@ def _budget(budget: dict, key: str, source: str) -> dict:
     return budget
 
 
-def _missing_local(path: str, file: str | None = None) -> bool:
-    """True for a path that is clearly local (absolute, ./, ../, ~, or a .json/.jsonl file) and
-    missing, or a folder that lacks `file`. Anything else may be a hub id and is left to the loader."""
-    p = Path(path).expanduser()
-    local = str(path).startswith(("/", "./", "../", "~")) or str(path).endswith((".json", ".jsonl"))
+HUB_ID = r"[\w.-]+/[\w.-]+"  # owner/name: what the loaders take for a hub id when no such path exists
+
+
+def _missing_local(path: str, file: str | None = None, bare_ids: bool = False) -> bool:
+    """True for a path that does not exist and cannot be a hub id either: absolute, ./, ../,
+    ~, a .json/.jsonl file, a path inside an existing local folder (`mydata/raw.jsnol`), or
+    one not of the form owner/name (`mydta`; unless `bare_ids`: model ids such as `gpt2`); or
+    for a folder that lacks `file`. Anything else may be a hub id and is left to the loader."""
+    p, text = Path(path).expanduser(), str(path)
     if p.is_dir():
         return bool(file) and not (p / file).is_file()
-    return local and not p.exists()
+    if p.exists():
+        return False
+    return (text.startswith(("/", "./", "../", "~")) or text.endswith((".json", ".jsonl"))
+            or (len(p.parts) > 1 and Path(p.parts[0]).is_dir())
+            or not (re.fullmatch(HUB_ID, text) or (bare_ids and "/" not in text)))
+
+
+def local_data_files(cfg: dict) -> list[str]:
+    """Every local file a hub profile's data is read from (data.train, data.validation and the
+    test sets; each .json/.jsonl file of a folder): prepare_data's inputs, so that editing one
+    reruns prepare_data and, their inputs updated, the stages after it."""
+    d = cfg["data"]
+    if d["source"] != "hub":
+        return []
+    files = set()
+    for source in (d["train"], d["validation"], *d["benchmarks"].values()):
+        path = Path(source).expanduser() if source else None
+        if path is not None and path.is_file():
+            files.add(str(path))
+        elif path is not None and path.is_dir():
+            files |= {str(f) for f in path.rglob("*") if f.suffix in (".json", ".jsonl") and f.is_file()}
+    return sorted(files)
 
 
 # --- runs ---------------------------------------------------------------------------------
@@ -280,6 +338,8 @@ def runs(cfg: dict, source: str = "the config") -> list[Run]:
     per_method: dict[str, dict[str, dict]] = {n: variants(cfg, n, source) for n in method_names(cfg, source)}
     for name, slug_, params in ablation_variants(cfg, source).values():
         per_method.setdefault(name, {})[slug_] = params
+    for name, vs in per_method.items():
+        _check_distinct(name, vs, source, cfg["methods_dir"])
     for pair in cfg["pairs"]:
         for name, vs in per_method.items():
             for slug_, params in vs.items():
@@ -296,6 +356,19 @@ def tuning_runs(cfg: dict) -> list[tuple[str, str, str, float]]:
     mains = [(pair, name, slug_) for pair in cfg["pairs"] for name in method_names(cfg)
              for slug_ in variants(cfg, name)]
     return [(*key, float(lr)) for key in mains for lr in cfg["tuning"]["lr"]]
+
+
+def _check_distinct(name: str, variants: dict[str, dict], source: str, methods_dir: str) -> None:
+    """Stop when two variants of a method (main-table variants and ablation rows) would train
+    the same model under two names, e.g. `temperature: 2` and `temperature: 2.0`."""
+    defaults, seen = M.defaults(M.discover(methods_dir)[name]), {}
+    for slug_, params in variants.items():
+        full = {**defaults, **params}
+        other = next((s for s, p in seen.items() if p == full), None)
+        if other is not None:
+            raise UserError(f"{source}: method {name!r} has the variants {other!r} and {slug_!r}, which set the same "
+                            "values; write each value once and the same way in `methods` and `ablations`.")
+        seen[slug_] = full
 
 
 def find_run(cfg: dict, pair: str, method: str, variant: str, seed: int) -> Run:

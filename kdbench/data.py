@@ -1,12 +1,22 @@
-"""Instruction data: the prompt template, loading a prepared split, tokenisation, batches.
+"""Instruction data: the prompt format, loading a prepared split, tokenisation, batches.
 
-A record (one JSONL line, the same for the synthetic suite and real benchmarks):
+A record (one JSON line, the same for the synthetic suite and real benchmarks):
     {"id": str, "instruction": str, "input": str, "output": [str, ...], "task": str, "difficulty": int|None}
-The model sees `format_prompt(instruction, input)` and learns `output[0]` followed by EOS.
+
+How a record is put to a model is the profile's `PromptFormat` (`data.prompt_format`):
+    alpaca  the protocol's Alpaca prompt as plain text (`format_prompt`); the answer ends with EOS
+    chat    the tokenizer's own chat template: one user turn (instruction, then the input after
+            a blank line), an optional system message (`data.system_prompt`), the template's
+            assistant header; the answer ends with the template's end-of-turn token
+Every stage (training, difficulty scoring, teacher sampling, on-policy sampling, validation,
+evaluation) gets its prompt ids from `encode_prompts` and the end of an answer from
+`end_token`, so the same record is the same prompt everywhere. The model learns
+`output[0]` followed by the end token.
 """
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +31,112 @@ PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with
                      "provides further context. Write a response that appropriately completes the "
                      "request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 
+ALPACA, CHAT = "alpaca", "chat"
+
 
 def format_prompt(instruction: str, input: str = "") -> str:
+    """The Alpaca prompt text of an instruction and its optional input."""
     if input and input.strip():
         return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
     return PROMPT.format(instruction=instruction)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptFormat:
+    """How records are put to a model and where its answers end: `kind` alpaca or chat
+    (`data.prompt_format`), the chat system message (`data.system_prompt`), and strings that
+    end a sampled answer where they first appear (`evaluation.stop_strings`, for base models
+    that go on to write a new "### Instruction:")."""
+
+    kind: str = ALPACA
+    system: str | None = None
+    stop_strings: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, cfg: dict) -> "PromptFormat":
+        """The profile's format (a validated config)."""
+        d = cfg["data"]
+        return cls(d["prompt_format"], d["system_prompt"], tuple(cfg["evaluation"]["stop_strings"]))
+
+    def cut(self, text: str) -> tuple[str, str | None]:
+        """`text` up to the first stop string, and that string (None: no stop string in it)."""
+        hits = [(text.find(s), s) for s in self.stop_strings if s in text]
+        if not hits:
+            return text, None
+        at, stop = min(hits)
+        return text[:at], stop
+
+
+PROTOCOL = PromptFormat()  # the protocol's Alpaca prompt, no stop strings
+
+
+def _user_turn(record: dict) -> str:
+    inp = record.get("input") or ""
+    return record["instruction"] + (f"\n\n{inp}" if inp.strip() else "")
+
+
+def _chat_text(tokenizer, messages: list[dict], **kwargs) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"`data.prompt_format` is chat, but the tokenizer {tokenizer.name_or_path!r} has no chat "
+                        "template; use `prompt_format: alpaca` for a base model, or a tokenizer that has one "
+                        "(an instruction-tuned model's).")
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
+def _messages(record: dict, fmt: PromptFormat) -> list[dict]:
+    system = [{"role": "system", "content": fmt.system}] if fmt.system else []
+    return system + [{"role": "user", "content": _user_turn(record)}]
+
+
+def render_prompt(tokenizer, record: dict, fmt: PromptFormat = PROTOCOL) -> str:
+    """The prompt text of `record` in format `fmt`: the one place a prompt is written (the
+    tokenizer is needed for chat only)."""
+    if fmt.kind == ALPACA:
+        return format_prompt(record["instruction"], record.get("input") or "")
+    return _chat_text(tokenizer, _messages(record, fmt), add_generation_prompt=True)
+
+
+def encode_prompts(tokenizer, records: list[dict], fmt: PromptFormat = PROTOCOL) -> list[list[int]]:
+    """The token ids of every record's prompt, in one batched call (a call per prompt costs
+    about 0.2 ms of Python overhead each). Alpaca: with the special tokens the tokenizer adds
+    (e.g. OPT's leading `</s>`); chat: none, the template writes its own (BOS included)."""
+    if not records:
+        return []
+    texts = [render_prompt(tokenizer, r, fmt) for r in records]
+    _announce(tokenizer, fmt, texts[0])
+    return tokenizer(texts, add_special_tokens=fmt.kind == ALPACA)["input_ids"]
+
+
+_ANNOUNCED: set = set()
+
+
+def _announce(tokenizer, fmt: PromptFormat, text: str) -> None:
+    """Log a format's first rendered prompt once per process (each stage's log shows what the
+    models were given)."""
+    key = (fmt, getattr(tokenizer, "name_or_path", None))
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        print(f"prompt format {fmt.kind}: {text!r}", file=sys.stderr)
+
+
+_SENTINEL = "KDBENCHANSWER"
+
+
+def end_token(tokenizer, fmt: PromptFormat = PROTOCOL) -> int:
+    """The token that ends an answer, which training appends and sampling stops at: EOS
+    (alpaca), or the chat template's end of turn, the first control token it writes after an
+    assistant message (`<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3)."""
+    if fmt.kind == ALPACA:
+        return tokenizer.eos_token_id
+    text = _chat_text(tokenizer, _messages({"instruction": "x"}, fmt) + [{"role": "assistant", "content": _SENTINEL}])
+    after = text.split(_SENTINEL, 1)[1] if _SENTINEL in text else ""
+    control = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    ids = [i for i in tokenizer(after, add_special_tokens=False)["input_ids"] if i in control]
+    if not ids:
+        raise UserError(f"the chat template of {tokenizer.name_or_path!r} writes no control token after an "
+                        f"assistant's answer ({after!r}), so kdbench cannot tell where an answer ends; use "
+                        "`prompt_format: alpaca` (answers end with EOS) or a template that closes its turns.")
+    return ids[0]
 
 
 def load_records(path: str | Path) -> list[dict]:
@@ -53,7 +164,7 @@ def load_records(path: str | Path) -> list[dict]:
 
 @dataclasses.dataclass
 class Encoded:
-    """One tokenised example: ids = prompt + response + EOS; the first n_prompt are the prompt."""
+    """One tokenised example: ids = prompt + response + end token; the first n_prompt are the prompt."""
 
     ids: list[int]
     n_prompt: int
@@ -64,22 +175,18 @@ class Encoded:
         return len(self.ids) - self.n_prompt
 
 
-def encode_prompts(tokenizer, records: list[dict]) -> list[list[int]]:
-    """The token ids of every record's prompt, with the special tokens the tokenizer adds; one
-    batched call (a call per prompt costs about 0.2 ms of Python overhead each)."""
-    if not records:
-        return []
-    return tokenizer([format_prompt(r["instruction"], r.get("input", "")) for r in records])["input_ids"]
-
-
-def encode(tokenizer, records: list[dict], max_length: int, responses: list[str] | None = None) -> list[Encoded]:
-    """Tokenise prompts and (reference or given) responses; responses are cut to max_length."""
+def encode(tokenizer, records: list[dict], max_length: int, responses: list[str] | None = None,
+           fmt: PromptFormat = PROTOCOL, max_prompt_tokens: int | None = None) -> list[Encoded]:
+    """Tokenise prompts (format `fmt`; cut to their first `max_prompt_tokens` tokens, as
+    generation cuts test prompts) and (reference or given) responses, each followed by the
+    format's end token; responses are cut to max_length."""
     out = []
-    eos = tokenizer.eos_token_id
+    end = end_token(tokenizer, fmt) if records else None
     texts = responses if responses is not None else [rec["output"][0] for rec in records]
     answers = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if records else []
-    for i, (rec, prompt, answer) in enumerate(zip(records, encode_prompts(tokenizer, records), answers)):
-        ids = (prompt + answer + [eos])[:max_length]
+    prompts = [p[:max_prompt_tokens] for p in encode_prompts(tokenizer, records, fmt)]
+    for i, (rec, prompt, answer) in enumerate(zip(records, prompts, answers)):
+        ids = (prompt + answer + [end])[:max_length]
         if len(ids) <= len(prompt):
             raise UserError(f"example {rec.get('id', i)} has a prompt of {len(prompt)} tokens, which "
                             f"leaves no room for a response within max_length={max_length}; raise "

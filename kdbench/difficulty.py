@@ -30,7 +30,7 @@ import sys
 
 from tqdm import tqdm
 
-from kdbench.data import collate, encode
+from kdbench.data import PromptFormat, collate, encode, end_token
 from kdbench.fused import token_nll, use_fused
 from kdbench.metrics import rouge_l_per_example
 from kdbench.models import autocast
@@ -100,9 +100,10 @@ def score(student, tokenizer, records: list[dict], cfg: dict, teacher=None, seed
 
     d = cfg["difficulty"]
     precision = cfg["evaluation"]["precision"]
-    examples = encode(tokenizer, records, cfg["data"]["max_length"])
+    fmt = PromptFormat.of(cfg)
+    examples = encode(tokenizer, records, cfg["data"]["max_length"], fmt=fmt)
     nll = per_example_nll(student, examples, tokenizer.pad_token_id, d["batch_size"], precision,
-                          eos_id=None if d["nll_eos"] else tokenizer.eos_token_id)
+                          eos_id=None if d["nll_eos"] else end_token(tokenizer, fmt))
     table = pd.DataFrame({"example_index": np.arange(len(records)), "example_id": [r["id"] for r in records],
                           "task": [r.get("task") for r in records], "level": [r.get("difficulty") for r in records],
                           "nll": nll})
@@ -110,7 +111,7 @@ def score(student, tokenizer, records: list[dict], cfg: dict, teacher=None, seed
         budget = answer_budget(examples, cfg)
         answers, _ = sample(student, tokenizer, records, seed=seed, temperature=d["temperature"],
                             max_length=cfg["data"]["max_length"], max_new_tokens=budget,
-                            batch_size=d["batch_size"], precision=precision,
+                            batch_size=d["batch_size"], precision=precision, fmt=fmt,
                             desc=f"difficulty: student answers (<= {budget} new tokens)")
         table["rouge_l"] = rouge_l_per_example(answers, [r["output"] for r in records])
         table["rank_nll"] = _rank(nll, ascending=True)

@@ -7,6 +7,8 @@ p = softmax(teacher_logits / τ) (teacher) and q = softmax(student_logits / τ) 
     reverse_kl        KL(q ‖ p)
     skew_forward_kl   KL(p ‖ α p + (1−α) q)                      DistiLLM SKL
     skew_reverse_kl   KL(q ‖ α q + (1−α) p)                      DistiLLM SRKL
+    forward_kl_to_mixture        KL(r ‖ q), r = α p + (1−α) sg(q)          target mixed in probabilities
+    forward_kl_to_interpolation  KL(r ‖ q), r ∝ p^α · sg(q)^(1−α)          target mixed in logits (TAID)
     jensen_shannon    β KL(p ‖ m) + (1−β) KL(q ‖ m),  m = β p + (1−β) q   (GKD / TRL)
     total_variation   ½ Σ_v |p_v − q_v|
 
@@ -18,7 +20,9 @@ Conventions shared by every function
 - Computation is in float32 (float64 if an input is float64, which the gradient tests use):
   bf16 in, float32 out. Values are true divergences (0 for identical inputs), never
   cross-entropies.
-- The teacher is a constant: it is detached and never receives a gradient.
+- The teacher is a constant: it is detached and never receives a gradient. In the two
+  mixed targets the student's share is detached too (sg, stop-gradient): the target is a
+  constant of the step, so the gradient is the forward-KL pull τ (q − r) towards it.
 - −inf logits are zero-probability tokens (0·log 0 = 0, no NaN, no NaN gradient). A token
   whose row is undefined (all −inf, or a +inf entry) contributes 0. KL-type values are +inf
   when the first argument has mass where the second has none (the true value); the mixtures
@@ -41,8 +45,8 @@ states and the output layer are made in the forward pass, and nothing (N, V) is 
 
 Extension point: `per_token(kernel, ...)` / `token_mean(kernel, ...)` apply any row-wise
 `kernel(log_q, log_p) -> (rows,)` of student and teacher log-probabilities with the same
-chunking, masking, τ² and float32 rules (methods such as AKL and TAID use it). `kl_rows` and
-`log_mixture` are the safe building blocks for such kernels.
+chunking, masking, τ² and float32 rules (methods such as AKL and TAID use it). `kl_rows`,
+`log_mixture` and `log_interpolation` are the safe building blocks for such kernels.
 """
 from __future__ import annotations
 
@@ -75,8 +79,9 @@ CHUNK_ELEMENTS: int | None = None
 """If set, overrides both of the above (the tests force tiny chunks with it)."""
 
 __all__ = [
-    "forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "jensen_shannon",
-    "total_variation", "per_token", "token_mean", "kl_rows", "log_mixture", "zero",
+    "forward_kl", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "forward_kl_to_mixture",
+    "forward_kl_to_interpolation", "jensen_shannon", "total_variation", "per_token", "token_mean",
+    "kl_rows", "log_mixture", "log_interpolation", "zero",
     "CHUNK_ELEMENTS", "CPU_CHUNK_ELEMENTS", "CPU_PROJECTED_CHUNK_ELEMENTS", "rows_per_chunk",
     "ACCELERATOR_CHUNK_ELEMENTS",
 ]
@@ -116,6 +121,20 @@ def log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> to
     return torch.where(both_zero, -math.inf, safe)
 
 
+def log_interpolation(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log of the normalised geometric mixture a^w · b^(1−w) / Z, (rows, V) -> (rows, V).
+
+    Log-probabilities differ from logits by a row constant, so this is softmax(w·z_a +
+    (1−w)·z_b): the interpolation of logits. w = 0 and w = 1 are exact (b and a), which also
+    avoids 0·(−inf) where the weightless side has a zero.
+    """
+    if weight_a <= 0.0:
+        return log_b
+    if weight_a >= 1.0:
+        return log_a
+    return torch.log_softmax(weight_a * log_a + (1.0 - weight_a) * log_b, -1)
+
+
 def _forward_kl_rows(log_q, log_p):
     return kl_rows(log_p, log_q)
 
@@ -130,6 +149,24 @@ def _skew_forward_kl_rows(log_q, log_p, *, alpha):
 
 def _skew_reverse_kl_rows(log_q, log_p, *, alpha):
     return kl_rows(log_q, log_mixture(log_q, log_p, alpha))
+
+
+# the mixed targets, log r (rows, V), the student's share detached: r is a constant of the step
+
+def _mixture_target(log_q, log_p, *, alpha):
+    return log_mixture(log_p, log_q.detach(), alpha)                # r = α p + (1−α) sg(q)
+
+
+def _interpolation_target(log_q, log_p, *, alpha):
+    return log_interpolation(log_p, log_q.detach(), alpha)          # r ∝ p^α sg(q)^(1−α)
+
+
+def _mixture_target_rows(log_q, log_p, *, alpha):
+    return kl_rows(_mixture_target(log_q, log_p, alpha=alpha), log_q)
+
+
+def _interpolation_target_rows(log_q, log_p, *, alpha):
+    return kl_rows(_interpolation_target(log_q, log_p, alpha=alpha), log_q)
 
 
 def _jensen_shannon_rows(log_q, log_p, *, beta):
@@ -193,8 +230,9 @@ def _chunk_value_grad(kernel: Kernel, s: torch.Tensor, t: torch.Tensor, temperat
     compute dtype, and (if `need_grad`, else None) their gradient with respect to `s`:
     closed form where the kernel has one, autograd through the kernel otherwise. The one
     per-chunk step of both the plain path (`_PerToken`) and the fused one (kdbench/fused.py)."""
-    closed = _CLOSED_FORM.get(kernel) if need_grad else None
-    vg = closed(s, t, temperature) if closed is not None else None
+    func, keywords = (kernel.func, kernel.keywords) if isinstance(kernel, functools.partial) else (kernel, {})
+    target = _TARGETS.get(func) if need_grad else None
+    vg = _target_value_grad(s, t, temperature, functools.partial(target, **keywords)) if target else None
     if vg is not None:
         return vg
     if not need_grad:
@@ -254,26 +292,34 @@ class _PerToken(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def _forward_kl_value_grad(s: torch.Tensor, t: torch.Tensor, temperature: float):
-    """Forward KL × τ² per row of student rows `s` and teacher rows `t` (rows, V), and its
-    gradient with respect to `s`, τ (q − p), in one pass: about 3x fewer passes over the
-    rows than autograd. None when a value is not finite (the generic path handles those)."""
+def _target_value_grad(s: torch.Tensor, t: torch.Tensor, temperature: float, target):
+    """KL(r ‖ q) × τ² per row of student rows `s` and teacher rows `t` (rows, V), and its
+    gradient with respect to `s`, τ (q − r), in one pass, for a target r that is a constant of
+    the step: log r = target(log_q, log_p), (rows, V). About 3x fewer passes over the rows than
+    autograd. None when a value is not finite (the generic path handles those)."""
     if temperature != 1.0:
         s, t = s / temperature, t / temperature
     log_q = torch.log_softmax(s, -1)
-    log_p = torch.log_softmax(t, -1)
-    p = log_p.exp()
-    value = (p * (log_p - log_q)).sum(-1)
+    log_r = target(log_q, torch.log_softmax(t, -1))
+    r = log_r.exp()
+    value = (r * (log_r - log_q)).sum(-1)
     if not bool(torch.isfinite(value).all()):
         return None
-    grad = log_q.exp_().sub_(p)
+    grad = log_q.exp_().sub_(r)  # log_r is not read again (it may be log_q itself)
     if temperature != 1.0:
         return value * temperature ** 2, grad.mul_(temperature)
     return value, grad
 
 
-# row kernels with a closed-form gradient: value and gradient computed together
-_CLOSED_FORM = {_forward_kl_rows: _forward_kl_value_grad}
+def _teacher_target(log_q, log_p):
+    return log_p
+
+
+# Row kernels that are a forward KL towards a target r held constant for the step (the teacher,
+# or a mixture with the detached student), each with its log r: their gradient has the closed
+# form τ (q − r). A kernel given as functools.partial passes its keywords to the target.
+_TARGETS = {_forward_kl_rows: _teacher_target, _mixture_target_rows: _mixture_target,
+            _interpolation_target_rows: _interpolation_target}
 
 
 def _rows_index(student_logits, teacher_logits, mask) -> torch.Tensor:
@@ -386,6 +432,30 @@ def skew_reverse_kl(student_logits, teacher_logits, mask, *, alpha=0.1, temperat
     """KL(q ‖ α q + (1−α) p) × τ², token mean; α ∈ [0, 1] (α = 0: reverse KL, α = 1: 0)."""
     alpha = check_unit("alpha", alpha)
     return token_mean(functools.partial(_skew_reverse_kl_rows, alpha=alpha), student_logits,
+                      teacher_logits, mask, temperature=temperature)
+
+
+def forward_kl_to_mixture(student_logits, teacher_logits, mask, *, alpha, temperature=1.0):
+    """KL(r ‖ q) × τ², r = α p + (1−α) sg(q), token mean; α ∈ [0, 1] is the teacher's weight
+    in the target (α = 1: forward KL, α = 0: 0).
+
+    r is a constant of the step, so the logit gradient is τ (q − r) = α τ (q − p): forward KL's
+    direction at α times its strength (per token, |∂L/∂z_j| ≤ τ α and Σ_j |∂L/∂z_j| ≤ 2 τ α).
+    """
+    alpha = check_unit("alpha", alpha)
+    return token_mean(functools.partial(_mixture_target_rows, alpha=alpha), student_logits,
+                      teacher_logits, mask, temperature=temperature)
+
+
+def forward_kl_to_interpolation(student_logits, teacher_logits, mask, *, alpha, temperature=1.0):
+    """KL(r ‖ q) × τ², r = softmax((α z_T + (1−α) sg(z_S)) / τ), token mean; α ∈ [0, 1] is the
+    teacher's weight in the target (α = 1: forward KL, α = 0: 0). TAID's target (whose t is α).
+
+    r is a constant of the step, so the logit gradient is τ (q − r) (Σ_j |∂L/∂z_j| ≤ 2 τ); its
+    direction, unlike the mixture's, moves with α: r is a compromise between teacher and student.
+    """
+    alpha = check_unit("alpha", alpha)
+    return token_mean(functools.partial(_interpolation_target_rows, alpha=alpha), student_logits,
                       teacher_logits, mask, temperature=temperature)
 
 

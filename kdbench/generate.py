@@ -1,9 +1,11 @@
 """Batched sampling with a KV cache, following the instruction-KD protocol: temperature 1,
 top_p 1, top_k 0 (pure sampling), prompt plus answer at most max_length tokens, answers cut
-at EOS and stripped; a prompt longer than `max_prompt_tokens` is cut to its first
-`max_prompt_tokens` tokens and kept (the protocol keeps long test prompts). One seed per pass
-over a test set; results depend only on the seed, the model and the batch composition
-(prompts are batched in a fixed, length-sorted order).
+at the prompt format's end token (EOS, or a chat template's end of turn:
+`kdbench.data.end_token`), then at the first of the format's stop strings, and stripped; a
+prompt longer than `max_prompt_tokens` is cut to its first `max_prompt_tokens` tokens and
+kept (the protocol keeps long test prompts). One seed per pass over a test set; results depend
+only on the seed, the model and the batch composition (prompts are batched in a fixed,
+length-sorted order).
 
 The number of new tokens of an answer never depends on the batch it is in: at most
 `max_new_tokens` (when null: max_length minus the longest prompt of `records`), and never
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdbench.data import encode_prompts
+from kdbench.data import PROTOCOL, PromptFormat, encode_prompts, end_token
 from kdbench.decode import decoder
 from kdbench.models import autocast
 
@@ -35,17 +37,19 @@ from kdbench.models import autocast
 def sample(model, tokenizer, records: list[dict], *, seed: int, temperature: float = 1.0,
            top_p: float = 1.0, top_k: int = 0, max_length: int = 512, max_new_tokens: int | None = None,
            max_prompt_tokens: int | None = None, batch_size: int = 64, precision: str = "auto",
-           desc: str = "generate") -> tuple[list[str], dict]:
-    """Answers (in record order) and {"gen_tokens", "gen_wall_s", "ended"}; ended[i] is True
-    when answer i stopped at EOS, False when it ran into the length cap (max_new_tokens or
-    max_length) without one."""
+           desc: str = "generate", fmt: PromptFormat = PROTOCOL) -> tuple[list[str], dict]:
+    """Answers (in record order, prompts in format `fmt`) and {"gen_tokens", "gen_wall_s",
+    "ended", "stop"}; ended[i] is True when answer i stopped at the end token or a stop
+    string, False when it ran into the length cap (max_new_tokens or max_length) without
+    either; stop[i] is the stop string that cut it (None: none did)."""
     dev = next(model.parameters()).device
-    prompts = [p[:max_prompt_tokens] for p in encode_prompts(tokenizer, records)]
+    prompts = [p[:max_prompt_tokens] for p in encode_prompts(tokenizer, records, fmt)]
     order = np.argsort([len(p) for p in prompts], kind="stable")
     answers: list[str] = [""] * len(records)
     ended = [False] * len(records)
+    stops: list[str | None] = [None] * len(records)
     n_tokens, t0 = 0, time.perf_counter()
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    eos, pad = end_token(tokenizer, fmt), tokenizer.pad_token_id
     cap = new_token_cap(prompts, max_length, max_new_tokens)
     torch.manual_seed(seed)
     for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", file=sys.stderr, mininterval=5.0):
@@ -58,9 +62,12 @@ def sample(model, tokenizer, records: list[dict], *, seed: int, temperature: flo
                                temperature=temperature, top_p=top_p, top_k=top_k)
         for b, i in enumerate(idx):
             n_tokens += len(new[b]) + 1
-            ended[i] = len(new[b]) < limits[b]  # shorter than its cap: it stopped at EOS
-            answers[i] = tokenizer.decode(new[b], skip_special_tokens=True).strip()
-    return answers, {"gen_tokens": n_tokens, "gen_wall_s": time.perf_counter() - t0, "ended": ended}
+            text, stops[i] = fmt.cut(tokenizer.decode(new[b], skip_special_tokens=True))
+            answers[i] = text.strip()
+            # shorter than its cap: it stopped at the end token; or a stop string ended it
+            ended[i] = len(new[b]) < limits[b] or stops[i] is not None
+    return answers, {"gen_tokens": n_tokens, "gen_wall_s": time.perf_counter() - t0, "ended": ended,
+                     "stop": stops}
 
 
 def new_token_cap(prompts: list[list[int]], max_length: int, max_new_tokens: int | None) -> int:

@@ -70,6 +70,16 @@ def _remove_stale(path: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_empty_folders(root: str | Path) -> None:
+    """Delete every empty folder under `root`, deepest first, and `root` if it ends up empty."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [root]:
+        with contextlib.suppress(OSError):  # not empty
+            folder.rmdir()
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -97,6 +107,12 @@ def write_jsonl(path, rows: Iterable[dict]) -> None:
 
 def read_jsonl(path) -> list[dict]:
     """The JSON objects of a JSON-lines file; a line that is not one names the file and line."""
+    return [row for _, row in numbered_jsonl(path)]
+
+
+def numbered_jsonl(path) -> list[tuple[int, dict]]:
+    """(line number from 1, JSON object) of every non-blank line of a JSON-lines file; a line
+    that is not one JSON object stops here, naming the file and the line."""
     rows = []
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
@@ -106,13 +122,22 @@ def read_jsonl(path) -> list[dict]:
                 row = json.loads(line.decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 what = exc.msg if isinstance(exc, json.JSONDecodeError) else "bytes that are not UTF-8"
-                raise UserError(f"{path}, line {n}, is not valid JSON ({what}); fix that line or "
-                                "rebuild the file (delete it and rerun the stage that writes it).") from exc
+                raise UserError(f"{path}, line {n}, is not valid JSON ({what}); fix that line (a file the DAG "
+                                "wrote: delete it and rerun the stage that writes it).") from exc
             if not isinstance(row, dict):
                 raise UserError(f"{path}, line {n}, is a JSON {type(row).__name__}, not an object; "
                                 "every line must be one record {...}.")
-            rows.append(row)
+            rows.append((n, row))
     return rows
+
+
+def read_csv(path, **kwargs):
+    """A CSV the suite wrote (gzip by its name) as a pandas DataFrame, with only empty fields
+    read as missing: pandas' default would also turn a pair, method or test set named `NA`,
+    `None` or `null` into a missing value and its rows would drop out of every grouping."""
+    import pandas as pd
+
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], **kwargs)
 
 
 def write_csv(path, df) -> None:

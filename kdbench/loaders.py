@@ -2,8 +2,8 @@
 
 Free of network access unless a hub id is asked for. Data in the layout of the MiniLLM hub
 datasets (`MiniLLM/dolly`, `MiniLLM/self-inst`, `MiniLLM/Vicuna`, `MiniLLM/sinst`,
-`MiniLLM/uinst`) is loaded through `datasets` from the hub (or its cache) or from a local
-copy, and normalised to::
+`MiniLLM/uinst`) is loaded through `datasets` from the hub (or its cache), or read line by line
+from a local copy (so that an error names the file and the line), and normalised to::
 
     {"id": str, "instruction": str, "input": str, "output": list[str],
      "task": str, "difficulty": None}
@@ -42,7 +42,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from kdbench.data import PROMPT, PROMPT_WITH_INPUT, encode_prompts
+from kdbench.config import HUB_ID
+from kdbench.data import PROMPT, PROMPT_WITH_INPUT, PROTOCOL, PromptFormat, encode_prompts
 from kdbench.errors import UserError
 
 # --------------------------------------------------------------------------------------
@@ -247,20 +248,26 @@ def _download_hint(hub_id: str) -> str:
             f"--local-dir DIR`), copy DIR here and set the benchmark's path in the config to DIR")
 
 
-def _read_json_rows(path: Path, cache_dir: str | None) -> Any:
-    """A local .jsonl/.json file as a `datasets.Dataset` (JSON lines or one JSON array)."""
-    import datasets
+def _read_local_rows(path: Path) -> tuple[list[dict], list[str]]:
+    """(rows, where each row is) of a local .jsonl/.json file (JSON lines, or one JSON array in
+    a .json file), read in full; `where` is "<file>, line <n>" (1-based, as an editor counts) or
+    "<file>, item <n>" of an array. A line that is not one JSON object stops here, naming it."""
+    from kdbench import io
 
+    with open(path, "rb") as f:
+        array = path.suffix == ".json" and f.read(4096).lstrip()[:1] == b"["
+    if not array:
+        numbered = io.numbered_jsonl(path)
+        return [row for _, row in numbered], [f"{path}, line {n}" for n, _ in numbered]
     try:
-        return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
-    except datasets.exceptions.DatasetGenerationError as e:
-        if path.suffix == ".jsonl":  # name the first malformed line, if that is the problem
-            from kdbench import io
-
-            io.read_jsonl(path)
-        cause = e.__cause__ or e
-        raise UserError(f"could not read {path} as JSON lines ({type(cause).__name__}: {cause}); "
-                        f"every line must be one JSON object with the same field types") from e
+        rows = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); fix the file (one array of records, or one "
+                        "record per line)") from exc
+    bad = next((i for i, row in enumerate(rows, 1) if not isinstance(row, dict)), None)
+    if bad is not None:
+        raise UserError(f"{path}, item {bad} of its array, is not a JSON object; every record must be one {{...}}")
+    return rows, [f"{path}, item {i}" for i in range(1, len(rows) + 1)]
 
 
 def _load_hub_rows(hub_id: str, data_file: str | None, split: str | None, revision: str | None,
@@ -313,45 +320,56 @@ def _local_split_file(folder: Path, split: str) -> SplitFile:
 #: The fields each record field is read from, first present wins (`data.fields` goes first).
 FIELD_ALIASES = {"instruction": ("instruction",), "input": ("input", "context"),
                  "output": ("output", "response", "outputs")}
+#: `field_mapping`'s source of instruction and input read back from a pre-rendered Alpaca
+#: `prompt` field (MiniLLM's files), when no field is named or found for the instruction
+ALPACA_PROMPT = "prompt (an Alpaca prompt, parsed)"
+
+
+def _candidates(name: str, fields: dict[str, str | None] | None) -> list[str]:
+    chosen = (fields or {}).get(name)
+    return ([chosen] if chosen else []) + list(FIELD_ALIASES[name])
 
 
 def field_mapping(row: dict[str, Any], fields: dict[str, str | None] | None = None) -> dict[str, str | None]:
     """{record field: the row's field it is read from, or None} for one raw row: `fields`
-    (the config's `data.fields`) first, then `FIELD_ALIASES`; "prompt" for an instruction
-    parsed back from an Alpaca `prompt`."""
-    out: dict[str, str | None] = {}
-    for name, aliases in FIELD_ALIASES.items():
-        chosen = (fields or {}).get(name)
-        names = ([chosen] if chosen else []) + list(aliases)
-        out[name] = next((k for k in names if row.get(k) is not None), None)
+    (the config's `data.fields`) first, then `FIELD_ALIASES`; `ALPACA_PROMPT` for an
+    instruction and input parsed back from an Alpaca `prompt`, when neither names one."""
+    out = {name: next((k for k in _candidates(name, fields) if row.get(k) is not None), None)
+           for name in FIELD_ALIASES}
     if out["instruction"] is None and isinstance(row.get("prompt"), str) and parse_prompt(row["prompt"]):
-        out["instruction"] = "prompt"
-        out["input"] = out["input"] or "prompt"
+        out["instruction"] = ALPACA_PROMPT
+        out["input"] = out["input"] or ALPACA_PROMPT
     return out
 
 
 def normalise_record(row: dict[str, Any], *, task: str, rid: str,
-                     fields: dict[str, str | None] | None = None) -> dict[str, Any]:
+                     fields: dict[str, str | None] | None = None, where: str | None = None) -> dict[str, Any]:
     """One raw row -> the suite's record schema, reading each field as `field_mapping` says.
 
     A row with no instruction field but an Alpaca `prompt` is parsed back into instruction
     and input. A single reference becomes a one-element list; empty references are dropped.
+    `where` names the row in errors (its file and line; default: its id).
     """
-    where = field_mapping(row, fields)
-    instruction, inp = (row[where["instruction"]] if where["instruction"] else None), None
-    if where["instruction"] == "prompt":
+    where, source = where or f"example {rid}", field_mapping(row, fields)
+    if source["instruction"] == ALPACA_PROMPT:
         instruction, inp = parse_prompt(row["prompt"])
+    else:
+        instruction, inp = (row[source["instruction"]] if source["instruction"] else None), None
     if not isinstance(instruction, str):
-        raise UserError(f"example {rid} has no instruction field (fields: {sorted(row)}); name the field "
+        raise UserError(f"{where} has no instruction field (fields: {sorted(row)}); name the field "
                         f"that holds it in the config's data.fields.instruction (see docs/data.md)")
     if inp is None:
-        inp = row[where["input"]] if where["input"] else ""
-    out = row[where["output"]] if where["output"] else None
+        inp = row[source["input"]] if source["input"] else ""
+    out = row[source["output"]] if source["output"] else None
     refs = [out] if isinstance(out, str) else list(out) if isinstance(out, (list, tuple)) else []
     refs = [str(r) for r in refs if r is not None and str(r).strip()]
     if not refs:
-        raise UserError(f"example {rid} has no reference answer (fields: {sorted(row)}); every example "
-                        f"needs a non-empty one: name its field in the config's data.fields.output (see docs/data.md)")
+        present = next((k for k in _candidates("output", fields) if k in row), None)
+        if present is not None:
+            raise UserError(f"{where} has an empty reference answer (field `{present}`); every example needs "
+                            "a non-empty one: write it, or delete the line")
+        raise UserError(f"{where} has no reference answer field (fields: {sorted(row)}); name the field that "
+                        f"holds it in the config's data.fields.output (see docs/data.md)")
     return {"id": rid, "instruction": instruction, "input": str(inp), "output": refs,
             "task": task, "difficulty": None}
 
@@ -381,7 +399,7 @@ def load_instruction_split(
     revision: hub revision (branch, tag or commit); ignored for local paths.
     task: benchmark name for the records' `task` field and the protocol's default limit;
         inferred from the hub id or path when omitted (`sinst`), else the file or folder name.
-    cache_dir: `datasets` cache folder (default: the HF cache).
+    cache_dir: `datasets` cache folder of hub ids (default: the HF cache).
     fields: {record field: source field} read first (`field_mapping`), e.g. the config's
         `data.fields`.
 
@@ -407,9 +425,12 @@ def load_instruction_split(
             spec = spec if spec and spec.file == path.name else SplitFile(path.name)
         if file.suffix not in (".jsonl", ".json"):
             raise UserError(f"{file} is not a .jsonl or .json file; instruction data is read from JSON lines")
-        ds = _read_json_rows(file, cache_dir)
+        ds, places = _read_local_rows(file)
+        if not ds:
+            raise UserError(f"{file} holds no examples; fill it, or point the config at the file that holds them")
+        place = places.__getitem__
         name = task or (bench.name if bench else (path.stem if path.is_file() else path.name))
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", source_str):
+    elif re.fullmatch(HUB_ID, source_str):
         spec = bench.splits.get(split) if bench and bench.hub_id.lower() == source_str.lower() else None
         if bench and bench.hub_id.lower() == source_str.lower() and spec is None:
             raise UserError(f"benchmark '{bench.name}' has no split '{split}'; available: {sorted(bench.splits)}")
@@ -419,6 +440,7 @@ def load_instruction_split(
             ds, split = _load_hub_rows(source_str, None, requested_split, revision, cache_dir)
             spec = SplitFile("")
         name = task or (bench.name if bench else source_str.split("/")[-1])
+        place = lambda i: f"{source_str} {spec.file or split}, row {i + 1}"  # noqa: E731
     else:
         raise UserError(f"instruction data source '{source_str}' is neither an existing path nor a hub id "
                         f"(owner/name); fix the path in the config")
@@ -434,9 +456,9 @@ def load_instruction_split(
         raise UserError(f"limit must be a positive integer, 'all' or null, not {limit!r}; fix it in the config")
     if limit is not None:
         stop = min(stop, start + limit)
-    rows = ds.select(range(start, stop)).to_list() if (start, stop) != (0, n) else ds.to_list()
-    return [normalise_record(row, task=name, rid=f"{name}-{split}-{start + i}", fields=fields)
-            for i, row in enumerate(rows)]
+    rows = ds[start:stop] if isinstance(ds, list) else ds.select(range(start, stop)).to_list()
+    return [normalise_record(row, task=name, rid=f"{name}-{split}-{i}", fields=fields, where=place(i))
+            for i, row in zip(range(start, stop), rows)]
 
 
 def read_training(d: dict, seed: int) -> tuple[str, list[dict], list[dict]]:
@@ -508,13 +530,14 @@ def filter_by_prompt_length(
     records: Sequence[dict[str, Any]],
     tokenizer: Any,
     max_prompt_tokens: int = 256,
+    fmt: PromptFormat = PROTOCOL,
 ) -> tuple[list[dict[str, Any]], int]:
     """Drop records whose prompt has more than `max_prompt_tokens` tokens (the protocol's rule).
 
     Tokens are counted exactly as the engine encodes prompts for training and generation,
-    `kdbench.data.encode_prompts(tokenizer, records)` (the Alpaca prompt of `format_prompt`,
-    with whatever special tokens the tokenizer adds, e.g. OPT's leading `</s>`), so a kept
-    prompt is never cut later. Returns (kept records in order, number dropped).
+    `kdbench.data.encode_prompts(tokenizer, records, fmt)` (the Alpaca prompt with whatever
+    special tokens the tokenizer adds, e.g. OPT's leading `</s>`, or the chat template), so a
+    kept prompt is never cut later. Returns (kept records in order, number dropped).
     """
-    kept = [r for r, ids in zip(records, encode_prompts(tokenizer, list(records))) if len(ids) <= max_prompt_tokens]
+    kept = [r for r, ids in zip(records, encode_prompts(tokenizer, list(records), fmt)) if len(ids) <= max_prompt_tokens]
     return kept, len(records) - len(kept)

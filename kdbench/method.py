@@ -17,7 +17,8 @@ Hooks (all optional except `loss`):
     state_dict() -> dict / load_state_dict(state)
         state the method changes while training (TAID's t and momentum, DistiLLM's adaptive
         threshold), saved in the run's checkpoint so that a resumed run continues exactly;
-        the default is no state.
+        tensors and plain values only (numbers, strings, None, lists, tuples, dicts: what
+        `torch.load(weights_only=True)` reads); the default is no state.
     restarts(n_epochs) -> list[int]
         epochs (> 0) at which training restarts: a fresh optimizer and learning-rate schedule
         (warm-up and cosine over the segment's steps), from the weights of the previous

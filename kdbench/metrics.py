@@ -9,10 +9,10 @@ numbers per answer, none needing a model, make that visible: its length in words
 the reference's, whether it ran into the generation cap without EOS (a student that never
 learned to stop), and the share of its word trigrams that repeat an earlier one (loops).
 Words are Rouge-L's own tokens (lower-cased alphanumeric runs), so lengths compare across
-tokenizers and pairs. A fluency score from a language model (the teacher's per-token NLL of
-the answer) would also catch word salad that neither loops nor runs long, but needs the
-teacher in every scoring job and is not comparable across pairs; the cap share and length
-ratio catch the babbling that wins Rouge-L.
+tokenizers and pairs. Word salad that neither loops nor runs long is caught by the fluency
+score, the teacher's per-token NLL of the answer (kdbench/fluency.py: it needs the teacher,
+and compares within a pair only), and a Rouge-L won without language by the trivial
+baselines of the main table (kdbench/baselines.py).
 """
 from __future__ import annotations
 

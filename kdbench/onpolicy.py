@@ -95,13 +95,14 @@ class OnPolicy:
         return [Encoded(p + n, len(p), i) for p, n, i in zip(prompts, news, idx)]
 
     def state_dict(self) -> dict:
-        """The generator and the replay buffer, for a resumable run's checkpoint (kdbench/resume.py)."""
-        return {"rng": self.rng.bit_generator.state, "buffer": list(self.buffer)}
+        """The generator and the replay buffer, for a resumable run's checkpoint (kdbench/resume.py):
+        plain values only, each buffered sample as (ids, n_prompt, index)."""
+        return {"rng": self.rng.bit_generator.state, "buffer": [(e.ids, e.n_prompt, e.index) for e in self.buffer]}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.buffer.clear()
-        self.buffer.extend(state["buffer"])
+        self.buffer.extend(Encoded(list(ids), n, i) for ids, n, i in state["buffer"])
 
     def epoch_end(self, model) -> None:
         if self.validation is not None:

@@ -13,12 +13,13 @@ as Snakemake wildcards and, given values, as paths in the stages.
       pairs/<pair>/student_sft/seed<k>/           it fine-tuned on the training split ("sft", sft_init)
       pairs/<pair>/teacher_cache/seed<t>/         cached teacher logits (per teacher seed)
       pairs/<pair>/teacher_samples/seed<t>.jsonl  the teacher's answers (SeqKD)
+      pairs/<pair>/teacher_gate.json              the teacher gate's verdict (written when it passes)
       difficulty/<pair>.csv             per-example difficulty profile
       runs/<pair>/<method>/<variant>/seed<k>/     one run: RUN_FILES, answers/<test set>.json[l]
       tuning/<pair>/<method>/<variant>/lr<lr>.json  one point of the learning-rate grid (validation only)
                                         (the teachers are runs teacher/default/seed<t>)
-      tables/   LONG_TABLES, then main, ablation, runtime (.md/.csv/.tex; `_<pair>` per pair
-                when the profile has several pairs)
+      tables/   LONG_TABLES, baselines.csv (trivial baselines), then main, ablation, runtime
+                (.md/.csv/.tex; `_<pair>` per pair when the profile has several pairs)
       figures/  <name>[_<pair>].png/.pdf
       logs/<rule>/..., timings/<rule>/...   per-job logs, and timings the jobs write (--timing)
 """
@@ -27,9 +28,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-"""Profile, pair, test-set and method names: folder names and command-line words, so no
-shell syntax, no spaces, no leading dash or dot (workflows/schemas/config.schema.yaml)."""
+NAME_CHARS = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+"""The characters of a name: folder names and command-line words, so no shell syntax, no
+spaces, no leading dash or dot (a Snakemake wildcard constraint: `variant`)."""
+MISSING_VALUE_NAMES = ("NA", "NULL", "NaN", "None", "nan", "null")
+"""The strings of pandas' default missing values (`na_values` of `pandas.read_csv`) that
+NAME_CHARS allows: a pair, method or test set of that name would vanish from a table read
+with pandas' defaults (tests/test_reliability.py checks the list against pandas')."""
+SAFE_NAME = rf"^(?!(?:{'|'.join(MISSING_VALUE_NAMES)})$){NAME_CHARS}$"
+"""Profile, pair, test-set, method and ablation-row names (workflows/schemas/config.schema.yaml)."""
+SAFE_PATH = r"^(?!-)[A-Za-z0-9_./-]+$"
+"""`results_dir` and `methods_dir`: folders that become part of command lines, so the name
+characters and `/` only, not starting with a dash."""
 TEACHER = "teacher"  # the method name of the teachers' runs (variant "default", seed = teacher seed)
 
 #: files of a run folder (a training job writes them all: train_teacher or distill, which end with `evaluate`)
@@ -42,6 +52,8 @@ LONG_TABLES = {"runs": "runs.csv", "examples": "examples.csv.gz", "trace": "trac
 MAIN_TABLE, ABLATION_TABLE, RUNTIME_TABLE = "main", "ablation", "runtime"
 TABLE_STEMS = (MAIN_TABLE, ABLATION_TABLE, RUNTIME_TABLE)
 TABLE_FORMATS = ("md", "csv", "tex")
+#: the trivial baselines' scores (the `baselines` stage; kdbench/baselines.py)
+BASELINES_TABLE = "baselines.csv"
 FIGURES_DONE = ".done"  # the figures rule's marker file inside figures/
 
 
@@ -104,6 +116,7 @@ class Paths:
     def teacher_cache(self, pair="{pair}", tseed="{tseed}"): return self._p("pairs", pair, "teacher_cache", f"seed{tseed}")
     def teacher_samples(self, pair="{pair}", tseed="{tseed}"):
         return self._p("pairs", pair, "teacher_samples", f"seed{tseed}.jsonl")
+    def teacher_gate(self, pair="{pair}"): return self._p("pairs", pair, "teacher_gate.json")
     def difficulty(self, pair="{pair}"): return self._p("difficulty", f"{pair}.csv")
 
     # --- per run ---------------------------------------------------------------------------
@@ -127,7 +140,9 @@ class Paths:
         return f"benchmarks/results/tuning_{self.profile}.md"
 
     # resume state of an unfinished training job (kdbench/resume.py), removed when it ends
-    def checkpoint(self, *parts): return self._p("checkpoints", *map(str, parts)) + ".pt"
+    @property
+    def checkpoints(self): return self._p("checkpoints")
+    def checkpoint(self, *parts): return str(Path(self.checkpoints).joinpath(*map(str, parts))) + ".pt"
 
     # --- the profile's tables and figures ----------------------------------------------------
     @property
@@ -138,6 +153,8 @@ class Paths:
     def figures_done(self): return self._p("figures", FIGURES_DONE)
 
     def long_table(self, name) -> str: return self._p("tables", LONG_TABLES[name])
+    @property
+    def baselines(self): return self._p("tables", BASELINES_TABLE)
 
     def table_files(self, stems=TABLE_STEMS) -> list[str]:
         """Every formatted table file the tables rule writes for `stems`."""

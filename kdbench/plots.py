@@ -436,14 +436,17 @@ def rouge_vs_length(runs: pd.DataFrame, out: str | Path,
                     ablations: pd.DataFrame | None = None) -> list[Path]:
     """Average Rouge-L against answer length / reference length (log scale), one point per
     row including the teacher (mean over seeds and benchmarks); rows where at least half of
-    the answers hit the generation cap without EOS are ringed in red. Word salad sits far to
-    the right: long, capped, whatever its Rouge-L. Returns [] for runs scored before the
-    answer-shape columns existed (kdbench.stages.score)."""
+    the answers hit the generation cap without ending are ringed in red. Word salad sits far
+    to the right: long, capped, whatever its Rouge-L. Where runs.csv has the fluency score
+    (`teacher_nll`, kdbench/fluency.py), a second panel puts the same Rouge-L against it:
+    salad that is neither long nor capped sits far to the right there. Returns [] for runs
+    scored before the answer-shape columns existed (kdbench.stages.evaluate)."""
     runs = _one_pair(runs)
     if runs is None or runs.empty or not {"length_ratio", "capped"} <= set(runs.columns):
         return []
     score = T.run_scores(runs, T.benchmarks_of(runs))["avg"]
-    shape = runs.groupby(["method", "variant", "seed"])[["length_ratio", "capped"]].mean()
+    shape_cols = ["length_ratio", "capped"] + (["teacher_nll"] if "teacher_nll" in runs.columns else [])
+    shape = runs.groupby(["method", "variant", "seed"])[shape_cols].mean()
     both = pd.concat([score.rename("avg"), shape], axis=1).dropna(subset=["avg", "length_ratio"])
     rows = [k for k in _rows(runs, ablations, teacher=True) if k in both.index.droplevel("seed")]
     if not rows:
@@ -453,30 +456,39 @@ def rouge_vs_length(runs: pd.DataFrame, out: str | Path,
     x = np.array([max(mean.loc[k, "length_ratio"], 1e-2) for k in rows])
     y = np.array([mean.loc[k, "avg"] for k in rows])
     capped = np.array([mean.loc[k, "capped"] for k in rows])
+    nll = np.array([mean.loc[k, "teacher_nll"] if "teacher_nll" in mean else np.nan for k in rows])
+    fluent = np.isfinite(nll).any()
     with style():
-        fig = new_figure(6.6, 4.6)
-        ax = fig.subplots()
+        fig = new_figure(11.6 if fluent else 6.6, 4.6)
+        axes = fig.subplots(1, 2, sharey=True) if fluent else [fig.subplots()]
+        ax = axes[0]
         ax.set_xscale("log")
         ax.axvline(1.0, color="0.35", ls=":", lw=1.0, label="as long as the reference")
         ringed = False
         for i, k in enumerate(rows):
             lk = looks[k]
-            ax.plot(x[i], y[i], lk["marker"], ms=9 if k[0] == T.TEACHER else 7, color=lk["color"],
-                    mec="black", mew=0.6, zorder=3)
-            if np.isfinite(capped[i]) and capped[i] >= 0.5:
-                ax.plot(x[i], y[i], "o", ms=16, mfc="none", mec="#CC3311", mew=1.6, zorder=4,
-                        label=None if ringed else "≥ half the answers hit the cap without EOS")
-                ringed = True
+            for a, xi in zip(axes, (x[i], nll[i])):
+                a.plot(xi, y[i], lk["marker"], ms=9 if k[0] == T.TEACHER else 7, color=lk["color"],
+                       mec="black", mew=0.6, zorder=3)
+                if np.isfinite(capped[i]) and capped[i] >= 0.5:
+                    a.plot(xi, y[i], "o", ms=16, mfc="none", mec="#CC3311", mew=1.6, zorder=4,
+                           label=None if ringed else "≥ half the answers hit the cap without ending")
+                    ringed = True
         ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(2.0 ** np.arange(-7, 8)))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("mean answer length / mean reference length (words, log scale)")
         ax.set_ylabel("average Rouge-L")
-        ax.margins(x=0.15, y=0.15)
-        ax.legend(loc="best")
         ax.set_title("Rouge-L against answer length (mean over seeds)")
-        _place_labels(fig, ax, x, y, [looks[k]["label"] for k in rows],
-                      [_text_color(looks[k]["color"]) for k in rows])
+        if fluent:
+            axes[1].set_xlabel("teacher NLL of the answers (nats/token), lower is more fluent")
+            axes[1].set_title("Rouge-L against fluency (mean over seeds)")
+        ax.legend(loc="best")
+        for a, xs in zip(axes, (x, nll)):
+            a.margins(x=0.15, y=0.15)
+            shown = np.isfinite(xs)
+            _place_labels(fig, a, xs[shown], y[shown], [looks[k]["label"] for k, s in zip(rows, shown) if s],
+                          [_text_color(looks[k]["color"]) for k, s in zip(rows, shown) if s])
         return save(fig, out)
 
 

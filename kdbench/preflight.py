@@ -37,15 +37,12 @@ def _fields(source: str, split: str | None, fields: dict) -> str:
 
 def data_report(cfg: dict) -> list[str]:
     """Lines describing how every data source of the profile will be read: the layout, the
-    field mapping and the example counts (before prompts over data.max_prompt_tokens are
-    dropped, which needs the tokenizer). Local sources are read in full, exactly as
-    prepare_data reads them, so a bad row, field or layout stops here; hub ids are left to
-    prepare_data (they need the network or the cache)."""
-    import datasets
-
+    field mapping, the example counts and how many training and validation examples
+    prepare_data will drop for prompts over data.max_prompt_tokens (`_long_prompts`). Local
+    sources are read in full, exactly as prepare_data reads them, so a bad row, field or layout
+    stops here; hub ids are left to prepare_data (they need the network or the cache)."""
     from kdbench import loaders
 
-    datasets.disable_progress_bars()
     d = cfg["data"]
     if d["source"] == "synthetic":
         return [f"data: the embedded synthetic suite ({', '.join(f'{k} {v}' for k, v in d['synthetic_sizes'].items())})"]
@@ -56,6 +53,7 @@ def data_report(cfg: dict) -> list[str]:
         limit = f", {d['train_limit']} kept (data.train_limit)" if d["train_limit"] and d["train_limit"] < len(train) else ""
         lines += [f"data: {how}",
                   f"  train: {len(train)} examples{limit}; validation: {len(validation)} examples",
+                  _long_prompts(cfg, train[:d["train_limit"]] if d["train_limit"] else train, validation),
                   "  " + _fields(d["train"], loaders.training_reading(d["train"]).pool, d["fields"])]
         if d["validation"]:
             lines.append("  " + _fields(d["validation"], "validation", d["fields"]))
@@ -71,7 +69,29 @@ def data_report(cfg: dict) -> list[str]:
         layout = loaders.folder_layout(path)[0] if path.is_dir() else f"one file, {path.name}"
         lines.append(f"  benchmark {name}: {source} read as {layout}: {len(rows)} examples; "
                      + _fields(source, None, d["fields"]))
-    return lines + [f"  (counts before dropping prompts over data.max_prompt_tokens = {d['max_prompt_tokens']} tokens)"]
+    return lines
+
+
+def _long_prompts(cfg: dict, train: list[dict], validation: list[dict]) -> str:
+    """The line saying how many training and validation examples prepare_data will drop for a
+    prompt over data.max_prompt_tokens, counted as it counts them (the first pair's teacher
+    tokenizer, `kdbench.loaders.filter_by_prompt_length`)."""
+    from kdbench import loaders
+    from kdbench.errors import UserError
+    from kdbench.stages import teacher_tokenizer
+
+    cap = f"prompts over data.max_prompt_tokens = {cfg['data']['max_prompt_tokens']} tokens"
+    if cfg["tokenizer"]["train"]:
+        return f"  {cap}: none dropped (the tokenizer is trained on the data after prepare_data)"
+    try:
+        tok = teacher_tokenizer(cfg, next(iter(cfg["pairs"])))
+    except UserError as exc:
+        return f"  {cap}: not counted here ({exc})"
+    parts = []
+    for what, rows in (("training", train), ("validation", validation)):
+        dropped = loaders.filter_by_prompt_length(rows, tok, cfg["data"]["max_prompt_tokens"])[1]
+        parts.append(f"{dropped} of {len(rows)} {what} examples ({dropped / max(1, len(rows)):.0%})")
+    return f"  {cap}: prepare_data will drop {parts[0]} and {parts[1]}"
 
 
 def _simulate(meth: M.Method, n_epochs: int) -> tuple[list[int], list[dict]]:

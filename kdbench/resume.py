@@ -9,6 +9,9 @@ stored: it is a pure function of the seed, so the position (epoch, step inside t
 enough. A resumed run therefore ends with the same weights, bit for bit, as one that was
 never interrupted (same machine, same threads).
 
+A checkpoint holds tensors and plain values only and is loaded with
+`torch.load(weights_only=True)`, so a file planted in its place cannot run code.
+
 A checkpoint is tied to its run by `key` (the caller's fingerprint of the config plus hashes of
 the initial weights, the tokenised data and any other input file, such as the teacher's model
 and a curriculum's difficulty profile): one written for other inputs is ignored and replaced,
@@ -87,14 +90,14 @@ class Checkpoint:
         or None when there is no checkpoint of this run (one of another run is deleted)."""
         if not self.path.is_file():
             return None
-        try:
-            payload = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # unreadable (e.g. written by another torch): start over
-            print(f"checkpoint {self.path} is unreadable ({type(exc).__name__}); starting from step 0",
-                  file=sys.stderr)
+        try:  # tensors and plain values only: a pickle planted in its place runs no code
+            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unreadable (e.g. written by another torch, or not ours): start over
+            print(f"checkpoint {self.path} is unreadable or holds more than tensors and plain values "
+                  f"({type(exc).__name__}); starting from step 0", file=sys.stderr)
             self.remove()
             return None
-        if payload.get("key") != self.key:
+        if not isinstance(payload, dict) or payload.get("key") != self.key:
             print(f"checkpoint {self.path} belongs to other inputs (config, initial weights or data "
                   "changed); starting from step 0", file=sys.stderr)
             self.remove()

@@ -2,16 +2,23 @@
 paths of `kdbench.paths.Paths`; the Snakemake rules and `python -m kdbench <stage>` call them.
 
     prepare_data ─► train_tokenizer* ─► train_teacher ─► cache_teacher* ─► score_difficulty
+    train_teacher (every teacher seed) ─► teacher_gate ─► teacher_samples, distill
     init_student (per seed) ─► sft_init* (per seed) ─► distill (pair, method, variant, seed; ends with evaluate)
     (* only for methods with `starts_from = "sft"`)
-    collect ─► tables, figures
+    prepare_data ─► baselines;  collect, baselines ─► tables;  collect ─► figures
+
+Every stage that puts records to a model takes the profile's prompt format
+(`kdbench.data.PromptFormat.of(cfg)`) into `kdbench.data.encode`, `kdbench.generate.sample`
+and the validator.
 """
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,7 +28,7 @@ from kdbench import config as C
 from kdbench import io
 from kdbench import method as M
 from kdbench import models
-from kdbench.data import encode, load_records
+from kdbench.data import PromptFormat, encode, end_token, load_records
 from kdbench.errors import UserError
 from kdbench.paths import RUN_FILES, TEACHER, Paths, RunKey
 
@@ -73,7 +80,8 @@ def _prepare_hub_data(cfg: dict) -> None:
     say = lambda msg: print(f"prepare_data: {msg}", file=sys.stderr)  # noqa: E731
 
     def keep(name, rows, source, split, test=False):
-        kept, n_long = loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"]) if tok else (rows, 0)
+        kept, n_long = (loaders.filter_by_prompt_length(rows, tok, d["max_prompt_tokens"], PromptFormat.of(cfg))
+                        if tok else (rows, 0))
         if test:
             kept = rows
         report[name] = {"source": source, "split": split, "n": len(kept),
@@ -171,7 +179,8 @@ def train_teacher(cfg: dict, pair: str, tseed: int) -> None:
         pre_ckpt = _pretrain(cfg, model, tok, cfg["training"]["teacher_pretrain"], _broad_corpus(cfg, tok),
                              _teacher_seed(cfg, pair, tseed, "pretrain"), f"{pair} teacher seed{tseed} pre-training",
                              (pair, "teacher_pretrain", f"seed{tseed}"))
-        examples = encode(tok, load_records(P.data(cfg["training"]["teacher_data"])), cfg["data"]["max_length"])
+        examples = encode(tok, load_records(P.data(cfg["training"]["teacher_data"])), cfg["data"]["max_length"],
+                          fmt=PromptFormat.of(cfg))
         seed = _teacher_seed(cfg, pair, tseed, "train")
         ckpt = _checkpoint(cfg, (pair, TEACHER, f"seed{tseed}"), (budget, seed, cfg["evaluation"]), model, examples)
         res = train(model, examples, budget, seed=seed, pad_id=tok.pad_token_id,
@@ -288,7 +297,7 @@ def _broad_corpus(cfg, tok):
 
 def _train_examples(cfg, tok):
     """The tokenised training split, references as responses."""
-    return encode(tok, load_records(Paths(cfg).data("train")), cfg["data"]["max_length"])
+    return encode(tok, load_records(Paths(cfg).data("train")), cfg["data"]["max_length"], fmt=PromptFormat.of(cfg))
 
 
 def _validator(cfg: dict, tok, pair: str, seed):
@@ -299,7 +308,7 @@ def _validator(cfg: dict, tok, pair: str, seed):
 
     return validator(tok, load_records(Paths(cfg).data("validation")), max_length=cfg["data"]["max_length"],
                      evaluation=cfg["evaluation"], seed=C.derive_seed(cfg["seed"], pair, seed, "validation"),
-                     desc=f"{pair} validate")
+                     desc=f"{pair} validate", fmt=PromptFormat.of(cfg))
 
 
 def _shared_vocab(start: str, pair: str, student) -> int:
@@ -337,8 +346,35 @@ def teacher_samples(cfg: dict, pair: str, tseed: int) -> None:
     answers, _ = sample(teacher, tok, records, seed=_teacher_seed(cfg, pair, tseed, "teacher_samples"),
                         temperature=ev["temperature"], top_p=ev["top_p"], top_k=ev["top_k"],
                         max_length=cfg["data"]["max_length"], max_new_tokens=ev["max_new_tokens"],
-                        batch_size=ev["batch_size"], precision=ev["precision"], desc=f"{pair} teacher samples")
+                        batch_size=ev["batch_size"], precision=ev["precision"], desc=f"{pair} teacher samples",
+                        fmt=PromptFormat.of(cfg))
     io.write_jsonl(P.teacher_samples(pair, tseed), [{"id": r["id"], "answer": a} for r, a in zip(records, answers)])
+
+
+def teacher_gate(cfg: dict, pair: str) -> None:
+    """The teacher gate of `pair` (kdbench/gate.py), on every teacher seed's test answers:
+    writes `Paths.teacher_gate` when each passes, or with `teacher_gate.on_failure: warn`
+    (a warning per failed seed on stderr); otherwise stops with one sentence (UserError)."""
+    import sys
+
+    from kdbench import gate
+
+    P, g = Paths(cfg), cfg["teacher_gate"]
+    limits = g["max_capped"], g["max_repetition"]
+    seeds, failures = {}, []
+    for t in range(cfg["teacher_seeds"]):
+        rows = [a for bench in cfg["data"]["benchmarks"]
+                for a in io.read_jsonl(P.answers(bench, pair=pair, method=TEACHER, variant="default", seed=t))]
+        seeds[t] = v = gate.verdict(rows, *limits)
+        if not v["passed"]:
+            failures.append(gate.failure_sentence(pair, t, v, *limits, cfg["evaluation"]["max_new_tokens"],
+                                                  stops=g["on_failure"] == "stop"))
+    Path(P.teacher_gate(pair)).unlink(missing_ok=True)  # a verdict of earlier teachers no longer holds
+    if failures and g["on_failure"] == "stop":
+        raise UserError(failures[0])
+    for text in failures:
+        print(f"teacher_gate: warning: {text}", file=sys.stderr)
+    io.write_json(P.teacher_gate(pair), {"pair": pair, "passed": not failures, **g, "teacher_seeds": seeds})
 
 
 def score_difficulty(cfg: dict, pair: str) -> None:
@@ -372,15 +408,15 @@ def distill(cfg: dict, pair: str, method: str, variant: str, seed: int) -> None:
     """Train one student run with one method, variant and seed (distilling from teacher seed
     seed mod teacher_seeds), then sample and score its answers on the test sets."""
     P = Paths(cfg)
-    student, tok, res, info, ckpt = _train_student(cfg, pair, method, variant, seed, C.student_budget(cfg, method),
-                                                   (pair, method, variant, f"seed{seed}"))
+    t = _train_student(cfg, pair, method, variant, seed, C.student_budget(cfg, method),
+                       (pair, method, variant, f"seed{seed}"))
     with io.staged(P.run_dir(pair, method, variant, seed), marker=RUN_FILES["train"]) as tmp:
-        _write_run_tables(tmp, res)
-        models.save(student, tok, tmp / RUN_FILES["model"])
-        io.write_json(tmp / RUN_FILES["train"], {**res.stats, **info, **provenance(cfg)})
-    if ckpt is not None:
-        ckpt.remove()
-    evaluate(cfg, pair, method, variant, seed, student, tok)
+        _write_run_tables(tmp, t.result)
+        models.save(t.student, t.tok, tmp / RUN_FILES["model"])
+        io.write_json(tmp / RUN_FILES["train"], {**t.result.stats, **t.info, **provenance(cfg)})
+    if t.checkpoint is not None:
+        t.checkpoint.remove()
+    evaluate(cfg, pair, method, variant, seed, t.student, t.tok, judge=t.teacher_model)
 
 
 def tune(cfg: dict, pair: str, method: str, variant: str, lr: float) -> None:
@@ -389,19 +425,28 @@ def tune(cfg: dict, pair: str, method: str, variant: str, lr: float) -> None:
     the test sets, so no test score can take part in the choice (docs/protocol.md, "Tuning")."""
     P, seed = Paths(cfg), cfg["tuning"]["seed"]
     budget = {**C.student_budget(cfg, method), "lr": float(lr)}
-    _, _, res, info, ckpt = _train_student(cfg, pair, method, variant, seed, budget,
-                                           (pair, "tuning", method, variant, f"lr{lr}"))
-    curve = res.epochs[["epoch", "val_loss", "val_rouge_l"]].to_dict("records")
-    io.write_json(P.tuning_result(pair, method, variant, lr), {**res.stats, **info, "lr": float(lr), "seed": seed,
-                                                               "epochs": curve, **provenance(cfg)})
-    if ckpt is not None:
-        ckpt.remove()
+    t = _train_student(cfg, pair, method, variant, seed, budget, (pair, "tuning", method, variant, f"lr{lr}"))
+    curve = t.result.epochs[["epoch", "val_loss", "val_rouge_l"]].to_dict("records")
+    io.write_json(P.tuning_result(pair, method, variant, lr), {**t.result.stats, **t.info, "lr": float(lr),
+                                                               "seed": seed, "epochs": curve, **provenance(cfg)})
+    if t.checkpoint is not None:
+        t.checkpoint.remove()
 
 
-def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, budget: dict, ckpt_parts: tuple):
-    """Train the student of one run with `budget`: (student, tokenizer, train.Result, what the
-    run's train.json records about it, its checkpoint for the caller to remove once the
-    outputs are written)."""
+class Trained(NamedTuple):
+    """A trained student and what its caller writes or evaluates with it."""
+
+    student: object
+    tok: object
+    result: object        # kdbench.train.Result
+    info: dict            # what the run's train.json records about it
+    checkpoint: object    # the run's checkpoint (or None), removed once the outputs are written
+    teacher_model: object  # the teacher model if it was loaded online (the fluency judge), else None
+
+
+def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, budget: dict,
+                   ckpt_parts: tuple) -> Trained:
+    """Train the student of one run with `budget`."""
     from kdbench.fused import use_fused
     from kdbench.teacher import CachedTeacher, OnlineTeacher
     from kdbench.train import train
@@ -419,8 +464,8 @@ def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, b
     if cls.train_on == "teacher_samples":
         answers = {r["id"]: r["answer"] for r in io.read_jsonl(P.teacher_samples(pair, tseed))}
         responses = [answers[r["id"]] for r in records]
-    examples = encode(tok, records, cfg["data"]["max_length"], responses=responses)
-    teacher, vocab, online = None, None, None
+    examples = encode(tok, records, cfg["data"]["max_length"], responses=responses, fmt=PromptFormat.of(cfg))
+    teacher, vocab, online, t_model = None, None, None, None
     if cls.needs_teacher:
         if cls.train_on == "mixed" or not C.uses_teacher_cache(cfg, cls):
             t_model = models.load_model(P.teacher_model(pair, tseed)).to(dev)
@@ -447,7 +492,7 @@ def _train_student(cfg: dict, pair: str, method: str, variant: str, seed: int, b
             "method_params": {**M.defaults(cls), **run.params},
             "teacher_seed": tseed if cls.needs_teacher else None, "starts_from": cls.starts_from,
             "params": models.n_params(student)}
-    return student, tok, res, info, ckpt
+    return Trained(student, tok, res, info, ckpt, t_model)
 
 
 def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
@@ -456,8 +501,9 @@ def _on_policy(cfg: dict, meth, examples, tok, student, seed: int):
 
     validation = None
     if meth.uses_validation_loss:
-        validation = encode(tok, load_records(Paths(cfg).data("validation")), cfg["data"]["max_length"])
-    return OnPolicy(meth, examples, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
+        validation = encode(tok, load_records(Paths(cfg).data("validation")), cfg["data"]["max_length"],
+                            fmt=PromptFormat.of(cfg))
+    return OnPolicy(meth, examples, pad_id=tok.pad_token_id, eos_id=end_token(tok, PromptFormat.of(cfg)),
                     max_length=cfg["data"]["max_length"], max_new_tokens=cfg["evaluation"]["max_new_tokens"],
                     precision=cfg["training"]["student"]["precision"], seed=seed,
                     validation=validation, model=student)
@@ -484,7 +530,8 @@ def _write_run_tables(folder: Path, res) -> None:
         io.write_csv(Path(folder) / RUN_FILES[name], getattr(res, name) if res is not None else pd.DataFrame())
 
 
-def evaluate(cfg: dict, pair: str, method: str, variant: str, seed: int, model=None, tok=None) -> None:
+def evaluate(cfg: dict, pair: str, method: str, variant: str, seed: int, model=None, tok=None,
+             judge=None) -> None:
     """Sample answers on every test set with every evaluation seed and score them: the run's
     answers/ (`Paths.answers`, `Paths.answer_stats`), scores.csv and metrics.json.
 
@@ -492,20 +539,28 @@ def evaluate(cfg: dict, pair: str, method: str, variant: str, seed: int, model=N
     and saved, so a run is one process; `python -m kdbench evaluate` reruns it by hand on a
     saved run's model (the answers are the same: the sampler is seeded per evaluation seed).
 
-    scores.csv holds Rouge-L and the shape of every answer (`kdbench.metrics.answer_shape`);
-    metrics.json, per benchmark: Rouge-L (mean over eval seeds), length_ratio (mean answer
-    words / mean reference words), capped (share of answers that hit the length cap without
-    EOS) and repetition (mean repeated-trigram share), with the run's train.json and provenance.
+    scores.csv holds Rouge-L, the shape of every answer (`kdbench.metrics.answer_shape`) and
+    its fluency, the judging teacher's mean NLL per token (`kdbench.fluency`; `judge`: that
+    teacher if the caller holds it, else loaded: the run's own teacher seed, or the teacher
+    run itself); metrics.json, per benchmark: Rouge-L (mean over eval seeds), length_ratio
+    (mean answer words / mean reference words), capped (share of answers that hit the length
+    cap without ending), repetition (mean repeated-trigram share) and teacher_nll (mean over
+    non-empty answers), with the run's train.json and provenance. Each answer row records the
+    stop string that cut it (`stop`, None for none).
     """
+    from kdbench.fluency import answer_nll
     from kdbench.generate import sample
     from kdbench.metrics import answer_shape, rouge_l_per_example
 
     P, dev, ev = Paths(cfg), _setup(cfg), cfg["evaluation"]
+    fmt = PromptFormat.of(cfg)
     key = dict(pair=pair, method=method, variant=variant, seed=seed)
     if model is None:
         model = models.load_model(P.run_file("model", **key)).to(dev)
         tok = models.load_tokenizer(P.run_file("model", **key))
     model.eval()
+    if judge is None:
+        judge = model if method == TEACHER else _judge(P.teacher_model(pair, P.teacher_seed(seed)), dev)
     frames, summary, outputs = [], {}, {}
     for bench in cfg["data"]["benchmarks"]:
         records = load_records(P.data(bench))
@@ -515,9 +570,10 @@ def evaluate(cfg: dict, pair: str, method: str, variant: str, seed: int, model=N
                                top_k=ev["top_k"], max_length=cfg["data"]["max_length"],
                                max_prompt_tokens=cfg["data"]["max_prompt_tokens"],
                                max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"],
-                               precision=ev["precision"], desc=f"{method}/{variant}/seed{seed} {bench} s{es}")
-            rows += [{"id": r["id"], "eval_seed": es, "answer": a, "ended": e}
-                     for r, a, e in zip(records, texts, st["ended"])]
+                               precision=ev["precision"], desc=f"{method}/{variant}/seed{seed} {bench} s{es}",
+                               fmt=fmt)
+            rows += [{"id": r["id"], "eval_seed": es, "answer": a, "ended": e, "stop": s}
+                     for r, a, e, s in zip(records, texts, st["ended"], st["stop"])]
             stats = {k: stats[k] + st[k] for k in stats}
         outputs[bench] = rows, stats
         by_id = {r["id"]: r for r in records}
@@ -526,10 +582,16 @@ def evaluate(cfg: dict, pair: str, method: str, variant: str, seed: int, model=N
         texts = answers["answer"].fillna("").tolist()
         answers["rouge_l"] = rouge_l_per_example(texts, refs)
         answers = pd.concat([answers, answer_shape(texts, refs, answers["ended"].tolist())], axis=1)
+        t0 = time.perf_counter()
+        answers["teacher_nll"] = answer_nll(judge, tok, [by_id[i] for i in answers["id"]], texts,
+                                            max_length=cfg["data"]["max_length"],
+                                            max_prompt_tokens=cfg["data"]["max_prompt_tokens"],
+                                            precision=ev["precision"], fmt=fmt)
+        stats["nll_wall_s"] = time.perf_counter() - t0
         answers["benchmark"] = bench
         answers["task"] = [by_id[i].get("task") for i in answers["id"]]
         answers["difficulty"] = [by_id[i].get("difficulty") for i in answers["id"]]
-        frames.append(answers.drop(columns=["answer", "ended"]).rename(columns={"id": "example_id"}))
+        frames.append(answers.drop(columns=["answer", "ended", "stop"]).rename(columns={"id": "example_id"}))
         per_seed = answers.groupby("eval_seed")["rouge_l"].mean()
         summary[bench] = {"rouge_l": float(per_seed.mean()), "rouge_l_eval_std": float(per_seed.std(ddof=0)),
                           "n_eval_seeds": int(len(per_seed)), "n_examples": len(records),
@@ -537,7 +599,8 @@ def evaluate(cfg: dict, pair: str, method: str, variant: str, seed: int, model=N
                           "answer_words": float(answers["answer_words"].mean()),
                           "length_ratio": float(answers["answer_words"].mean() / max(answers["reference_words"].mean(), 1e-9)),
                           "capped": float(answers["capped"].mean()),
-                          "repetition": float(answers["repetition"].mean())}
+                          "repetition": float(answers["repetition"].mean()),
+                          "teacher_nll": float(answers["teacher_nll"].mean())}
     train_info = io.read_json(P.run_file("train", **key))
     with io.staged(P.run_dir(**key), marker=RUN_FILES["metrics"]) as tmp:  # answers, scores and metrics, or none
         answers_dir = tmp / Path(P.answers(next(iter(outputs)), **key)).parent.name
@@ -547,6 +610,20 @@ def evaluate(cfg: dict, pair: str, method: str, variant: str, seed: int, model=N
             io.write_json(answers_dir / Path(P.answer_stats(bench, **key)).name, stats)
         io.write_csv(tmp / RUN_FILES["scores"], pd.concat(frames, ignore_index=True))
         io.write_json(tmp / RUN_FILES["metrics"], {**key, "benchmarks": summary, "train": train_info})
+
+
+def _judge(path: str, dev):
+    """The teacher that judges a run's fluency (kdbench/fluency.py), loaded once per process
+    for a job's runs and again where its folder was rewritten."""
+    if not Path(path).is_dir():
+        raise UserError(f"the teacher {path} is missing, and it scores the fluency of every run's answers; "
+                        "run train_teacher first (snakemake does).")
+    return _load_judge(path, Path(path).stat().st_mtime_ns, dev)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_judge(path: str, stamp: int, dev):
+    return models.load_model(path).to(dev).eval()
 
 
 def provenance(cfg: dict) -> dict:
@@ -587,11 +664,11 @@ def collect(cfg: dict) -> None:
                          "train_gen_s": t.get("train_gen_s", 0.0), "student_params": t.get("params"),
                          "selected_epoch": t.get("selected_epoch"), "n_epochs": t.get("n_epochs"), "lr": t.get("lr"),
                          "val_loss_change_last20": t.get("val_loss_change_last20")})
-        examples.append(pd.read_csv(P.run_file("scores", **keys)).assign(**keys))
+        examples.append(io.read_csv(P.run_file("scores", **keys)).assign(**keys))
         for name, bucket in (("trace", traces), ("epochs", epochs), ("bin_loss", bins)):
             path = Path(P.run_file(name, **keys))
             if path.is_file() and path.stat().st_size > 1:
-                bucket.append(pd.read_csv(path).assign(**keys))
+                bucket.append(io.read_csv(path).assign(**keys))
     key_cols = list(RunKey._fields)
     front = lambda df: df[key_cols + [c for c in df.columns if c not in key_cols]]  # noqa: E731
     io.write_csv(P.long_table("runs"), pd.DataFrame(runs))
@@ -608,6 +685,15 @@ def tuning_table(cfg: dict) -> None:
     from kdbench import tuning
 
     tuning.write(cfg)
+
+
+def baselines(cfg: dict) -> None:
+    """The trivial baselines' scores on every test set (kdbench/baselines.py), `Paths.baselines`."""
+    from kdbench.baselines import score
+
+    P = Paths(cfg)
+    io.write_csv(P.baselines, score(load_records(P.data("train")),
+                                    {b: load_records(P.data(b)) for b in cfg["data"]["benchmarks"]}))
 
 
 def tables(cfg: dict) -> None:

@@ -4,8 +4,9 @@ Inputs follow the contract of `results/<profile>/tables/` (runs.csv, examples.cs
 epochs.csv, ablations.csv; see `read_tables`). Outputs:
 
 * `main_table`     teacher first, then every student (method, variant) of the main grid;
-                   one column per benchmark plus "avg"; Rouge-L mean ± std over training
-                   seeds, and each student's difference to kd with its 95% interval.
+                    one column per benchmark plus "avg"; Rouge-L mean ± std over training
+                    seeds, and each student's difference to kd with its 95% interval.
+* `with_baselines` a main table with the trivial baselines' rows appended (baselines.csv).
 * `ablation_table` one row per ablation name (config order), compared with "full" likewise.
 * `runtime_table`  training wall time, throughput, examples seen, time relative to kd, and
                    the shape of the answers (length against the reference, share capped
@@ -41,13 +42,16 @@ import pandas as pd
 
 from kdbench import io
 from kdbench.errors import UserError
-from kdbench.paths import ABLATION_TABLE, LONG_TABLES, MAIN_TABLE, RUNTIME_TABLE, TEACHER, per_pair
+from kdbench.paths import (ABLATION_TABLE, BASELINES_TABLE, LONG_TABLES, MAIN_TABLE, RUNTIME_TABLE, TEACHER,
+                           per_pair)
 
 #: Methods shown first (after the teacher), in this order; every other method follows by name.
 LEAD_METHODS = ("sft", "seqkd", "kd")
 #: Significance level for the † mark.
 ALPHA = 0.05
 DAGGER = "†"
+#: The `method` of the trivial-baseline rows (`with_baselines`): never bold, never tested.
+TRIVIAL = "trivial"
 #: Nicer column headers for the instruction-KD benchmarks; other names are shown as they are.
 BENCHMARK_NAMES = {
     "dolly": "Dolly", "dollyeval": "Dolly", "selfinst": "SelfInst", "self_inst": "SelfInst",
@@ -68,7 +72,8 @@ def read_tables(tables_dir: str | Path, names: Sequence[str] | None = None
     """Read the DAG's long tables from `tables_dir`.
 
     names: a subset of `kdbench.paths.LONG_TABLES` keys (default: all). A missing or empty file gives None.
-    Key columns (pair, method, variant, benchmark, ablation, example_id, task) are read as str.
+    Key columns (pair, method, variant, benchmark, ablation, example_id, task) are read as str, and
+    only empty fields as missing (`kdbench.io.read_csv`).
     """
     tables_dir = Path(tables_dir)
     out: dict[str, pd.DataFrame | None] = {}
@@ -78,7 +83,7 @@ def read_tables(tables_dir: str | Path, names: Sequence[str] | None = None
             out[name] = None
             continue
         try:
-            out[name] = pd.read_csv(path, dtype=_STR_COLUMNS)
+            out[name] = io.read_csv(path, dtype=_STR_COLUMNS)
         except pd.errors.EmptyDataError:
             out[name] = None
     return out
@@ -635,6 +640,44 @@ def ablation_table(runs: pd.DataFrame, ablations: pd.DataFrame,
     return _with_cost_ratios(df, runs)
 
 
+def read_baselines(tables_dir: str | Path) -> pd.DataFrame | None:
+    """baselines.csv of `tables_dir` (the `baselines` stage), or None where it is absent."""
+    path = Path(tables_dir) / BASELINES_TABLE
+    return pd.read_csv(path, dtype=_STR_COLUMNS | {"baseline": str}) if path.is_file() else None
+
+
+def with_baselines(main: pd.DataFrame, baselines: pd.DataFrame | None) -> pd.DataFrame:
+    """`main` (a `main_table` frame) with one row per trivial baseline of `baselines`
+    (baselines.csv: baseline, benchmark, rouge_l; kdbench/baselines.py) after the methods:
+    its Rouge-L per benchmark and avg (the mean over the table's benchmarks), method "trivial",
+    variant the baseline's name, n_seeds 0. An answer that needs no model has no seeds: no
+    std, no interval, no test, never bold. `main` itself when `baselines` is None or empty."""
+    from kdbench.baselines import LABELS
+
+    if baselines is None or baselines.empty:
+        return main
+    cols = [c.removesuffix("_mean") for c in main.columns if c.endswith("_mean")]  # benchmarks, avg
+    benches = [c for c in cols if c != "avg"]
+    wide = baselines.pivot(index="baseline", columns="benchmark", values="rouge_l").reindex(columns=benches)
+    wide["avg"] = wide[benches].mean(axis=1, skipna=False)
+    names = [b for b in LABELS if b in wide.index] + sorted(set(wide.index) - set(LABELS))
+    rows = pd.DataFrame(np.nan, index=pd.Index([LABELS.get(b, b) for b in names], name=main.index.name),
+                        columns=main.columns)
+    rows["pair"] = main["pair"].iloc[0] if len(main) else ""
+    rows["method"], rows["variant"], rows["n_seeds"] = TRIVIAL, names, 0
+    for c in cols:
+        rows[f"{c}_mean"] = wide.loc[names, c].to_numpy()
+    out = pd.concat([main, rows.astype({c: main[c].dtype for c in ("pair", "method", "variant", "n_seeds")})])
+    words = baselines.loc[baselines["baseline"] == "frequent_words", "answer_words"]
+    bag = f" the {words.iloc[0]:.0f}" if len(words) else ""
+    out.attrs = {**main.attrs, "footnote": list(main.attrs.get("footnote", [])) + [
+        f"{TRIVIAL}: answers that need no model, scored with the same Rouge-L (kdbench/baselines.py): the input "
+        f"copied (empty where a prompt has none), the instruction copied, and{bag} most frequent words of the "
+        "training references, as many as the mean reference has, one fixed answer for every prompt. They have "
+        "no seeds: no ±, no test. A method near or below them wins its Rouge-L without language."]}
+    return out
+
+
 def _with_cost_ratios(df: pd.DataFrame, runs: pd.DataFrame, baseline: str = "kd") -> pd.DataFrame:
     """Add `examples_ratio` and `time_ratio` (ratios of seed means to `baseline`'s default
     run) after the Rouge-L columns of an ablation table, when runs.csv has the cost columns:
@@ -665,8 +708,9 @@ def _magnitude_fmt(values) -> str:
     return "{:,.0f}" if top >= 1000 else "{:.1f}" if top >= 10 else "{:.2f}"
 
 
-#: Answer-shape columns of runs.csv (`kdbench.stages.score`) shown in the runtime table.
-ANSWER_SHAPE = {"length_ratio": "answer/ref", "capped": "capped", "repetition": "repeat"}
+#: Answer-shape and fluency columns of runs.csv (`kdbench.stages.evaluate`) shown in the runtime table.
+ANSWER_SHAPE = {"length_ratio": "answer/ref", "capped": "capped", "repetition": "repeat",
+                "teacher_nll": "teacher NLL"}
 
 
 def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
@@ -796,6 +840,10 @@ def runtime_table(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
                      "length / mean reference length, in words; capped = share of answers that hit the "
                      "generation cap without EOS; repeat = share of an answer's word trigrams that repeat "
                      "an earlier one. High values flag babbling that Rouge-L can reward.")
+    if "teacher_nll_mean" in df.columns:
+        notes.append("Teacher NLL: the fluency of the answers, the mean negative log-likelihood per token "
+                     "(nats) that the run's teacher gives them after their prompts (kdbench/fluency.py); "
+                     "word salad scores far above the teacher's own answers; comparable within a pair only.")
     df.attrs.update(columns=cols, caption="Training and generation cost per method.",
                     footnote=notes, index_header="method")
     return df
@@ -852,7 +900,7 @@ def format_table(df: pd.DataFrame, target: str = "md") -> pd.DataFrame:
                         "main_table, ablation_table or runtime_table.")
     tex = target == "tex"
     pm, dash, dagger = (r" $\pm$ ", "--", r"$^{\dagger}$") if tex else (" ± ", "–", DAGGER)
-    students = (df["method"] != TEACHER).to_numpy() if "method" in df.columns \
+    students = (~df["method"].isin([TEACHER, TRIVIAL])).to_numpy() if "method" in df.columns \
         else np.ones(len(df), bool)
 
     def column(name):
@@ -1008,7 +1056,8 @@ def build_all(tables_dir: str | Path) -> list[Path]:
         ex = ex[ex["pair"] == pair] if ex is not None else None
         ep = t["epochs"]
         ep = ep[ep["pair"] == pair] if ep is not None else None
-        written += write_table(main_table(r, ablations, examples=ex, epochs=ep), dest(MAIN_TABLE))
+        written += write_table(with_baselines(main_table(r, ablations, examples=ex, epochs=ep),
+                                              read_baselines(tables_dir)), dest(MAIN_TABLE))
         if has_abl:
             written += write_table(ablation_table(r, ablations, examples=ex, epochs=ep),
                                    dest(ABLATION_TABLE))

@@ -4,7 +4,7 @@ fast tokenizer so every later stage loads it with AutoTokenizer like a hub token
 The prompt template's fixed text (the Alpaca preamble with its `### Instruction:` header, and
 the `### Input:` and `### Response:` headers) is added as one token per piece, as chat models'
 tokenizers do with their template's control tokens. Prompts keep the protocol's text verbatim
-(kdbench.data.format_prompt), but the template costs 2-3 positions instead of 30-45 (the
+(kdbench.data.render_prompt), but the template costs 2-3 positions instead of 30-45 (the
 default's examples average 33 tokens instead of 72), which is most of what every step of the
 embedded default computes."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from kdbench import io
-from kdbench.data import PROMPT, PROMPT_WITH_INPUT, format_prompt
+from kdbench.data import PROMPT, PROMPT_WITH_INPUT, render_prompt
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -33,7 +33,7 @@ def train_bpe(records: list[dict], vocab_size: int, out_dir) -> None:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    texts = (format_prompt(r["instruction"], r.get("input", "")) + r["output"][0] for r in records)
+    texts = (render_prompt(None, r) + r["output"][0] for r in records)  # the Alpaca prompt
     tok.train_from_iterator(texts, trainer=trainer, length=len(records))
     # after training, so the BPE vocabulary keeps its vocab_size entries; not special tokens,
     # so a sampled answer that contains one decodes to its text

@@ -177,7 +177,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
             norm = (torch.nn.utils.clip_grad_norm_(params, budget["grad_clip"]) if budget["grad_clip"] > 0
                     else torch.nn.utils.get_total_norm([p.grad for p in params]))
             if not torch.isfinite(norm):
-                raise suspect.gradient(step, epoch, ratio)
+                raise suspect.gradient(step, epoch, ratio, lambda: _ce_gradients_finite(model, window, budget["precision"]))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -299,13 +299,13 @@ def _reload(fresh, opt, sched):
 
 
 class _Suspect:
-    """Non-finite values stop training with one sentence that names the likely culprit.
-
-    The method is suspected when its own term is non-finite, or when the gradients are
-    non-finite although the loss is finite (a function whose value is fine but whose
-    derivative is not, e.g. sqrt or log at 0); the learning rate and precision when the
-    student's own cross-entropy diverges after some steps; the initial weights or the data
-    when the cross-entropy is non-finite before any update.
+    """Non-finite values stop training with one sentence that names the likely culprit, the
+    first quantity that is not finite: the student's cross-entropy (its value, or, when the
+    loss is finite but its gradients are not, its own gradients, recomputed on the failed
+    step) points at the learning rate and precision after some steps and at the initial
+    weights or the data before any update; the method is suspected only when its own term, or
+    its gradients, are not finite while the cross-entropy and its gradients are (a function
+    whose value is fine but whose derivative is not, e.g. sqrt or log at 0).
     """
 
     def __init__(self, desc: str, method_name: str | None, budget: dict):
@@ -316,30 +316,52 @@ class _Suspect:
 
     def loss(self, step, epoch, ce: float, distill: float) -> UserError:
         where = self._where(step, epoch)
+        if not math.isfinite(ce):
+            return self._diverged(where, step, f"the student's cross-entropy is {ce}")
         if not math.isfinite(distill) and self.method:
             return UserError(f"{where} method {self.method!r} returned a distillation loss of {distill} while the "
                              f"student's cross-entropy is {ce}; the method is the suspect: fix its `loss` in "
                              f"the methods folder ({self.method}.py) or its parameters.")
-        if step == 0:
-            return UserError(f"{where} the student's cross-entropy is {ce} before any update; the initial "
-                             "weights or the data are the suspect: rebuild the model (init_student/train_teacher).")
-        return UserError(f"{where} the loss diverged to {ce} after {step} finite steps at lr "
-                         f"{self.budget['lr']}; lower the learning rate or set the budget's precision to fp32.")
+        return self._diverged(where, step, f"the loss overflowed (cross-entropy {ce}, distillation term {distill})")
 
-    def gradient(self, step, epoch, ratio: float) -> UserError:
+    def gradient(self, step, epoch, ratio: float, ce_gradients_finite) -> UserError:
+        """`ce_gradients_finite()` says whether the cross-entropy alone has finite gradients on
+        the failed step (asked only where the method has a term of its own)."""
         where = self._where(step, epoch)
-        if self.method and ratio > 0:
-            return UserError(f"{where} the loss is finite but its gradients are not; method {self.method!r} is "
-                             f"the suspect (a term with an infinite derivative, e.g. sqrt or log at 0): fix its "
-                             f"`loss` ({self.method}.py) or its parameters.")
-        return UserError(f"{where} the loss is finite but its gradients are not at lr {self.budget['lr']}; "
-                         "lower the learning rate or set the budget's precision to fp32.")
+        if self.method and ratio > 0 and ce_gradients_finite():
+            return UserError(f"{where} the loss is finite but its gradients are not, while the student's "
+                             f"cross-entropy has finite gradients; method {self.method!r} is the suspect (a term "
+                             f"with an infinite derivative, e.g. sqrt or log at 0): fix its `loss` "
+                             f"({self.method}.py) or its parameters.")
+        return self._diverged(where, step, "the student's cross-entropy has non-finite gradients (the loss is finite)")
+
+    def _diverged(self, where: str, step: int, what: str) -> UserError:
+        if step == 0:
+            return UserError(f"{where} {what} before any update; the initial weights or the data are the "
+                             "suspect: rebuild the model (init_student/train_teacher) or check the data.")
+        return UserError(f"{where} {what}, after {step} finite step(s) at lr {self.budget['lr']}; the learning "
+                         "rate or the precision is the suspect: lower the learning rate or set the budget's "
+                         "precision to fp32.")
 
     def weights(self, model) -> None:
         bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise UserError(f"{self.desc}: training ended with non-finite weights ({bad[0]}, {len(bad)} tensor(s)); "
                             f"nothing was saved: lower the learning rate or set the budget's precision to fp32.")
+
+
+def _ce_gradients_finite(model, window: list[dict], precision: str) -> bool:
+    """Whether the student's cross-entropy alone has finite gradients on the micro-batches of
+    `window` (the step that failed); replaces the model's gradients."""
+    model.zero_grad(set_to_none=True)
+    dev = next(model.parameters()).device
+    for batch in window:
+        mask = batch["mask"].to(dev)
+        if mask.any():
+            with autocast(precision, dev):
+                logits = rows_logits(model, batch["input_ids"].to(dev), mask)
+            F.cross_entropy(logits.float(), batch["targets"].to(dev)[mask]).backward()
+    return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
 
 def _micro_step(model, batch: dict, precision: str, ratio: float, method, teacher,

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import torch
 
-from kdbench.data import collate, encode
+from kdbench.data import PROTOCOL, PromptFormat, collate, encode
 from kdbench.fused import token_nll
 from kdbench.metrics import rouge_l
 
 
 def validator(tokenizer, records: list[dict], *, max_length: int, evaluation: dict, seed: int,
-              batch_size: int = 64, desc: str = "validate"):
-    """A callable model -> {"val_loss", "val_rouge_l"} over `records` (the validation split)."""
+              batch_size: int = 64, desc: str = "validate", fmt: PromptFormat = PROTOCOL):
+    """A callable model -> {"val_loss", "val_rouge_l"} over `records` (the validation split),
+    prompts in format `fmt`."""
     from kdbench.generate import sample
 
-    examples = encode(tokenizer, records, max_length)
+    examples = encode(tokenizer, records, max_length, fmt=fmt)
     refs = [r["output"] for r in records]
     pad = tokenizer.pad_token_id
 
@@ -37,7 +38,7 @@ def validator(tokenizer, records: list[dict], *, max_length: int, evaluation: di
         answers, _ = sample(model, tokenizer, records, seed=seed, temperature=evaluation["temperature"],
                             top_p=evaluation["top_p"], top_k=evaluation["top_k"], max_length=max_length,
                             max_new_tokens=evaluation["max_new_tokens"], batch_size=evaluation["batch_size"],
-                            precision=evaluation["precision"], desc=desc)
+                            precision=evaluation["precision"], desc=desc, fmt=fmt)
         return {"val_loss": total / max(1, n), "val_rouge_l": rouge_l(answers, refs)}
 
     return run

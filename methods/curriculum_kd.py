@@ -15,7 +15,7 @@ class Method(Base):
     μ_e = μ_start + e/(E−1)·(μ_all − μ_start) (`kdbench.curriculum.uniform_difficulty_subsets`),
     shuffled within the epoch; `scale` and `start_fraction` as in `cpd` (same defaults, so
     the same subsets: (1 + start_fraction)/2 of the data on the percentile scale). Nothing
-    else changes over training. Read beside `kd` (same loss, all data) and `cpd` (same curriculum, scheduled skew target), it separates what
+    else changes over training. Read beside `kd` (same loss, all data) and `cpd` (same curriculum, scheduled mixed target), it separates what
     the curriculum brings from what the target schedule brings.
     """
 

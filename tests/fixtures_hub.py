@@ -217,7 +217,7 @@ def hub_cfg(tmp_path: Path, teacher: dict, student: dict, **data) -> dict:
     from kdbench import config as C
 
     raw = {"profile": "hubtest", "results_dir": str(tmp_path / "results"), "methods_dir": str(ROOT / "methods"),
-           "data": {"source": "hub", "train": "unused", "benchmarks": {"unused": "unused"}, **data},
+           "data": {"source": "hub", "train": "someone/unused", "benchmarks": {"unused": "someone/unused"}, **data},
            "pairs": {"p": {"teacher": teacher, "student": student}}, "training_seeds": 2}
     return C.validate(raw)
 
@@ -227,3 +227,49 @@ def model_dir(folder: Path, tok, vocab_size: int, n_layer: int = 2) -> str:
     make_llama(folder, vocab_size=vocab_size, n_layer=n_layer)
     tok.save_pretrained(folder)
     return str(folder)
+
+
+# ChatML, as Qwen2.5 and SmolLM2 write it (without their default system messages)
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def make_chat_tokenizer(folder: Path, records: list[dict], vocab_size: int = 300):
+    """A byte-level BPE trained on `records` (kdbench.tokenizer.train_bpe) plus the ChatML
+    control tokens `<|im_start|>`, `<|im_end|>` and template, as an instruction-tuned model's
+    tokenizer has them; saved with `save_pretrained` in `folder` and returned."""
+    from kdbench.models import load_tokenizer
+    from kdbench.tokenizer import train_bpe
+
+    train_bpe(records, vocab_size, folder)
+    tok = load_tokenizer(folder)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML
+    tok.save_pretrained(folder)
+    return load_tokenizer(folder)
+
+
+def make_chat_model(folder: Path, tok, n_layer: int = 1, seed: int = 0, never_ends: bool = False):
+    """A tiny Llama over `tok`'s vocabulary saved with `tok` in `folder` (a pretrained model for
+    `init: pretrained`). never_ends: the model never samples `<|im_end|>`: every embedding has
+    a large constant first coordinate, so after the final RMSNorm the first coordinate of every
+    hidden state is about sqrt(hidden_size), and the untied output row of `<|im_end|>` is -100
+    there and 0 elsewhere (a logit near -400 at every position)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=n_layer,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=not never_ends)
+    model = LlamaForCausalLM(cfg).eval()
+    if never_ends:
+        end = tok.convert_tokens_to_ids("<|im_end|>")
+        with torch.no_grad():
+            model.model.embed_tokens.weight[:, 0] = 50.0
+            model.lm_head.weight[end] = 0.0
+            model.lm_head.weight[end, 0] = -100.0
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model

@@ -67,6 +67,7 @@ def test_score_flags_a_babbling_model(records, tokenizer, make_model, tmp_path, 
         run = Path(P.run_dir("tiny", "kd", variant, 0))
         models.save(make_model(), tokenizer, run / "model")
         io.write_json(run / "train.json", {})
+    models.save(make_model(seed=1), tokenizer, P.teacher_model("tiny", 0))  # judges the fluency
     load = models.load_model
     monkeypatch.setattr(models, "load_model", lambda path, spec=None: _plant(
         load(path, spec), tokenizer.eos_token_id, ends="stopper" in str(path)))
@@ -76,8 +77,10 @@ def test_score_flags_a_babbling_model(records, tokenizer, make_model, tmp_path, 
         run = Path(P.run_dir("tiny", "kd", variant, 0))
         shape[variant] = io.read_json(run / "metrics.json")["benchmarks"]["id"]
         per_answer = pd.read_csv(run / "scores.csv")
-        assert {"answer_words", "reference_words", "capped", "repetition"} <= set(per_answer.columns)
+        assert {"answer_words", "reference_words", "capped", "repetition", "teacher_nll"} <= set(per_answer.columns)
         assert per_answer["capped"].tolist() == [1.0 if variant == "babbler" else 0.0] * 6
+        # the stopper's answers are empty: no tokens to judge
+        assert per_answer["teacher_nll"].notna().all() if variant == "babbler" else per_answer["teacher_nll"].isna().all()
     assert shape["babbler"]["capped"] == 1.0 and shape["babbler"]["answer_words"] > 0
     assert shape["stopper"]["capped"] == 0.0 and shape["stopper"]["length_ratio"] == 0.0
     assert shape["babbler"]["length_ratio"] > shape["stopper"]["length_ratio"]

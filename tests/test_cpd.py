@@ -4,6 +4,7 @@ The engine calls `epoch_indices(epoch, ctx)` once per epoch, then for every step
 `progress.values = method.schedule(progress)` before `method.loss(...)`.
 """
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from kdbench.errors import UserError
 from kdbench.method import EpochContext, Progress, get, instantiate, slug
 
 METHODS = Path(__file__).resolve().parent.parent / "methods"
+CPD = sys.modules[get("cpd", METHODS).__module__]  # methods/cpd.py: its readings and helpers
 
 
 def make(name="cpd", **params):
@@ -180,7 +182,7 @@ def test_missing_difficulty_raises_user_error():
 
 
 def test_bad_parameters_raise_user_errors():
-    for bad in ({"alpha_start": 1.0}, {"alpha_end": -0.1}, {"tau_end": 0.0},
+    for bad in ({"alpha_end": 0.0}, {"alpha_end": -0.1}, {"tau_end": 0.0},
                 {"granularity": "batch"}, {"curriculum": "spiral"}, {"order": "random"},
                 {"start_fraction": 0.0}, {"n_stages": 0}, {"beta": 1}):
         with pytest.raises(UserError):
@@ -198,16 +200,17 @@ def manual_skew(s, t, mask, alpha, tau):
     return (kl[mask].mean() * tau ** 2).item()
 
 
-def test_loss_is_the_scheduled_skew_forward_kl():
+def test_default_loss_is_forward_kl_to_the_scheduled_interpolation():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(2, 3, 7, generator=g), torch.randn(2, 3, 7, generator=g) * 2
     mask = torch.tensor([[True, True, False], [True, False, True]])
     m = make()
+    assert m.target == "interpolated"
     for e, (alpha, tau) in enumerate([(0.9, 1.0), (0.5, 1.5), (0.1, 2.0)]):
         p = Progress(epoch=e, n_epochs=3)
         got = loss_at(m, p, s, t, mask)
         assert got.dtype == torch.float32 and got.dim() == 0
-        assert got.item() == pytest.approx(manual_skew(s, t, mask, alpha, tau), rel=1e-5)
+        assert got.item() == pytest.approx(manual_target(s, t, mask, alpha, tau, "interpolated"), rel=1e-5)
 
 
 def extreme_logits(B=2, T=3, V=16):
@@ -227,10 +230,10 @@ def logit_grad(fn, s, *args, **kw):
     return s.grad
 
 
-def test_logit_gradient_is_bounded_by_tau_one_minus_alpha():
+def test_skl_logit_gradient_is_bounded_by_tau_one_minus_alpha():
     # Per token, ∂L/∂z_j = −τ(1−α)(r_j − q_j Σ r), r = p q / (α p + (1−α) q) ≤ α q + (1−α) p,
     # so |∂L/∂z_j| ≤ τ(1−α); the token mean divides by the number of masked tokens n.
-    m = make()
+    m = make(target="skl")
     g = torch.Generator().manual_seed(1)
     cases = [extreme_logits()]
     for scale in (1.0, 30.0, 1e3):
@@ -247,12 +250,12 @@ def test_logit_gradient_is_bounded_by_tau_one_minus_alpha():
             assert grad.abs().max().item() <= v["temperature"] * (1 - v["alpha"]) / n * (1 + 1e-5)
 
 
-def test_student_confidently_wrong_fkl_pushes_cpd_saturates():
+def test_student_confidently_wrong_fkl_pushes_skl_saturates():
     # Both are bounded at the logit level (forward KL by τ|q − p| ≤ τ); in this case forward
-    # KL's gradient is close to its bound τ/n while CPD's vanishes: q is one-hot on token 0, so
+    # KL's gradient is close to its bound τ/n while skl's vanishes: q is one-hot on token 0, so
     # r = p q / m is nonzero only at 0 where q_0 Σ r = r_0, and the loss sits at its ceiling
     # τ² log(1/(α + (1−α) q_1)) ≈ τ² log(1/α) with zero slope.
-    m = make()
+    m = make(target="skl")
     s, t, mask = extreme_logits()
     n = int(mask.sum())
     for e, (alpha, tau) in enumerate([(0.9, 1.0), (0.1, 2.0)]):
@@ -270,13 +273,13 @@ def test_student_confidently_wrong_fkl_pushes_cpd_saturates():
         assert m.loss(s, t, mask, p).item() == pytest.approx(ceiling, rel=1e-5)
 
 
-def test_probability_gradient_fkl_unbounded_cpd_bounded():
+def test_probability_gradient_fkl_unbounded_skl_bounded():
     # With respect to the student's probabilities q (student logits = log q, τ = 1), forward
     # KL's gradient is −p_v/q_v (+1 from the normalisation) and grows like 1/q_v on the token
     # the teacher likes; the skew's is −(1−α)(p_v/m_v − Σ r) with m_v ≥ α p_v, so it stays
     # below (1−α)/α whatever q. (With respect to log q forward KL's is −p_v, bounded, so
     # the probabilities are where the difference shows.)
-    m = make(tau_end=1.0)                                   # τ = 1 at every π
+    m = make(target="skl", tau_end=1.0)                     # τ = 1 at every π
     V = 8
     t = torch.zeros(1, 1, V)
     t[..., 1] = 10.0                                        # teacher puts ~all mass on token 1
@@ -298,6 +301,210 @@ def test_probability_gradient_fkl_unbounded_cpd_bounded():
     p1 = math.exp(10) / (math.exp(10) + V - 1)
     np.testing.assert_allclose(fkl_grads, [p1 / e - 1 for e in (1e-2, 1e-4, 1e-6)], rtol=1e-3)
     assert fkl_grads[-1] > 1e5 * (1 - 0.9) / 0.9
+
+
+# --- the abstract's claims as properties ---------------------------------------------------
+# One test per claim that constrains the method. Each runs on the default and on the readings
+# that meet the abstract (READINGS_OK); test_the_properties_can_fail shows each one failing
+# where it should: the old default (skl) fails (b) and (c), srkl too, the curriculum's
+# controls fail (a) and (f).
+
+READINGS_OK = ("mixture", "interpolated")
+
+
+def test_the_default_is_a_reading_that_meets_the_abstract():
+    assert make().target in READINGS_OK
+
+
+def profiles(n=500, seed=0):
+    """Difficulty profiles of different shapes, (n,) each: uniform, convex (most examples near
+    the top, like a rescaled rank fusion), reciprocal-rank fusion as POCL scores it, bimodal,
+    and five tied levels."""
+    rng = np.random.default_rng(seed)
+    r1, r2 = rng.permutation(n), rng.permutation(n)
+    return {"uniform": rng.random(n), "convex": 1 - np.exp(-8 * rng.random(n)),
+            "rrf": -(1 / (r1 + 61) + 1 / (r2 + 61)),
+            "bimodal": np.concatenate([rng.normal(0, .1, n // 2), rng.normal(1, .1, n - n // 2)]),
+            "ties": rng.integers(0, 5, n).astype(float)}
+
+
+def epochs_of(m, d, n_epochs, seed=0):
+    """The examples of every epoch, as the engine asks for them (None: all data)."""
+    ctx = ctx_for(d, n_epochs, seed)
+    return [m.epoch_indices(e, ctx) for e in range(n_epochs)]
+
+
+def uniform_steps_error(m, d, n_epochs):
+    """How far the epochs' mean difficulties (on the method's scale) are from equal steps,
+    in units of the discreteness allowed: the shortest prefix reaching μ_e overshoots it by at
+    most range/|subset|, so two consecutive means may be 2·range/min|subset| off the mean step."""
+    x = C.on_scale(d, m.scale)
+    subsets = epochs_of(m, d, n_epochs)
+    steps = np.diff(C.subset_means(x, subsets))
+    allowed = 2 * (x.max() - x.min()) / min(len(s) for s in subsets)
+    return float(np.abs(steps - steps.mean()).max() / allowed), steps
+
+
+@pytest.mark.parametrize("scale", ["percentile", "raw"])
+@pytest.mark.parametrize("n_epochs", [2, 5, 20])
+def test_a_mean_difficulty_rises_uniformly(scale, n_epochs):
+    m = make(scale=scale)
+    for name, d in profiles().items():
+        err, steps = uniform_steps_error(m, d, n_epochs)
+        assert np.all(steps > 0), name
+        assert err <= 1.0, name
+
+
+def broad_student(T=8, V=1024, seed=0):
+    """Student logits with a small random spread (q near uniform) and a peaked teacher (N(0, 2²)
+    logits, +12 on one random token per row: 0.9 of its mass there on average), float64 (1, T, V)."""
+    g = torch.Generator().manual_seed(seed)
+    s = 0.1 * torch.randn(1, T, V, generator=g, dtype=torch.float64)
+    t = 2 * torch.randn(1, T, V, generator=g, dtype=torch.float64)
+    t[0, torch.arange(T), torch.randint(V, (T,), generator=g)] += 12
+    return s, t
+
+
+def random_pair(T=6, V=40, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (2 * torch.randn(1, T, V, generator=g, dtype=torch.float64),
+            3 * torch.randn(1, T, V, generator=g, dtype=torch.float64))
+
+
+def grad_at(m, progress, s, t, mask=None):
+    """∂L/∂z_S (same shape as s) of the method's loss at this progress, and the schedule."""
+    progress.values = m.schedule(progress)
+    mask = torch.ones(s.shape[:-1], dtype=torch.bool) if mask is None else mask
+    return logit_grad(lambda x: m.loss(x, t, mask, progress), s), progress.values
+
+
+def pulled_towards(m, progress, s, t):
+    """Per token (N, V): the distribution the step pulls the student towards, and p, q, α.
+
+    A forward-KL pull at temperature τ towards a distribution r held fixed has the logit
+    gradient τ (q − r) (÷ n tokens in the token mean), so r = q − n·∂L/∂z / τ. For a loss of
+    another form this r is not a mixture (nor, in general, a distribution)."""
+    grad, v = grad_at(m, progress, s, t)
+    tau, n = v["temperature"], s.shape[0] * s.shape[1]
+    q, p = torch.softmax(s / tau, -1), torch.softmax(t / tau, -1)
+    r = q - n * grad / tau
+    return r.flatten(0, 1), p.flatten(0, 1), q.flatten(0, 1), v["alpha"]
+
+
+def distance_to_mixtures(r, p, q, alpha):
+    """Largest ℓ1 distance over tokens from r to the nearer of the two teacher/student mixtures
+    with the teacher's weight α: in probabilities, α p + (1−α) q, and in logits, ∝ p^α q^(1−α)."""
+    arithmetic = alpha * p + (1 - alpha) * q
+    geometric = torch.softmax(alpha * p.log() + (1 - alpha) * q.log(), -1)
+    return min(float((r - mix).abs().sum(-1).max()) for mix in (arithmetic, geometric))
+
+
+@pytest.mark.parametrize("target", READINGS_OK)
+def test_b_the_mixing_coefficient_is_in_the_target(target):
+    m = make(target=target)
+    for s, t in (broad_student(), random_pair()):
+        for e in range(5):
+            r, p, q, alpha = pulled_towards(m, Progress(epoch=e, n_epochs=5), s, t)
+            assert distance_to_mixtures(r, p, q, alpha) < 1e-9
+
+
+def start_vs_kd(m, s, t):
+    """Per token at π = 0: cosine of the method's logit gradient with kd's (forward KL at
+    τ = 1) and the ratio of their norms, (N,) each."""
+    grad, _ = grad_at(m, Progress(epoch=0, n_epochs=20), s, t)
+    kd = logit_grad(D.forward_kl, s, t, torch.ones(s.shape[:-1], dtype=torch.bool))
+    grad, kd = grad.flatten(0, 1), kd.flatten(0, 1)
+    cos = (grad * kd).sum(-1) / (grad.norm(dim=-1) * kd.norm(dim=-1))
+    return cos, grad.norm(dim=-1) / kd.norm(dim=-1)
+
+
+@pytest.mark.parametrize("target", READINGS_OK)
+def test_c_teacher_dominated_at_the_start(target):
+    s, t = broad_student()
+    assert torch.softmax(t, -1).max(-1).values.min() > 0.5        # the teacher is peaked
+    cos, ratio = start_vs_kd(make(target=target), s, t)
+    assert cos.min() >= 0.9 and ratio.min() >= 0.5
+
+
+@pytest.mark.parametrize("target", READINGS_OK)
+def test_d_student_informed_at_the_end(target):
+    m = make(target=target)
+    last = Progress(epoch=19, n_epochs=20)
+    for s, t in (broad_student(), random_pair()):
+        r, p, q, alpha = pulled_towards(m, last, s, t)
+        assert 1 - alpha >= 0.5                                  # the student's weight in r
+        assert distance_to_mixtures(r, p, q, alpha) < 1e-9      # ... and r is that mixture
+
+
+def adversarial(dtype):
+    """Logits that stress a gradient bound, (B, T, V) student and teacher: magnitudes 1e4, a
+    student certain of the wrong token, a padded vocabulary (−inf in both), a broad student."""
+    g = torch.Generator().manual_seed(3)
+    huge = (1e4 * torch.randn(2, 3, 16, generator=g), 1e4 * torch.randn(2, 3, 16, generator=g))
+    wrong = extreme_logits()[:2]
+    pad_s, pad_t = 5 * torch.randn(1, 4, 16, generator=g), torch.zeros(1, 4, 16)
+    pad_t[..., 3] = 30.0
+    pad_s[..., 12:] = pad_t[..., 12:] = -math.inf
+    broad = broad_student(V=64)
+    return [(s.to(dtype), t.to(dtype)) for s, t in (huge, wrong, (pad_s, pad_t), broad)]
+
+
+GRADIENT_BOUND = {  # Σ_j |∂L/∂z_j| per token (methods/cpd.py, "Gradients")
+    "mixture": lambda alpha, tau: 2 * tau * alpha,
+    "interpolated": lambda alpha, tau: 2 * tau,
+    "skl": lambda alpha, tau: 2 * tau * (1 - alpha),
+}
+
+
+@pytest.mark.parametrize("target", [*READINGS_OK, "skl"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_e_gradients_within_their_closed_form_bound(target, dtype):
+    m = make(target=target)
+    tight = 0.0
+    for s, t in adversarial(dtype):
+        n = s.shape[0] * s.shape[1]
+        for e in range(5):
+            grad, v = grad_at(m, Progress(epoch=e, n_epochs=5), s, t)
+            assert torch.isfinite(grad).all()
+            per_token = n * grad.double().abs().sum(-1)
+            bound = GRADIENT_BOUND[target](v["alpha"], v["temperature"])
+            assert per_token.max().item() <= bound * (1 + 1e-2 if dtype == torch.bfloat16 else 1 + 1e-6)
+            tight = max(tight, per_token.max().item() / bound)
+    if target != "skl":  # a bound that some of these logits nearly reach
+        assert tight > 0.9
+
+
+@pytest.mark.parametrize("n_epochs", [2, 5, 20])
+def test_f_at_least_ten_percent_fewer_examples_than_kd(n_epochs):
+    for name, d in profiles().items():
+        for m in (make(), make(scale="raw")):
+            seen = sum(len(x) for x in epochs_of(m, d, n_epochs))
+            assert seen <= 0.9 * len(d) * n_epochs, name
+
+
+def test_the_properties_can_fail():
+    s, t = broad_student()
+    # (b) and (c): the old default, skew KL with the mixture on the student's side, pulls
+    # towards p whatever α and starts with a gradient about 1/1,000 of kd's, nearly orthogonal
+    # to it; skew reverse KL starts weak too
+    for target, max_cos, max_ratio in (("skl", 0.3, 0.01), ("srkl", 0.9, 0.05)):
+        m = make(target=target)
+        cos, ratio = start_vs_kd(m, s, t)
+        assert cos.mean() < max_cos and ratio.max() < max_ratio, target
+        r, p, q, alpha = pulled_towards(m, Progress(epoch=0, n_epochs=20), s, t)
+        assert distance_to_mixtures(r, p, q, alpha) > 0.5, target
+    # (d): a schedule that stays teacher-dominated
+    r, p, q, alpha = pulled_towards(make(alpha_end=0.9), Progress(epoch=19, n_epochs=20), s, t)
+    assert 1 - alpha < 0.5
+    # (a): POCL's stages hold the subset for two epochs, then jump
+    d = profiles()["uniform"]
+    assert uniform_steps_error(make(curriculum="stages"), d, 8)[0] > 1
+    # (f): without a curriculum every epoch sees all the data
+    assert all(x is None for x in epochs_of(make(curriculum="none"), d, 5))
+    # (e): forward KL at the end's α and τ breaks the mixture's bound on a confidently wrong student
+    s_wrong, t_wrong, mask = extreme_logits()
+    kd = int(mask.sum()) * logit_grad(D.forward_kl, s_wrong, t_wrong, mask, temperature=2.0)
+    assert kd.abs().sum(-1).max().item() > GRADIENT_BOUND["mixture"](0.1, 2.0)
 
 
 # --- the curriculum baselines -----------------------------------------------------------
@@ -343,9 +550,11 @@ def manual_target(s, t, mask, alpha, tau, target):
     """τ² × token mean of each reading, in float64, straight from the formulas (α: teacher)."""
     zs, zt = s.double() / tau, t.double() / tau
     p, q = torch.softmax(zt, -1), torch.softmax(zs, -1)
-    if target == "skew_fkl":
+    if target == "mixture":
+        a, b = alpha * p + (1 - alpha) * q, q
+    elif target == "skl":
         a, b = p, alpha * p + (1 - alpha) * q
-    elif target == "skew_rkl":
+    elif target == "srkl":
         a, b = q, alpha * p + (1 - alpha) * q
     else:
         a, b = torch.softmax(alpha * zt + (1 - alpha) * zs, -1), q
@@ -353,7 +562,7 @@ def manual_target(s, t, mask, alpha, tau, target):
     return (kl[mask].mean() * tau ** 2).item()
 
 
-@pytest.mark.parametrize("target", ["skew_fkl", "skew_rkl", "interpolated"])
+@pytest.mark.parametrize("target", ["mixture", "interpolated", "skl", "srkl"])
 def test_each_target_reading_is_its_formula_on_the_schedule(target):
     g = torch.Generator().manual_seed(4)
     s, t = torch.randn(2, 3, 7, generator=g), torch.randn(2, 3, 7, generator=g) * 2
@@ -382,12 +591,14 @@ def test_target_endpoints_and_degenerate_alphas():
     s, t = torch.randn(1, 3, 5, generator=g), torch.randn(1, 3, 5, generator=g)
     mask = torch.ones(1, 3, dtype=torch.bool)
     last = Progress(epoch=1, n_epochs=2)
-    # interpolated at α = 1 (TAID's end point) is forward KL
-    m = make(target="interpolated", alpha_start=0.4, alpha_end=1.0, tau_end=1.0)
-    assert loss_at(m, last, s, t, mask).item() == pytest.approx(
-        D.forward_kl(s, t, mask).item(), rel=1e-6)
-    for bad in ({"target": "skew_rkl", "alpha_end": 0.0}, {"target": "interpolated", "alpha_end": 0.0},
-                {"target": "skew_fkl", "alpha_start": 1.0}, {"target": "jsd"}):
+    # the mixed targets at α = 1 (TAID's end point) are forward KL
+    for target in ("mixture", "interpolated"):
+        m = make(target=target, alpha_start=0.4, alpha_end=1.0, tau_end=1.0)
+        assert loss_at(m, last, s, t, mask).item() == pytest.approx(
+            D.forward_kl(s, t, mask).item(), rel=1e-6)
+    for bad in ({"target": "srkl", "alpha_end": 0.0}, {"target": "interpolated", "alpha_end": 0.0},
+                {"target": "mixture", "alpha_start": 0.0}, {"target": "skl", "alpha_start": 1.0},
+                {"target": "skew_fkl"}, {"target": "jsd"}):
         with pytest.raises(UserError):
             make(**bad)
 
@@ -427,8 +638,11 @@ def test_default_ablation_grid_holds_the_controls():
     assert params["no_curriculum"] == ("cpd", {"curriculum": "none"})
     assert params["target_schedule_only"] == ("cpd", {"curriculum": "none", "granularity": "step"})
     assert params["aggressive"] == ("cpd", {"scale": "raw", "start_fraction": 0.2})
-    assert {params[r][1]["target"] for r in ("target_skew_rkl", "target_interpolated")} == \
-        {"skew_rkl", "interpolated"}
+    # the target rows name their reading, and the default is none of them
+    targets = {row: p["target"] for row, (_, p) in params.items() if "target" in p}
+    assert targets == {f"target_{t}": t for t in set(CPD.TARGETS) - {make().target}}
+    # no_mixing_schedule holds α at the default's end value
+    assert params["no_mixing_schedule"][1] == {"alpha_start": make().alpha_end}
     # every row is a distinct run, and the kd rows are runs of kd
     assert len({(m, slug_) for m, slug_, _ in rows.values()}) == len(rows)
     assert {(r.method, r.variant) for r in config.runs(cfg)} >= {("kd", "data_fraction-0.8")}
@@ -449,9 +663,9 @@ def test_pocl_restarts_at_every_stage_and_takes_any_base():
     srkl = make("pocl", base="srkl")
     # SRKL + POCL: KL(q ‖ 0.1 q + 0.9 p), i.e. teacher weight 0.9 in the mixture
     assert loss_at(srkl, p, s, t, mask).item() == pytest.approx(
-        manual_target(s, t, mask, 0.9, 4 / 3, "skew_rkl"), rel=1e-5)
+        manual_target(s, t, mask, 0.9, 4 / 3, "srkl"), rel=1e-5)
     assert loss_at(make("pocl"), p, s, t, mask).item() == pytest.approx(
-        manual_target(s, t, mask, 0.0, 4 / 3, "skew_fkl"), rel=1e-5)   # kd: α = 0 is forward KL
+        manual_target(s, t, mask, 1.0, 4 / 3, "mixture"), rel=1e-5)   # kd: α = 1 is forward KL
     with pytest.raises(UserError, match="base"):
         make("pocl", base="mse")
 

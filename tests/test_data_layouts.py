@@ -1,8 +1,10 @@
 """docs/data.md's worked example, run as written: a foreign data set in MiniLLM's layout
 (raw.jsonl + valid.jsonl) with its own field names is validated (the printed reading must be
-the one the page shows) and then goes through the whole DAG."""
+the one the page shows) and then goes through the whole DAG; an edit of its data file then
+reruns prepare_data and what depends on it."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -52,16 +54,16 @@ def test_validate_names_a_missing_field(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["validate", "--config", str(profile)]) == 2
     err = capsys.readouterr().err
-    assert "mydata-raw-0 has no instruction field" in err and "data.fields.instruction" in err
+    assert "mydata/raw.jsonl, line 1 has no instruction field" in err and "data.fields.instruction" in err
 
 
 @pytest.mark.slow
 def test_worked_example_runs_through_the_dag(tmp_path):
     profile = _worked_example(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                          str(tmp_path), "--configfile", str(profile), "--cores", "2"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(profile), "--cores", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
     results = tmp_path / "results" / "mydata"
     assert "validation: the first 6 examples" in io.read_json(results / "data" / "report.json")["train"]["reading"]
@@ -74,3 +76,17 @@ def test_worked_example_runs_through_the_dag(tmp_path):
     assert runs[["length_ratio", "capped", "repetition"]].notna().all().all()
     assert runs["capped"].between(0, 1).all()
     assert "capped" in (results / "tables" / "runtime.md").read_text()
+    assert not (results / "checkpoints").exists()  # each run removed its checkpoint, the DAG their folders
+
+    # an edited data file reruns prepare_data and everything after it; the data is refreshed
+    raw = tmp_path / "mydata" / "raw.jsonl"
+    raw.write_text(raw.read_text() + json.dumps({"question": "What colour is the sun?", "context": "The sun is "
+                                                 "yellow.", "answer": "The sun is yellow."}) + "\n")
+    dry = subprocess.run(cmd + ["-n"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert "rule prepare_data:" in dry.stdout and "Updated input files: mydata/raw.jsonl" in dry.stdout, dry.stdout
+    assert "rule distill:" in dry.stdout and "rule tables:" in dry.stdout
+    assert len(io.read_jsonl(results / "data" / "train.jsonl")) == 54
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    train = io.read_jsonl(results / "data" / "train.jsonl")
+    assert len(train) == 55 and train[-1]["instruction"] == "What colour is the sun?"

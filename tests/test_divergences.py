@@ -3,6 +3,7 @@
 Closed-form values are computed here with plain `math` on hand-written probabilities, so a
 swapped direction or a cross-entropy in place of a divergence fails.
 """
+import functools
 import math
 
 import pytest
@@ -16,9 +17,12 @@ ALL = {
     "reverse_kl": D.reverse_kl,
     "skew_forward_kl": D.skew_forward_kl,
     "skew_reverse_kl": D.skew_reverse_kl,
+    "forward_kl_to_mixture": functools.partial(D.forward_kl_to_mixture, alpha=0.3),
+    "forward_kl_to_interpolation": functools.partial(D.forward_kl_to_interpolation, alpha=0.3),
     "jensen_shannon": D.jensen_shannon,
     "total_variation": D.total_variation,
 }
+MIXED_TARGETS = ("forward_kl_to_mixture", "forward_kl_to_interpolation")  # α = 0.3 in ALL
 INF = math.inf
 
 
@@ -36,6 +40,12 @@ def mix(w, a, b):
 def softmax(z, tau=1.0):
     e = [math.exp(v / tau) for v in z]
     return [v / sum(e) for v in e]
+
+
+def geo(w, a, b):
+    """The normalised geometric mixture a^w b^(1−w) / Z (0 where either is 0)."""
+    g = [x ** w * y ** (1 - w) if x > 0 and y > 0 else 0.0 for x, y in zip(a, b)]
+    return [v / sum(g) for v in g]
 
 
 def as_logits(*rows):
@@ -65,6 +75,12 @@ def plain(name, s, t, mask, *, alpha=0.1, beta=0.1, temperature=1.0):
         v = (p * (lp - torch.log(alpha * p + (1 - alpha) * q))).sum(-1)
     elif name == "skew_reverse_kl":
         v = (q * (lq - torch.log(alpha * q + (1 - alpha) * p))).sum(-1)
+    elif name == "forward_kl_to_mixture":
+        r = alpha * p + (1 - alpha) * q.detach()
+        v = (r * (torch.log(r) - lq)).sum(-1)
+    elif name == "forward_kl_to_interpolation":
+        lr = torch.log_softmax(alpha * lp + (1 - alpha) * lq.detach(), -1)
+        v = (lr.exp() * (lr - lq)).sum(-1)
     elif name == "jensen_shannon":
         lm = torch.log(beta * p + (1 - beta) * q)
         v = beta * (p * (lp - lm)).sum(-1) + (1 - beta) * (q * (lq - lm)).sum(-1)
@@ -112,6 +128,63 @@ def test_skew_reverse_kl(alpha):
     assert abs(want - kl(P3, mix(alpha, P3, Q3))) > 1e-3
 
 
+@pytest.mark.parametrize("alpha", [0.1, 0.3, 0.75])
+def test_forward_kl_to_mixture(alpha):
+    want = kl(mix(alpha, P3, Q3), Q3)  # KL(α p + (1−α) q ‖ q): the mixture is the target
+    assert one(D.forward_kl_to_mixture, Q3, P3, alpha=alpha) == pytest.approx(want, rel=1e-9)
+    assert abs(want - kl(mix(alpha, Q3, P3), Q3)) > 1e-3  # the weights swapped
+    assert abs(want - kl(P3, mix(alpha, P3, Q3))) > 1e-3  # the skew: mixture on the student's side
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.3, 0.75])
+def test_forward_kl_to_interpolation(alpha):
+    want = kl(geo(alpha, P3, Q3), Q3)  # KL(r ‖ q), r ∝ p^α q^(1−α)
+    assert one(D.forward_kl_to_interpolation, Q3, P3, alpha=alpha) == pytest.approx(want, rel=1e-9)
+    assert abs(want - kl(geo(alpha, Q3, P3), Q3)) > 1e-3
+    assert abs(want - kl(mix(alpha, P3, Q3), Q3)) > 1e-3  # not the arithmetic mixture
+    # r is the softmax of the interpolated logits, whatever their row constants
+    zs, zt = [1.0, 0.0, -1.0], [3.0, 5.0, 4.5]
+    r = softmax([alpha * b + (1 - alpha) * a for a, b in zip(zs, zt)])
+    s, t = torch.tensor([[zs]], dtype=torch.float64), torch.tensor([[zt]], dtype=torch.float64)
+    got = D.forward_kl_to_interpolation(s, t, None, alpha=alpha).item()
+    assert got == pytest.approx(kl(r, softmax(zs)), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", MIXED_TARGETS)
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_mixed_targets_pull_towards_the_target(name, temperature):
+    """The student's share of r is detached: the gradient is τ (q − r) per token (token mean
+    over n tokens), so the mixture's is α τ (q − p): forward KL's direction, α its strength."""
+    s, t, mask = random_inputs(V=7)
+    alpha, n = 0.3, int(mask.sum())
+    (grad,) = torch.autograd.grad(ALL[name](s, t, mask, temperature=temperature), s)
+
+    def target(lq, lp):
+        if name == "forward_kl_to_mixture":
+            return alpha * lp.exp() + (1 - alpha) * lq.exp()
+        return torch.softmax(alpha * lp + (1 - alpha) * lq, -1)
+
+    lp = torch.log_softmax(t.detach() / temperature, -1)
+    lq = torch.log_softmax(s.detach() / temperature, -1)
+    r = target(lq, lp)
+    torch.testing.assert_close(grad[mask], temperature * (lq.exp() - r)[mask] / n)
+    if name == "forward_kl_to_mixture":
+        torch.testing.assert_close(grad[mask], alpha * temperature * (lq.exp() - lp.exp())[mask] / n)
+    # without the stop-gradient the gradient would differ (r would move with the student)
+    x = s.detach().clone().requires_grad_()
+    lqx = torch.log_softmax(x / temperature, -1)
+    rx = target(lqx, lp)
+    (moving,) = torch.autograd.grad((rx * (rx.log() - lqx)).sum(-1)[mask].mean() * temperature ** 2, x)
+    assert (moving - grad).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", MIXED_TARGETS)
+def test_mixed_target_endpoints_are_exact(name):
+    fn = getattr(D, name)
+    assert one(fn, Q3, P3, alpha=1.0) == one(D.forward_kl, Q3, P3)
+    assert one(fn, Q3, P3, alpha=0.0) == 0.0
+
+
 def test_skew_endpoints_are_exact():
     assert one(D.skew_forward_kl, Q3, P3, alpha=0.0) == one(D.forward_kl, Q3, P3)
     assert one(D.skew_reverse_kl, Q3, P3, alpha=0.0) == one(D.reverse_kl, Q3, P3)
@@ -150,6 +223,8 @@ def test_temperature_scales_by_tau_squared(name):
     per_token = {
         "forward_kl": kl(p, q), "reverse_kl": kl(q, p),
         "skew_forward_kl": kl(p, mix(0.1, p, q)), "skew_reverse_kl": kl(q, mix(0.1, q, p)),
+        "forward_kl_to_mixture": kl(mix(0.3, p, q), q),
+        "forward_kl_to_interpolation": kl(geo(0.3, p, q), q),
         "jensen_shannon": 0.1 * kl(p, mix(0.1, p, q)) + 0.9 * kl(q, mix(0.1, p, q)),
         "total_variation": 0.5 * sum(abs(a - b) for a, b in zip(p, q)),
     }[name]
@@ -237,7 +312,7 @@ def test_shared_neg_inf_entries_are_zero_probability_tokens(name):
 
 
 @pytest.mark.parametrize("name", ["forward_kl", "skew_forward_kl", "skew_reverse_kl",
-                                  "jensen_shannon", "total_variation"])
+                                  *MIXED_TARGETS, "jensen_shannon", "total_variation"])
 def test_teacher_only_neg_inf_stays_finite(name):
     """p = 0 where the student has mass: finite for these, with closed-form values."""
     p, q = [0.8, 0.2, 0.0], [0.5, 0.3, 0.2]
@@ -248,6 +323,7 @@ def test_teacher_only_neg_inf_stays_finite(name):
     want = {
         "forward_kl": kl(p, q), "skew_forward_kl": kl(p, mix(0.1, p, q)),
         "skew_reverse_kl": kl(q, mix(0.1, q, p)),
+        "forward_kl_to_mixture": kl(mix(0.3, p, q), q), "forward_kl_to_interpolation": kl(geo(0.3, p, q), q),
         "jensen_shannon": 0.1 * kl(p, mix(0.1, p, q)) + 0.9 * kl(q, mix(0.1, p, q)),
         "total_variation": 0.5 * (0.3 + 0.1 + 0.2),
     }[name]
@@ -299,7 +375,7 @@ def test_chunked_matches_plain_values_and_gradients(name, temperature, monkeypat
     monkeypatch.setattr(D, "CHUNK_ELEMENTS", 2 * 11)  # 2 rows per chunk, N not a multiple
     s, t, mask = random_inputs(V=11)
     kw = {"temperature": temperature}
-    if name.startswith("skew"):
+    if name.startswith("skew") or name in MIXED_TARGETS:
         kw["alpha"] = 0.3
     if name == "jensen_shannon":
         kw["beta"] = 0.3
@@ -313,7 +389,7 @@ def test_chunked_matches_plain_values_and_gradients(name, temperature, monkeypat
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("name", sorted(set(ALL) - set(MIXED_TARGETS)))  # those stop the gradient
 def test_gradcheck_float64_small_chunks(name, monkeypatch):
     monkeypatch.setattr(D, "CHUNK_ELEMENTS", 7)  # one row per chunk
     s, t, mask = random_inputs(B=1, T=4, V=7)
@@ -363,6 +439,8 @@ def test_backward_twice_with_retained_graph():
     (D.skew_forward_kl, {"alpha": -0.1}, "alpha"),
     (D.skew_forward_kl, {"alpha": 1.5}, "alpha"),
     (D.skew_reverse_kl, {"alpha": float("nan")}, "alpha"),
+    (D.forward_kl_to_mixture, {"alpha": 1.5}, "alpha"),
+    (D.forward_kl_to_interpolation, {"alpha": -0.5}, "alpha"),
     (D.jensen_shannon, {"beta": 0.0}, "beta"),
     (D.jensen_shannon, {"beta": 1.0}, "beta"),
     (D.jensen_shannon, {"beta": -2}, "beta"),

@@ -92,6 +92,8 @@ def test_the_true_size_profile_is_paper_gpt2_with_random_weights_of_its_shapes()
     # both on-policy methods sample on their steps: gkd on every one, distillm from its first
     assert shapes["methods"]["params"]["gkd"]["lmbda"] == 1.0
     assert shapes["methods"]["params"]["distillm"]["init_threshold"] == 1.0
+    # random weights never end their answers: the teacher gate warns instead of stopping the DAG
+    assert shapes["teacher_gate"]["on_failure"] == "warn"
 
 
 def test_paper_pairs():
@@ -165,9 +167,10 @@ def test_paper_profile_dry_run_offline(name, tmp_path):
     # DistiLLM's scripts do (read from their files, independently of kdbench's discovery)
     starts = {p.stem for p in (REPO / "methods").glob("*.py") if 'starts_from = "sft"' in p.read_text()}
     assert {"distillm", "gkd"} <= starts
-    assert jobs == {"prepare_data": 1, "train_teacher": 1, "init_student": seeds, "sft_init": seeds,
-                    "score_difficulty": 1, "teacher_samples": 1, "distill": n_jobs,
-                    "collect": 1, "tables": 1, "figures": 1, "all": 1, "total": n_jobs + 8 + 2 * seeds}
+    assert jobs == {"prepare_data": 1, "train_teacher": 1, "teacher_gate": 1, "init_student": seeds,
+                    "sft_init": seeds, "score_difficulty": 1, "teacher_samples": 1, "distill": n_jobs,
+                    "baselines": 1, "collect": 1, "tables": 1, "figures": 1, "all": 1,
+                    "total": n_jobs + 10 + 2 * seeds}
     # a dry run loads and writes nothing (Snakemake's own .snakemake/ aside)
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
                      if ".snakemake" not in p.parts and "hf_home" not in p.parts)

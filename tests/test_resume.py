@@ -70,13 +70,14 @@ def _run(make_model, tokenizer, examples, ckpt=None, crash_at=None):
 
 
 @pytest.mark.parametrize("crash_at", [3, 5, 8])  # mid-epoch, first step of epoch 1, mid-epoch 1
-def test_resumed_run_equals_an_uninterrupted_one(crash_at, make_model, tokenizer, examples, tmp_path):
+def test_resumed_run_equals_an_uninterrupted_one(crash_at, make_model, tokenizer, examples, tmp_path, capsys):
     ref, ref_meth, ref_res = _run(make_model, tokenizer, examples)
     ckpt = Checkpoint(tmp_path / "run.pt", every_minutes=0, key="k")
     with pytest.raises(_Crash):
         _run(make_model, tokenizer, examples, ckpt, crash_at=crash_at)
-    assert torch.load(tmp_path / "run.pt", weights_only=False)["loop"]["step"] == crash_at
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["loop"]["step"] == crash_at
     got, meth, res = _run(make_model, tokenizer, examples, Checkpoint(tmp_path / "run.pt", 0, key="k"))
+    assert "resuming from checkpoint" in capsys.readouterr().err  # loaded with weights_only, not started over
     for (name, a), b in zip(ref.state_dict().items(), got.state_dict().values()):
         assert torch.equal(a, b), name
     assert meth.state_dict() == ref_meth.state_dict() and meth.t != TAID().t
@@ -107,11 +108,24 @@ def test_nan_gradients_stop_before_the_step_naming_the_method(make_model, tokeni
     student = make_model(seed=1)
     before = [p.detach().clone() for p in student.parameters()]
     teacher = OnlineTeacher(make_model(seed=2), "fp32", torch.device("cpu"))
-    with pytest.raises(UserError, match=r"loss is finite but its gradients are not; method 'test_resume'") as e:
+    with pytest.raises(UserError, match=r"loss is finite but its gradients are not, while the student's cross-entropy "
+                                        r"has finite gradients; method 'test_resume' is the suspect") as e:
         train(student, examples, BUDGET, seed=0, pad_id=tokenizer.pad_token_id, method=_NaNGradient(),
               teacher=teacher, kd_ratio=0.5)
     assert "step 0" in str(e.value) and "\n" not in str(e.value)
     assert all(torch.equal(a, b) for a, b in zip(before, student.parameters()))  # no step taken
+
+
+@pytest.mark.parametrize("name", ["kd", "cpd", "seqkd"])
+def test_a_diverging_distillation_blames_the_learning_rate_not_the_method(name, make_model, tokenizer, examples):
+    """lr 1e6: the first steps blow the weights up and every gradient overflows, the
+    cross-entropy's too, so the learning rate is named; the method's term is not the first
+    non-finite quantity."""
+    teacher = OnlineTeacher(make_model(seed=2), "fp32", torch.device("cpu"))
+    with pytest.raises(UserError, match="the learning rate or the precision is the suspect") as e:
+        train(make_model(seed=1), examples, {**BUDGET, "lr": 1e6}, seed=0, pad_id=tokenizer.pad_token_id,
+              method=METHODS[name](), teacher=teacher, kd_ratio=1.0, difficulty=np.linspace(0, 1, len(examples)))
+    assert "method" not in str(e.value) and "step 0" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_diverging_cross_entropy_blames_the_learning_rate(make_model, tokenizer, examples):
@@ -145,7 +159,7 @@ def test_distill_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
     seen = None
     while job.poll() is None:
         try:
-            seen = torch.load(ckpt, weights_only=False)["loop"]
+            seen = torch.load(ckpt, weights_only=True)["loop"]
         except (OSError, RuntimeError, EOFError, KeyError):
             seen = None
         if seen is not None and seen["step"] >= 3:
@@ -190,15 +204,16 @@ def _run_pocl(make_model, tokenizer, examples, ckpt=None, crash_at=None):
 # crash at: mid-stage 0; the restart; mid-epoch 2; mid-epoch 3 -> best epoch of the segment so far
 @pytest.mark.parametrize("crash_at, best", [(4, 0), (6, 0), (8, None), (13, 2)])
 def test_pocl_resumed_inside_a_restart_segment_equals_an_uninterrupted_run(crash_at, best, make_model, tokenizer,
-                                                                          examples, tmp_path):
+                                                                          examples, tmp_path, capsys):
     ref, ref_res = _run_pocl(make_model, tokenizer, examples)
     assert POCL(n_stages=2).restarts(4) == [2] and len(ref_res.trace) == 16
     assert ref_res.stats["selected_epoch"] == 2
     with pytest.raises(_Crash):
         _run_pocl(make_model, tokenizer, examples, Checkpoint(tmp_path / "run.pt", 0, key="k"), crash_at=crash_at)
-    saved = torch.load(tmp_path / "run.pt", weights_only=False)["loop"]
+    saved = torch.load(tmp_path / "run.pt", weights_only=True)["loop"]
     assert saved["step"] == crash_at and (saved["best"][1] if saved["best"] else None) == best
     got, res = _run_pocl(make_model, tokenizer, examples, Checkpoint(tmp_path / "run.pt", 0, key="k"))
+    assert "resuming from checkpoint" in capsys.readouterr().err
     for (name, a), b in zip(ref.state_dict().items(), got.state_dict().values()):
         assert torch.equal(a, b), name
     cols = ["step", "epoch", "loss", "ce", "distill", "lr", "tokens", "examples", "stage", "kd_ratio"]
@@ -239,14 +254,15 @@ def _run_on_policy(name, make_model, tokenizer, examples, ckpt=None, crash_at=No
 @pytest.mark.parametrize("name", sorted(ON_POLICY))
 @pytest.mark.parametrize("crash_at", [3, 7])  # mid-epoch 0; mid-epoch 1, after the first epoch's validation
 def test_on_policy_run_resumed_after_some_steps_equals_an_uninterrupted_one(name, crash_at, make_model, tokenizer,
-                                                                           examples, tmp_path):
+                                                                           examples, tmp_path, capsys):
     ref, ref_meth, ref_sampler, ref_res = _run_on_policy(name, make_model, tokenizer, examples)
     with pytest.raises(_Crash):
         _run_on_policy(name, make_model, tokenizer, examples, Checkpoint(tmp_path / "run.pt", 0, key="k"), crash_at)
-    saved = torch.load(tmp_path / "run.pt", weights_only=False)["loop"]
+    saved = torch.load(tmp_path / "run.pt", weights_only=True)["loop"]
     assert saved["step"] == crash_at and any(r["on_policy_batch"] for r in saved["trace"])  # after student samples
     got, meth, sampler, res = _run_on_policy(name, make_model, tokenizer, examples,
                                              Checkpoint(tmp_path / "run.pt", 0, key="k"))
+    assert "resuming from checkpoint" in capsys.readouterr().err  # the replay buffer is plain values
     for (key, a), b in zip(ref.state_dict().items(), got.state_dict().values()):
         assert torch.equal(a, b), key
     assert meth.state_dict() == ref_meth.state_dict()

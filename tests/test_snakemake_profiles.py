@@ -8,7 +8,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 GPU_RULES = {"train_teacher", "init_student", "sft_init", "cache_teacher", "score_difficulty",
              "teacher_samples", "distill", "tune_run"}
-CPU_RULES = {"prepare_data", "train_tokenizer", "collect", "tables", "figures", "tune"}
+CPU_RULES = {"prepare_data", "train_tokenizer", "teacher_gate", "baselines", "collect", "tables", "figures", "tune"}
 
 
 def _profile(name):

@@ -11,9 +11,10 @@ from pathlib import Path
 from snakemake.utils import update_config
 
 from kdbench import config as C
+from kdbench import io
 from kdbench import method as M
 from kdbench.errors import UserError
-from kdbench.paths import SAFE_NAME, TEACHER, Paths
+from kdbench.paths import NAME_CHARS, TEACHER, Paths
 
 # `--configfile X` replaces config/default.yaml rather than merging into it: a profile is
 # complete on its own. The Snakefile therefore has no `configfile:` directive (Snakemake would
@@ -53,13 +54,28 @@ STAGE_ARGS = f"--config {shlex.quote(CONFIG)} --fingerprint {CONFIG_FP}"
 
 
 onstart:
-    C.write_resolved(CFG, CONFIG)
+    try:
+        C.write_resolved(CFG, CONFIG)
+    except OSError as exc:
+        sys.stderr.write(f"kdbench: error: cannot write {CONFIG} ({exc.strerror}); make {CFG['results_dir']} "
+                         "writable (or free disk space), then rerun.\n")
+        sys.exit(2)
+
+
+onsuccess:
+    # the checkpoint files are gone once their runs are written; their folders go too
+    io.remove_empty_folders(P.checkpoints)
 
 
 def fp(*sections):
     """Fingerprint of the settings a rule's output depends on (a rule's `params`: when they
     change, Snakemake reruns the rule and, their inputs updated, everything downstream)."""
     return C.fingerprint(sections)
+
+
+# how every stage puts a record to the models (kdbench.data.PromptFormat): a fingerprint part
+# of each rule that encodes prompts
+PROMPTS = (CFG["data"]["prompt_format"], CFG["data"]["system_prompt"], CFG["evaluation"]["stop_strings"])
 
 
 # (pair, method, variant) -> its runs' shared settings (the runs differ in their seed only)
@@ -89,4 +105,4 @@ wildcard_constraints:
     pair="|".join(PAIRS),
     seed=r"\d+",
     tseed=r"\d+",
-    variant=SAFE_NAME.strip("^$"),
+    variant=NAME_CHARS,

@@ -8,6 +8,8 @@ def data_settings():
 
 
 rule prepare_data:
+    input:
+        C.local_data_files(CFG),  # an edited data file reruns prepare_data and what depends on it
     output:
         train=P.data("train"),
         validation=P.data("validation"),

@@ -27,7 +27,8 @@ rule train_teacher:
         timing=P.timing("train_teacher", "{pair}", "seed{tseed}.tsv"),
     params:
         fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], CFG["training"]["teacher"], CFG["training"]["teacher_pretrain"],
-                         CFG["training"]["teacher_data"], CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"]),
+                         CFG["training"]["teacher_data"], CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"],
+                         PROMPTS),
     threads: max(CFG["threads"], workflow.cores // CFG["teacher_seeds"])  # the teacher seeds share the cores, each with at least `threads`
     priority: 10  # the critical path: every distillation waits for the teacher
     resources:
@@ -52,7 +53,7 @@ rule init_student:
         timing=P.timing("init_student", "{pair}", "seed{seed}.tsv"),
     params:
         fp=lambda wc: fp(CFG["pairs"][wc.pair]["student"], CFG["training"]["pretrain"], CFG["data"]["max_length"],
-                         CFG["seed"]),
+                         CFG["seed"], PROMPTS),
     threads: CFG["threads"]
     resources:
         gpu=GPU,
@@ -90,7 +91,7 @@ rule cache_teacher:
         directory(P.teacher_cache()),
         timing=P.timing("cache_teacher", "{pair}", "seed{tseed}.tsv"),
     params:
-        fp=fp(CFG["training"]["student"]["precision"], CFG["data"]["max_length"]),
+        fp=fp(CFG["training"]["student"]["precision"], CFG["data"]["max_length"], PROMPTS),
     threads: CFG["threads"]
     resources:
         gpu=GPU,
@@ -100,15 +101,40 @@ rule cache_teacher:
         "{KD} cache_teacher {STAGE_ARGS} --pair {wildcards.pair:q} --tseed {wildcards.tseed} --threads {threads} --timing {output.timing:q} 2> {log:q}"
 
 
+def teacher_answers(wc):
+    """Every teacher seed's answers on every test set (what the gate reads)."""
+    return [P.answers(b, pair=wc.pair, method=TEACHER, variant="default", seed=t)
+            for t in range(CFG["teacher_seeds"]) for b in TEST_SETS]
+
+
+# Before anything is distilled: do the teachers end their answers (kdbench/gate.py)? The
+# verdict file is written only when they do (or the profile says to go on), and the distill
+# jobs and the teacher's samples depend on it, so a failed gate stops the DAG before them.
+rule teacher_gate:
+    input:
+        teacher_answers,
+    output:
+        P.teacher_gate(),
+        timing=P.timing("teacher_gate", "{pair}.tsv"),
+    params:
+        fp=fp(CFG["teacher_gate"]),
+    priority: 10  # on the critical path, like the teachers
+    log:
+        P.log("teacher_gate", "{pair}.log"),
+    shell:
+        "{KD} teacher_gate {STAGE_ARGS} --pair {wildcards.pair:q} --timing {output.timing:q} 2> {log:q}"
+
+
 rule teacher_samples:
     input:
         teacher=P.teacher_model(),
+        gate=P.teacher_gate(),
         train=P.data("train"),
     output:
         P.teacher_samples(),
         timing=P.timing("teacher_samples", "{pair}", "seed{tseed}.tsv"),
     params:
-        fp=fp(CFG["evaluation"], CFG["data"]["max_length"], CFG["seed"]),
+        fp=fp(CFG["evaluation"], CFG["data"]["max_length"], CFG["seed"], PROMPTS),
     threads: CFG["threads"]
     resources:
         gpu=GPU,
@@ -132,7 +158,7 @@ rule score_difficulty:
         timing=P.timing("score_difficulty", "{pair}.tsv"),
     params:
         fp=fp(CFG["difficulty"], CFG["evaluation"]["precision"], CFG["evaluation"]["max_new_tokens"],
-              CFG["data"]["max_length"], CFG["seed"]),
+              CFG["data"]["max_length"], CFG["seed"], PROMPTS),
     threads: CFG["threads"]
     resources:
         gpu=GPU,

@@ -38,9 +38,24 @@ rule collect:
         "{KD} collect {STAGE_ARGS} --timing {output.timing:q} 2> {log:q}"
 
 
+# answers that need no model (kdbench/baselines.py): rows of every main table
+rule baselines:
+    input:
+        train=P.data("train"),
+        test_sets=TEST_SET_FILES,
+    output:
+        P.baselines,
+        timing=P.timing("baselines.tsv"),
+    log:
+        P.log("baselines.log"),
+    shell:
+        "{KD} baselines {STAGE_ARGS} --timing {output.timing:q} 2> {log:q}"
+
+
 rule tables:
     input:
         LONG_TABLE_FILES,
+        P.baselines,
     output:
         report_tables(),
         timing=P.timing("tables.tsv"),

@@ -20,7 +20,10 @@ def student_inputs(wc, seeds):
     cls, meth = METHODS[wc.method], method_of(wc)
     tseeds = sorted({P.teacher_seed(s) for s in seeds})
     out = {"init": [P.student_start(cls.starts_from, wc.pair, s) for s in seeds], "train": P.data("train"),
-           "validation": P.data("validation"), "method_file": f"{CFG['methods_dir']}/{wc.method}.py"}
+           "validation": P.data("validation"), "method_file": f"{CFG['methods_dir']}/{wc.method}.py",
+           "gate": P.teacher_gate(wc.pair),  # no student of a teacher that failed the gate
+           # the teacher that judges the answers' fluency (kdbench/fluency.py), every method's
+           "judge": [P.teacher_model(wc.pair, t) for t in tseeds]}
     if cls.needs_teacher:
         out["teacher"] = [P.teacher_cache(wc.pair, t) if C.uses_teacher_cache(CFG, cls) else P.teacher_model(wc.pair, t)
                           for t in tseeds]
@@ -53,7 +56,7 @@ def run_settings(wc, set_by_job=()):
     # (a tuning run's lr)
     distill = {k: v for k, v in CFG["distill"].items() if k not in ("fused", "group_seeds")}
     budget = {k: v for k, v in C.student_budget(CFG, wc.method).items() if k not in set_by_job}
-    return fp(run_of(wc).params, budget, distill, CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"])
+    return fp(run_of(wc).params, budget, distill, CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"], PROMPTS)
 
 
 rule distill:
