@@ -436,7 +436,8 @@ def write(df: pd.DataFrame, args, dev, rate: float, cmd: str) -> None:
              "max beside it)."
              + (" The machine was shared with other engineers' jobs while this ran, so wall time measured them "
                 "too; CPU time of this process is what the ratios compare, and they compare implementations "
-                "measured in the same rounds." if dev.type == "cpu" else "") + "\n",
+                "measured in the same rounds." if dev.type == "cpu" else "")
+             + (f" {args.note}" if args.note else "") + "\n",
              f"Matmul rate of this machine ({args.precision}, 4096^3): {rate / 1e12:.3f} TFLOP "
              + ("per second" if dev.type == "cuda" else "per CPU-second (the CPU time of all threads counted, as the "
                 "step's)") + ". "
@@ -515,6 +516,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-step", dest="step", action="store_false")
     ap.add_argument("--no-sample", dest="sample", action="store_false")
     ap.add_argument("--out", default=str(HERE / "results" / "paper_shapes.md"))
+    ap.add_argument("--note", default="", help="a sentence on the conditions (e.g. what else ran on the machine)")
     ap.add_argument("--merge", nargs="*", default=[], help="CSVs of earlier parts to report with this run's rows")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
