@@ -150,8 +150,9 @@ class _RowsSum(torch.autograd.Function):
                         grad_w += g.T @ h  # the product in bf16, the sum over chunks in float32
                 if need_b:
                     grad_b += g.sum(0)
-        ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
-        ctx.which = (need_h, need_w, need_b)
+        # kept on ctx, not saved for backward: backward scales them in place and hands them on,
+        # so the (V, H) gradient of the output layer exists once, not twice, at the step's peak
+        ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(values)
         return values.sum(), values
@@ -159,9 +160,11 @@ class _RowsSum(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_total, _grad_values):
-        saved = iter(ctx.saved_tensors)
-        grads = [(next(saved) * grad_total).to(dt) if need else None
-                 for need, dt in zip(ctx.which, ctx.dtypes)]
+        if ctx.grads is None:
+            raise RuntimeError("the fused output layer's backward runs once (its gradients were made in forward "
+                               "and handed on): backward(retain_graph=True) twice through it is not supported.")
+        grads, ctx.grads = ctx.grads, None
+        grads = [None if g is None else g.mul_(grad_total).to(dt) for g, dt in zip(grads, ctx.dtypes)]
         return (*grads, None, None, None, None)
 
 

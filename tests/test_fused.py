@@ -270,3 +270,16 @@ def test_difficulty_nll_and_distillm_validation_loss_keep_their_values(large, to
     np.testing.assert_allclose(nll, [r.mean().item() for r in ref], rtol=1e-5)
     got = validation_loss(model, examples, tokenizer.pad_token_id, "fp32", batch_size=2)
     assert got == pytest.approx(torch.cat(ref).mean().item(), rel=1e-5)
+
+
+def test_backward_hands_on_the_gradients_made_in_forward_once():
+    """The gradients made in forward are scaled in place and handed on (no second (V, H) copy
+    at the step's peak), so a second backward through the same graph is refused, by name."""
+    hidden, weight, bias, teacher, mask = _inputs()
+    loss = D.forward_kl(ProjectedLogits(hidden, weight, bias, hidden.dtype), teacher, mask)
+    reference = _grads(D.forward_kl(F.linear(hidden, weight, bias), teacher, mask), (hidden, weight, bias))
+    loss.backward(retain_graph=True)
+    for t, want in zip((hidden, weight, bias), reference):
+        torch.testing.assert_close(t.grad, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match="backward runs once"):
+        loss.backward()
