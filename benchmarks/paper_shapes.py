@@ -282,7 +282,7 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
     # weights and AdamW states (float32 master weights, two moments): what the peak is measured beyond
     info["static_gib"] = (sum(p.numel() * p.element_size() for p in teacher.parameters())
                           + 3 * sum(p.numel() * 4 for p in student.parameters())) / 2**30
-    impls = [i for i in IMPLS if i != "trl" or _has_trl()]
+    impls = [i for i in args.impls if i != "trl" or _has_trl()]
     rows = []
     batch = make_batch(args.batch, args.window, args.prompt, V, dev)
     tokens = args.batch * args.window
@@ -504,6 +504,7 @@ def main(argv=None) -> None:
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--prompt", type=int, default=256, help="prompt tokens per row (the protocol's cap)")
     ap.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
+    ap.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="the step's implementations")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--teacher-layers", type=int, help="cut the teacher to this many layers (0: all)")
     ap.add_argument("--sample-batch", type=int, default=16, help="the protocol's: 64")
