@@ -37,17 +37,32 @@ from kdbench import io  # noqa: E402
 from kdbench.paths import Paths  # noqa: E402
 
 
-def run(configfile: str, cores: str, gpu_jobs: int) -> tuple[float, float]:
-    """Wall seconds and CPU seconds (user + system of Snakemake and every job) of one DAG run."""
+def run(configfile: str, cores: str, gpu_jobs: int, time_limit: float | None = None) -> tuple[float, float, bool]:
+    """Wall seconds and CPU seconds (user + system of Snakemake and every job) of one DAG run,
+    and whether it completed. With `time_limit` (seconds), Snakemake is interrupted (SIGINT:
+    it stops its running jobs and exits) when the run goes past it; the run then counts as
+    not completed."""
     import resource
+    import signal
 
     t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-m", "snakemake", "--cores", cores, "--configfile", configfile, "-q",
-                    "--resources", f"gpu={gpu_jobs}"],
-                   cwd=REPO, check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", cores, "--configfile", configfile, "-q",
+                             "--resources", f"gpu={gpu_jobs}"], cwd=REPO)
+    try:
+        rc = proc.wait(timeout=time_limit)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        rc = None
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return time.perf_counter() - t0, cpu
+    if rc not in (0, None):
+        raise subprocess.CalledProcessError(rc, "snakemake")
+    return time.perf_counter() - t0, cpu, rc == 0
 
 
 def stage_times(timings: Path) -> pd.DataFrame:
@@ -89,6 +104,9 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true", help="delete results/<profile>/ first")
     ap.add_argument("--precision", choices=["fp32", "bf16"], help="run the profile at this precision throughout")
     ap.add_argument("--gpu-jobs", type=int, default=1, help="jobs sharing the GPU at a time (default 1, as profiles/default)")
+    ap.add_argument("--time-limit", type=float, help="stop the first run after this many minutes and report the "
+                                                      "stages that completed (the rerun is skipped)")
+    ap.add_argument("--note", default="", help="a sentence on the conditions, written under the machine line")
     args = ap.parse_args()
     raw = C.read(REPO / args.configfile)
     if args.precision:
@@ -101,11 +119,14 @@ def main() -> None:
     if args.precision:  # the renamed copy, inside its own results folder
         io.write_text(root / "profile.yaml", yaml.safe_dump(raw, sort_keys=False))
         configfile = str((root / "profile.yaml").relative_to(REPO))
-    first, first_cpu = run(configfile, args.cores, args.gpu_jobs)
-    again, _ = run(configfile, args.cores, args.gpu_jobs)
+    first, first_cpu, done = run(configfile, args.cores, args.gpu_jobs,
+                                 args.time_limit * 60 if args.time_limit else None)
     gpu = accelerator()
     per_rule = stage_times(REPO / Paths(cfg).timing())
     jobs_cpu = float(per_rule["cpu_sum"].sum()) if len(per_rule) else 0.0
+    if not done:
+        return partial(cfg, args, first, first_cpu, per_rule, gpu)
+    again, _, _ = run(configfile, args.cores, args.gpu_jobs)
     runs = pd.read_csv(REPO / Paths(cfg).long_table("runs"))
     per_run = runs.drop_duplicates(["pair", "method", "variant", "seed"])
     teacher = per_run[per_run.method == "teacher"]
@@ -116,7 +137,8 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
         f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
         + (f"jobs on one {gpu} (`--resources gpu={args.gpu_jobs}`: up to {args.gpu_jobs} at a time), " if gpu else "")
-        + f"`snakemake --cores {args.cores}`; {'cold (results deleted first)' if args.cold else 'warm'}.",
+        + f"`snakemake --cores {args.cores}`; {'cold (results deleted first)' if args.cold else 'warm'}."
+        + (f" {args.note}" if args.note else ""),
         "",
         "| what | value |",
         "|---|---|",
@@ -134,6 +156,31 @@ def main() -> None:
         "jobs run in parallel, so the wall sum exceeds the end-to-end time:",
         "",
         per_rule.to_markdown(),
+        "",
+    ]
+    out = REPO / "benchmarks" / "results" / f"pipeline_{cfg['profile']}{'-cuda' if gpu else ''}.md"
+    io.write_text(out, "\n".join(lines))
+    print("\n".join(lines))
+
+
+def partial(cfg: dict, args, first: float, first_cpu: float, per_rule: pd.DataFrame, gpu: str) -> None:
+    """The report of a first run stopped at --time-limit: how long it ran and the jobs that
+    completed (their timing files), so a run too long for the machine still says how far it got."""
+    lines = [
+        f"# Pipeline timing: profile `{cfg['profile']}` (stopped)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
+        f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
+        + (f"jobs on one {gpu}, " if gpu else "")
+        + f"`snakemake --cores {args.cores}`; {'cold (results deleted first)' if args.cold else 'warm'}."
+        + (f" {args.note}" if args.note else ""),
+        "",
+        f"The first run was stopped at its time limit ({args.time_limit:g} min) after {first / 60:.1f} min "
+        f"({first_cpu:.0f} CPU seconds in all processes), before the DAG finished; the jobs below had "
+        "completed (each job's timing file, results/<profile>/timings/: wall seconds, sum and mean, and CPU "
+        "seconds); the job running at the stop is not in it.",
+        "",
+        per_rule.to_markdown() if len(per_rule) else "(no job completed)",
         "",
     ]
     out = REPO / "benchmarks" / "results" / f"pipeline_{cfg['profile']}{'-cuda' if gpu else ''}.md"

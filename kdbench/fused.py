@@ -150,8 +150,9 @@ class _RowsSum(torch.autograd.Function):
                         grad_w += g.T @ h  # the product in bf16, the sum over chunks in float32
                 if need_b:
                     grad_b += g.sum(0)
-        ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
-        ctx.which = (need_h, need_w, need_b)
+        # kept on ctx, not saved for backward: backward scales them in place and hands them on,
+        # so the (V, H) gradient of the output layer exists once, not twice, at the step's peak
+        ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(values)
         return values.sum(), values
@@ -159,9 +160,11 @@ class _RowsSum(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_total, _grad_values):
-        saved = iter(ctx.saved_tensors)
-        grads = [(next(saved) * grad_total).to(dt) if need else None
-                 for need, dt in zip(ctx.which, ctx.dtypes)]
+        if ctx.grads is None:
+            raise RuntimeError("the fused output layer's backward runs once (its gradients were made in forward "
+                               "and handed on): backward(retain_graph=True) twice through it is not supported.")
+        grads, ctx.grads = ctx.grads, None
+        grads = [None if g is None else g.mul_(grad_total).to(dt) for g, dt in zip(grads, ctx.dtypes)]
         return (*grads, None, None, None, None)
 
 
@@ -190,6 +193,29 @@ def cross_entropy(student: ProjectedLogits, targets: torch.Tensor, *, grad: bool
         total, values = student.rows_sum(torch.arange(n, device=student.device), rows,
                                          rows_per_chunk(student.shape[-1], student.device, projected=True))
     return (total / n if n else total), values
+
+
+def token_nll(model, input_ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor,
+              reduction: str = "none") -> torch.Tensor:
+    """The model's cross-entropy against `targets` (N,) at the N true entries of `mask` (B, T),
+    per token (N,) float32 or summed (`reduction` "none" or "sum"), without a gradient: what
+    validation, DistiLLM's validation loss and difficulty scoring need. Call it inside the
+    autocast the logits would be made in.
+
+    Where `distill.fused: auto` would take the fused path (a PLAIN_HEAD model with at least
+    AUTO_MIN_VOCAB logits) it runs chunk by chunk over the output layer (`cross_entropy` of a
+    `ProjectedLogits`), so the (N, V) logits never exist at once: at GPT-2's 50,257 tokens the
+    response rows of a 64-example validation batch of Dolly are about 1.6 GB in float32, and the
+    full (B, T, V) logits 6.6 GB. Smaller vocabularies take `F.cross_entropy` of the (N, V) rows,
+    as before, bit for bit."""
+    from kdbench.models import rows_hidden, rows_logits
+
+    with torch.no_grad():
+        if use_fused("auto", model, model.config.vocab_size):
+            rows = ProjectedLogits.of(model.get_output_embeddings(), rows_hidden(model, input_ids, mask))
+            values = cross_entropy(rows, targets, grad=False)[1]
+            return values.sum() if reduction == "sum" else values
+        return F.cross_entropy(rows_logits(model, input_ids, mask).float(), targets, reduction=reduction)
 
 
 def use_fused(setting, model, vocab: int) -> bool:

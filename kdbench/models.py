@@ -74,9 +74,9 @@ def build(spec: dict, tokenizer, seed: int, name: str):
         model_type = cfg.pop("model_type", None)
         if model_type is None:
             raise UserError(f"model {name}: `config.model_type` is missing; use e.g. llama or gpt2.")
-        conf = AutoConfig.for_model(model_type, vocab_size=len(tokenizer),
-                                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                    pad_token_id=tokenizer.pad_token_id, **cfg)
+        cfg["vocab_size"] = scratch_vocab_size(spec, len(tokenizer), name)
+        conf = AutoConfig.for_model(model_type, bos_token_id=tokenizer.bos_token_id,
+                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **cfg)
         _check_config_keys(conf, cfg, name)
         conf._attn_implementation = spec["attn_implementation"]
         torch.manual_seed(seed)
@@ -84,6 +84,21 @@ def build(spec: dict, tokenizer, seed: int, name: str):
     if spec["init"] == "pretrained":
         return load_model(spec["path"], spec)
     raise UserError(f"model {name}: init {spec['init']!r} is built by the init_student stage.")
+
+
+def scratch_vocab_size(spec: dict, n_tokens: int, name: str) -> int:
+    """The output size of a scratch model: one logit per token of its tokenizer (`n_tokens`),
+    or `config.vocab_size` rows where the config sets it, as real checkpoints pad their
+    embedding beyond the tokenizer (Qwen2.5: 151,936 rows for 151,665 tokens; the true-size
+    profile config/paper-gpt2-shapes.yaml: GPT-2's 50,257 over a small trained tokenizer).
+    Ids past the tokenizer decode to nothing."""
+    rows = spec["config"].get("vocab_size")
+    if rows is None:
+        return n_tokens
+    if not isinstance(rows, int) or rows < n_tokens:
+        raise UserError(f"`pairs.{name}.config.vocab_size` is {rows!r}, fewer rows than the tokenizer's {n_tokens} "
+                        "tokens; set it to at least that, or remove it (one row per token).")
+    return rows
 
 
 def check_scratch_config(spec: dict, name: str) -> None:

@@ -29,9 +29,9 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kdbench.data import Encoded, collate
+from kdbench.fused import token_nll
 from kdbench.generate import sample_ids
 from kdbench.method import Method, Progress
 from kdbench.models import autocast
@@ -165,10 +165,9 @@ def validation_loss(model, examples: list[Encoded], pad_id: int, precision: str,
     total, n = 0.0, 0
     for s in range(0, len(order), batch_size):
         b = {k: v.to(dev) for k, v in collate(order[s:s + batch_size], pad_id).items()}
-        with autocast(precision, dev):
-            logits = model(input_ids=b["input_ids"]).logits
         m = b["mask"]
-        total += F.cross_entropy(logits[m].float(), b["targets"][m], reduction="sum").item()
+        with autocast(precision, dev):
+            total += token_nll(model, b["input_ids"], m, b["targets"][m], "sum").item()
         n += int(m.sum())
     model.train(was_training)
     return total / max(1, n)

@@ -117,9 +117,9 @@ def _moves(values: list[dict]) -> bool:
 
 
 def schedule_warnings(cfg: dict) -> list[str]:
-    """One sentence per method variant whose curriculum or schedule does nothing under this
-    profile's `training.student.epochs`, and one if difficulty is scored but unused."""
-    epochs = cfg["training"]["student"]["epochs"]
+    """One sentence per method variant whose curriculum or schedule does nothing under its
+    epochs (`training.student.epochs`, or the method's `training.per_method` override), and
+    one if difficulty is scored but unused."""
     out, scored, used = [], False, False
     seen: set[tuple[str, str]] = set()
     for run in C.runs(cfg):
@@ -129,6 +129,9 @@ def schedule_warnings(cfg: dict) -> list[str]:
         cls = M.get(run.method, cfg["methods_dir"])
         meth = M.instantiate(cls, run.params, run.method)
         scored |= cls.uses_difficulty  # the DAG scores difficulty for the class (workflows/runs.smk)
+        epochs = C.student_budget(cfg, run.method)["epochs"]
+        key = (f"training.per_method.{run.method}.epochs" if "epochs" in cfg["training"]["per_method"].get(run.method, {})
+               else "training.student.epochs")
         if epochs < 1:
             continue
         sizes, values = _simulate(meth, epochs)
@@ -143,11 +146,11 @@ def schedule_warnings(cfg: dict) -> list[str]:
                 held = ", ".join(f"{k} = {v:g}" for k, v in values[0].items())
                 idle.append(f"its schedule holds {held} at every step")
             if idle:
-                out.append(f"{run.method}/{run.variant}: with training.student.epochs: {epochs} "
+                out.append(f"{run.method}/{run.variant}: with {key}: {epochs} "
                            f"{' and '.join(idle)}; it needs {more} or more epochs to do what it is for.")
                 break
-    if scored and not used and epochs >= 1:
+    if scored and not used and cfg["training"]["student"]["epochs"] >= 1:
         out.append("the score_difficulty stage will score every training prompt, but no run's curriculum "
-                   f"uses the profile with training.student.epochs: {epochs}; raise the epochs or drop the "
+                   "uses the profile with its epochs; raise the epochs or drop the "
                    "curriculum methods from methods.include and ablations.")
     return out

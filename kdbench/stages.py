@@ -266,9 +266,9 @@ def sft_init(cfg: dict, pair: str, seed: int) -> None:
 
 def _teacher_vocab_size(cfg: dict, pair: str, tok) -> int:
     """The teacher's output size without loading its weights (a scratch teacher is built with
-    one logit per token of the trained tokenizer)."""
+    one logit per token of the trained tokenizer, or its `config.vocab_size`)."""
     t = cfg["pairs"][pair]["teacher"]
-    return _config_vocab_size(t) if t["init"] == "pretrained" else len(tok)
+    return _config_vocab_size(t) if t["init"] == "pretrained" else models.scratch_vocab_size(t, len(tok), f"{pair}.teacher")
 
 
 def _pretrain(cfg: dict, model, tok, budget: dict, examples, seed: int, desc: str, parts: tuple):

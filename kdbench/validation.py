@@ -9,11 +9,10 @@ After every epoch the engine calls `validator(...)(model)`, which returns
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from kdbench.data import PROTOCOL, PromptFormat, collate, encode
+from kdbench.fused import token_nll
 from kdbench.metrics import rouge_l
-from kdbench.models import rows_logits
 
 
 def validator(tokenizer, records: list[dict], *, max_length: int, evaluation: dict, seed: int,
@@ -33,9 +32,8 @@ def validator(tokenizer, records: list[dict], *, max_length: int, evaluation: di
         total, n = 0.0, 0
         for s in range(0, len(examples), batch_size):
             batch = {k: v.to(dev) for k, v in collate(examples[s:s + batch_size], pad).items()}
-            mask = batch["mask"]
-            logits = rows_logits(model, batch["input_ids"], mask)  # (N, V) at the response positions
-            total += float(F.cross_entropy(logits.float(), batch["targets"][mask], reduction="sum"))
+            mask = batch["mask"]  # the response positions
+            total += float(token_nll(model, batch["input_ids"], mask, batch["targets"][mask], "sum"))
             n += int(mask.sum())
         answers, _ = sample(model, tokenizer, records, seed=seed, temperature=evaluation["temperature"],
                             top_p=evaluation["top_p"], top_k=evaluation["top_k"], max_length=max_length,

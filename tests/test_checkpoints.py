@@ -46,6 +46,23 @@ def test_check_vocab_identical_padded_and_mismatched(tmp_path, tok):
         checkpoints.check_vocab(tok, same, n, n - 1, "T", "S")
 
 
+def test_a_scratch_model_may_pad_its_vocabulary_beyond_the_tokenizer(tok):
+    """`config.vocab_size` sets a scratch model's output rows (as real checkpoints pad theirs;
+    config/paper-gpt2-shapes.yaml: GPT-2's 50,257 over a small trained tokenizer); fewer rows
+    than tokens is one sentence; ids past the tokenizer decode to nothing."""
+    from kdbench.models import build
+
+    cfg = {"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2}
+    spec = {"init": "scratch", "attn_implementation": "sdpa"}
+    n = len(tok)
+    assert build({**spec, "config": cfg}, tok, 0, "p.student").config.vocab_size == n
+    padded = build({**spec, "config": {**cfg, "vocab_size": n + 100}}, tok, 0, "p.student")
+    assert padded.get_output_embeddings().weight.shape[0] == n + 100
+    assert tok.decode([n + 50, n + 99], skip_special_tokens=True) == ""
+    with pytest.raises(UserError, match=r"`pairs.p.student.config.vocab_size` is 3, fewer rows than the tokenizer's"):
+        build({**spec, "config": {**cfg, "vocab_size": 3}}, tok, 0, "p.student")
+
+
 def test_check_vocab_ignores_the_padding_token(tmp_path, tok):
     """MiniLLM's GPT-2 teacher sets pad = EOS, openai-community/gpt2 sets no pad: same model family."""
     pad_is_eos = fx.make_tokenizer(tmp_path / "pad_eos")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from kdbench.decode import HFDecoder, StaticDecoder, decoder
+from kdbench.decode import GPT2Decoder, HFDecoder, LlamaDecoder, decoder
 
 V = 50
 
@@ -50,9 +50,12 @@ def _decode(dec, ids, pos, T, drop_after=None, rows=None):
     return out
 
 
-@pytest.mark.parametrize("model_type, over, kind", [("llama", {}, StaticDecoder),
-                                                    ("llama", {"num_key_value_heads": 4}, StaticDecoder),
-                                                    ("qwen2", {}, StaticDecoder), ("gpt2", {}, HFDecoder)])
+@pytest.mark.parametrize("model_type, over, kind", [("llama", {}, LlamaDecoder),
+                                                    ("llama", {"num_key_value_heads": 4}, LlamaDecoder),
+                                                    ("qwen2", {}, LlamaDecoder), ("gpt2", {}, GPT2Decoder),
+                                                    ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, GPT2Decoder),
+                                                    ("gpt2", {"reorder_and_upcast_attn": True}, HFDecoder),
+                                                    ("opt", {}, HFDecoder)])
 def test_each_decoder_gives_the_models_logits(model_type, over, kind):
     model = _model(model_type, **over)
     ids, valid, pos, T = _batch()

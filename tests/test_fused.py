@@ -4,6 +4,7 @@ divergence, every method and the engine's step; errors for the uses it cannot se
 import functools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -223,3 +224,64 @@ def test_the_distill_stage_takes_the_path_the_switch_picks(tmp_path):
         shutil.rmtree(run)
     for col in ("loss", "ce", "distill"):
         assert traces[True][col].to_numpy() == pytest.approx(traces[False][col].to_numpy(), rel=1e-4, abs=1e-6)
+
+
+# --- the no-gradient cross-entropy of validation and difficulty scoring (fused.token_nll) -------
+
+def _reference_nll(model, examples):
+    """Per response token, one example at a time (no padding), from the model's full logits."""
+    out = []
+    for e in examples:
+        logits = model(input_ids=torch.tensor([e.ids])).logits[0].double()
+        out.append(F.cross_entropy(logits[e.n_prompt - 1:-1], torch.tensor(e.ids[e.n_prompt:]), reduction="none"))
+    return out
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_token_nll_is_the_cross_entropy_of_the_full_logits(large, tokenizer, records, make_model, monkeypatch):
+    """Below AUTO_MIN_VOCAB the (N, V) rows are formed; from it on the output layer runs chunk by
+    chunk (several chunks here); the values are the same either way."""
+    from kdbench.fused import token_nll
+
+    monkeypatch.setattr(D, "CHUNK_ELEMENTS", 3 * AUTO_MIN_VOCAB)  # 3 rows per chunk
+    model = make_model(seed=3, **({"vocab_size": AUTO_MIN_VOCAB} if large else {}))
+    assert use_fused("auto", model, model.config.vocab_size) == large
+    examples = encode(tokenizer, records[:4], max_length=512)
+    batch = collate(examples, tokenizer.pad_token_id)
+    mask = batch["mask"]
+    got = token_nll(model, batch["input_ids"], mask, batch["targets"][mask])
+    ref = torch.cat(_reference_nll(model, examples)).float()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    total = token_nll(model, batch["input_ids"], mask, batch["targets"][mask], "sum")
+    assert total.item() == pytest.approx(ref.sum().item(), rel=1e-5) and not got.requires_grad
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_difficulty_nll_and_distillm_validation_loss_keep_their_values(large, tokenizer, records, make_model,
+                                                                       monkeypatch):
+    """per_example_nll (difficulty) and onpolicy.validation_loss (DistiLLM) take the chunked
+    cross-entropy at large vocabularies: the same per-example means and token mean."""
+    from kdbench.difficulty import per_example_nll
+    from kdbench.onpolicy import validation_loss
+
+    monkeypatch.setattr(D, "CHUNK_ELEMENTS", 3 * AUTO_MIN_VOCAB)
+    model = make_model(seed=4, **({"vocab_size": AUTO_MIN_VOCAB} if large else {}))
+    examples = encode(tokenizer, records[:5], max_length=512)
+    ref = _reference_nll(model, examples)
+    nll = per_example_nll(model, examples, tokenizer.pad_token_id, 2, "fp32")
+    np.testing.assert_allclose(nll, [r.mean().item() for r in ref], rtol=1e-5)
+    got = validation_loss(model, examples, tokenizer.pad_token_id, "fp32", batch_size=2)
+    assert got == pytest.approx(torch.cat(ref).mean().item(), rel=1e-5)
+
+
+def test_backward_hands_on_the_gradients_made_in_forward_once():
+    """The gradients made in forward are scaled in place and handed on (no second (V, H) copy
+    at the step's peak), so a second backward through the same graph is refused, by name."""
+    hidden, weight, bias, teacher, mask = _inputs()
+    loss = D.forward_kl(ProjectedLogits(hidden, weight, bias, hidden.dtype), teacher, mask)
+    reference = _grads(D.forward_kl(F.linear(hidden, weight, bias), teacher, mask), (hidden, weight, bias))
+    loss.backward(retain_graph=True)
+    for t, want in zip((hidden, weight, bias), reference):
+        torch.testing.assert_close(t.grad, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match="backward runs once"):
+        loss.backward()

@@ -17,7 +17,7 @@ from kdbench import config as C
 from kdbench import method as M
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER = sorted(p.name for p in (REPO / "config").glob("paper-*.yaml"))
+PAPER = sorted(p.name for p in (REPO / "config").glob("paper-*.yaml") if not p.stem.endswith("-shapes"))
 PROTOCOL_BENCHMARKS = {"dolly": "MiniLLM/dolly", "selfinst": "MiniLLM/self-inst", "vicuna": "MiniLLM/Vicuna",
                        "sinst": "MiniLLM/sinst", "uinst": "MiniLLM/uinst"}
 
@@ -78,6 +78,35 @@ def test_paper_profile_follows_the_protocol(name):
     assert (mini["epochs"], mini["lr"], mini["min_lr_ratio"], mini["batch_size"] * mini["grad_accum"]) == (
         10, 5e-6, 1.0, 256 if gpt2 else 128)
     assert (methods["minillm"].inner_steps, methods["minillm"].teacher_mix, methods["minillm"].lm_coef) == (4, 0.2, 0.0)
+
+
+def test_the_true_size_profile_is_paper_gpt2_with_random_weights_of_its_shapes():
+    """config/paper-gpt2-shapes.yaml: GPT-2 XL and GPT-2 base shapes (transformers' GPT2Config
+    values of the checkpoints), GPT-2's vocabulary, and paper-gpt2's protocol settings: lengths,
+    batch sizes and accumulation, learning rates, sampling, difficulty recipe, loss path."""
+    shapes, paper = _cfg("paper-gpt2-shapes.yaml"), _cfg("paper-gpt2.yaml")
+    (pair,) = shapes["pairs"].values()
+    t, s = pair["teacher"], pair["student"]
+    assert (t["init"], s["init"], t["finetuned"]) == ("scratch", "scratch", True)
+    assert t["config"] == {"model_type": "gpt2", "n_layer": 48, "n_embd": 1600, "n_head": 25, "vocab_size": 50257}
+    assert s["config"] == {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257}
+    assert shapes["data"]["max_length"] == paper["data"]["max_length"] == 512
+    assert shapes["data"]["max_prompt_tokens"] == paper["data"]["max_prompt_tokens"]
+    for key in ("temperature", "top_p", "top_k", "max_new_tokens", "batch_size"):
+        assert shapes["evaluation"][key] == paper["evaluation"][key], key
+    assert shapes["difficulty"] == paper["difficulty"]
+    same = ("batch_size", "grad_accum", "lr", "warmup", "min_lr_ratio", "weight_decay", "grad_clip", "loss_on")
+    for m in [*shapes["methods"]["include"], "init"]:
+        got = C.init_budget(shapes) if m == "init" else C.student_budget(shapes, m)
+        want = C.init_budget(paper) if m == "init" else C.student_budget(paper, m)
+        assert {k: got[k] for k in same} == {k: want[k] for k in same}, m
+    assert {k: v for k, v in shapes["distill"].items()} == paper["distill"]
+    assert set(shapes["methods"]["include"]) >= {"kd", "srkl", "gkd", "distillm", "cpd"}
+    # both on-policy methods sample on their steps: gkd on every one, distillm from its first
+    assert shapes["methods"]["params"]["gkd"]["lmbda"] == 1.0
+    assert shapes["methods"]["params"]["distillm"]["init_threshold"] == 1.0
+    # random weights never end their answers: the teacher gate warns instead of stopping the DAG
+    assert shapes["teacher_gate"]["on_failure"] == "warn"
 
 
 def test_paper_pairs():

@@ -61,3 +61,19 @@ def test_a_per_step_schedule_still_moves_in_one_epoch(tmp_path):
     assert len(warnings) == 2 and "cpd/granularity-step" in warnings[0]
     assert "curriculum trains on all data" in warnings[0] and "schedule" not in warnings[0]
     assert "no run's curriculum uses the profile" in warnings[1]
+
+
+def test_a_per_method_epoch_override_counts(tmp_path):
+    """cpd with `training.per_method.cpd.epochs: 2` in a 1-epoch profile moves its curriculum
+    (config/paper-gpt2-shapes.yaml): no warning; the override's key is named when it is too few."""
+    from kdbench import preflight
+
+    raw = yaml.safe_load(_smoke(tmp_path, epochs=1).read_text())
+    raw["methods"] = {"include": ["kd", "cpd"]}
+    raw["ablations"] = {"method": None}
+    raw["training"]["per_method"] = {"cpd": {"epochs": 2}}
+    assert preflight.schedule_warnings(C.validate(raw)) == []
+    raw["training"]["student"]["epochs"] = 3
+    raw["training"]["per_method"] = {"cpd": {"epochs": 1}}
+    (warning, unused) = preflight.schedule_warnings(C.validate(raw))
+    assert "cpd/default: with training.per_method.cpd.epochs: 1" in warning and "curriculum" in unused
