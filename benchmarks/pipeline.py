@@ -134,11 +134,8 @@ def main() -> None:
     lines = [
         f"# Pipeline timing: profile `{cfg['profile']}`",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
-        f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
-        + (f"jobs on one {gpu} (`--resources gpu={args.gpu_jobs}`: up to {args.gpu_jobs} at a time), " if gpu else "")
-        + f"`snakemake --cores {args.cores}`; {'cold (results deleted first)' if args.cold else 'warm'}."
-        + (f" {args.note}" if args.note else ""),
+        _measured(args, f"jobs on one {gpu} (`--resources gpu={args.gpu_jobs}`: up to {args.gpu_jobs} at a time), "
+                  if gpu else ""),
         "",
         "| what | value |",
         "|---|---|",
@@ -163,17 +160,21 @@ def main() -> None:
     print("\n".join(lines))
 
 
+def _measured(args, on_gpu: str) -> str:
+    """The report's line on when, where and how the run was measured."""
+    return (f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
+            f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, {on_gpu}"
+            f"`snakemake --cores {args.cores}`; {'cold (results deleted first)' if args.cold else 'warm'}."
+            + (f" {args.note}" if args.note else ""))
+
+
 def partial(cfg: dict, args, first: float, first_cpu: float, per_rule: pd.DataFrame, gpu: str) -> None:
     """The report of a first run stopped at --time-limit: how long it ran and the jobs that
     completed (their timing files), so a run too long for the machine still says how far it got."""
     lines = [
         f"# Pipeline timing: profile `{cfg['profile']}` (stopped)",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
-        f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
-        + (f"jobs on one {gpu}, " if gpu else "")
-        + f"`snakemake --cores {args.cores}`; {'cold (results deleted first)' if args.cold else 'warm'}."
-        + (f" {args.note}" if args.note else ""),
+        _measured(args, f"jobs on one {gpu}, " if gpu else ""),
         "",
         f"The first run was stopped at its time limit ({args.time_limit:g} min) after {first / 60:.1f} min "
         f"({first_cpu:.0f} CPU seconds in all processes), before the DAG finished; the jobs below had "
