@@ -223,10 +223,13 @@ def test_chat_format_runs_the_smoke_dag_with_the_template_in_every_stage(chat_to
     raw = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
     raw.update(tokenizer={"train": False}, pairs=chat_pair(tmp_path, chat_tok))
     raw["data"].update(prompt_format="chat", system_prompt=SYSTEM)
-    # one method per way a prompt reaches a model (sft and pocl add none: kd, cpd have them)
-    raw["methods"]["include"] = [m for m in raw["methods"]["include"] if m not in ("sft", "pocl")]
+    # one method per way a prompt reaches a model: cpd (cached teacher logits, difficulty),
+    # gkd (samples during training), distillm2 (the SFT init, teacher and student samples before
+    # training), minillm (its own rollouts); the others and the ablation row add no new one
+    raw["methods"]["include"] = ["cpd", "gkd", "distillm2", "minillm"]
+    raw.pop("ablations")
     (tmp_path / "chat.yaml").write_text(yaml.safe_dump(raw))
-    snakemake(tmp_path, "--cores", "2", configfile=tmp_path / "chat.yaml")
+    snakemake(tmp_path, "--cores", "2", "tables", configfile=tmp_path / "chat.yaml")  # the figures read no prompt
     results = tmp_path / "results" / "smoke"
     logs = {p.relative_to(results / "logs"): p.read_text() for p in (results / "logs").rglob("*.log")}
     prompting = {str(p).split("/")[0] for p, text in logs.items() if "prompt format " in text}
@@ -237,5 +240,5 @@ def test_chat_format_runs_the_smoke_dag_with_the_template_in_every_stage(chat_to
     assert all(line.startswith(f"prompt format chat: '<|im_start|>system\\n{SYSTEM}<|im_end|>") for line in first)
     runs = pd.read_csv(results / "tables" / "runs.csv")
     assert runs["teacher_nll"].notna().any() and "trivial: frequent words" in (results / "tables" / "main.md").read_text()
-    answers = [json.loads(line) for line in open(results / "runs/tiny/kd/default/seed0/answers/id.jsonl")]
+    answers = [json.loads(line) for line in open(results / "runs/tiny/cpd/default/seed0/answers/id.jsonl")]
     assert answers and all("<|im_start|>" not in a["answer"] for a in answers)
