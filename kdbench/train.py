@@ -219,6 +219,11 @@ class LoopState:
         return cls(**d)
 
 
+def _collate_window(examples, window_idx: list[np.ndarray], pad_id: int, loss_on: str) -> list[dict]:
+    """The window's batches of references (what the cross-entropy reads), one per index array."""
+    return [collate([examples[i] for i in b], pad_id, loss_on) for b in window_idx]
+
+
 class _References:
     """Step losses from the engine's batches (references, or teacher samples) through
     `_micro_step`: (1 - kd_ratio) * CE + kd_ratio * method.loss; on the steps a "mixed"
@@ -237,8 +242,7 @@ class _References:
         return float(progress.values.get("kd_ratio", self.kd_ratio)) if self.uses_teacher else 0.0
 
     def references(self, window_idx: list[np.ndarray]) -> list[dict]:
-        """The window's batches of references (what the cross-entropy reads)."""
-        return [collate([self.examples[i] for i in b], self.pad_id, self.budget["loss_on"]) for b in window_idx]
+        return _collate_window(self.examples, window_idx, self.pad_id, self.budget["loss_on"])
 
     def terms(self, window_idx: list[np.ndarray], progress: Progress, ratio: float,
               state: LoopState) -> tuple[Iterable[Term], dict]:
@@ -279,7 +283,7 @@ class _Rollouts:
         self.inner_steps = int(method.inner_steps)
 
     def references(self, window_idx: list[np.ndarray]) -> list[dict]:
-        return [collate([self.examples[i] for i in b], self.pad_id, self.loss_on) for b in window_idx]
+        return _collate_window(self.examples, window_idx, self.pad_id, self.loss_on)
 
     def ratio(self, progress: Progress) -> float:
         return 1.0
