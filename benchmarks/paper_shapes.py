@@ -69,6 +69,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from kdbench.models import checkpoint_activations  # noqa: E402
+
 # transformers config keys of the paper pairs (the checkpoints' config.json values that set shapes)
 SHAPES = {
     "gpt2": {
@@ -273,6 +275,7 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
     t_layers = args.teacher_layers if args.teacher_layers is not None else (4 if pair == "qwen" and dev.type == "cpu" else 0)
     teacher = build(shapes["teacher"], 1, t_layers or None).to(dev).eval().requires_grad_(False)
     student = build(shapes["student"], 2).to(dev).train()
+    checkpoint_activations(student, args.gradient_checkpointing)  # every implementation alike
     if dev.type == "cuda" and args.precision == "bf16":
         teacher = teacher.to(torch.bfloat16)  # a bf16 checkpoint, as loaded with torch_dtype auto
     V = shapes["student"]["vocab_size"]
@@ -455,7 +458,10 @@ def write(df: pd.DataFrame, args, dev, rate: float, cmd: str) -> None:
                          f"student {info['student_params'] / 1e6:.0f}M.\n")
             lines.append(f"One optimizer step, online teacher, batch {args.batch} x {args.window} tokens "
                          f"({args.window - args.prompt} response tokens per row carry the loss); weights and "
-                         f"AdamW states: {info['static_gib']:.1f} GiB.\n")
+                         f"AdamW states: {info['static_gib']:.1f} GiB"
+                         + ("; the student with gradient checkpointing (`training.<budget>.gradient_checkpointing`"
+                            ", kdbench.models.checkpoint_activations) in every implementation"
+                            if args.gradient_checkpointing else "") + ".\n")
             for loss, s in steps.groupby("loss", sort=False):
                 ref = s[s.impl == "kdbench-fused"]
                 ref_s = float(ref["s_median"].iloc[0]) if len(ref) else np.nan
@@ -506,6 +512,8 @@ def main(argv=None) -> None:
     ap.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     ap.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="the step's implementations")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="the student recomputes its layers in the backward pass, in every implementation")
     ap.add_argument("--teacher-layers", type=int, help="cut the teacher to this many layers (0: all)")
     ap.add_argument("--sample-batch", type=int, default=16, help="the protocol's: 64")
     ap.add_argument("--new-tokens", type=int, default=256)
