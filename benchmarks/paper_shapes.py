@@ -313,12 +313,9 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
                     small = make_batch(b, args.window, args.prompt, V, dev)
                     fn = step_fn(i, loss, student, teacher, opt, small, args.precision)
                     peaks[b] = timed(fn, dev)[2]
-                per_row = peaks[2] - peaks[1]
-                fits = int((args.memory_gib * 2**30 - info["static_gib"] * 2**30 - (peaks[1] - per_row)) // max(per_row, 1))
                 rows.append({"pair": pair, "what": "largest batch", "impl": i, "loss": loss,
                              "peak_gib_b1": peaks[1] / 2**30, "peak_gib_b2": peaks[2] / 2**30,
-                             "gib_per_row": per_row / 2**30, "memory_gib": args.memory_gib,
-                             "largest_batch": fits, "how": "extrapolated from batch 1 and 2"})
+                             **extrapolate(peaks[1], peaks[2], args.memory_gib, info["static_gib"])})
     elif dev.type == "cuda" and args.fit:
         for loss in [args.fit_loss]:
             for i in [i for i in impls if i in args.fit_impls]:
@@ -328,6 +325,19 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
                              "largest_batch": fits, "how": "tried (doubling, then bisection)"})
     del teacher, student, opt
     return [{**r, **info} for r in rows], info
+
+
+def extrapolate(peak_b1: float, peak_b2: float, memory_gib: float, static_gib: float) -> dict:
+    """The largest batch whose peak (bytes beyond the weights and optimizer states, `static_gib`;
+    linear in the batch through batch 1 and 2) fits `memory_gib`; none where the peak hardly grows from batch 1
+    to 2 (a fixed term, e.g. the gradients under gradient checkpointing, sets it there, and a
+    line through the two says nothing about where the rows take over)."""
+    per_row = peak_b2 - peak_b1
+    out = {"gib_per_row": per_row / 2**30, "memory_gib": memory_gib}
+    if per_row < 0.1 * peak_b1:
+        return {**out, "largest_batch": None, "how": "not extrapolated: the peak grows by under 10% from batch 1 to 2"}
+    return {**out, "largest_batch": int(((memory_gib - static_gib) * 2**30 - (peak_b1 - per_row)) // per_row),
+            "how": "extrapolated from batch 1 and 2"}
 
 
 def largest_batch(impl, loss, student, teacher, opt, args, V, dev, cap: int = 4096) -> int:
