@@ -69,6 +69,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from kdbench.models import checkpoint_activations  # noqa: E402
+
 # transformers config keys of the paper pairs (the checkpoints' config.json values that set shapes)
 SHAPES = {
     "gpt2": {
@@ -273,6 +275,7 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
     t_layers = args.teacher_layers if args.teacher_layers is not None else (4 if pair == "qwen" and dev.type == "cpu" else 0)
     teacher = build(shapes["teacher"], 1, t_layers or None).to(dev).eval().requires_grad_(False)
     student = build(shapes["student"], 2).to(dev).train()
+    checkpoint_activations(student, args.gradient_checkpointing)  # every implementation alike
     if dev.type == "cuda" and args.precision == "bf16":
         teacher = teacher.to(torch.bfloat16)  # a bf16 checkpoint, as loaded with torch_dtype auto
     V = shapes["student"]["vocab_size"]
@@ -310,12 +313,9 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
                     small = make_batch(b, args.window, args.prompt, V, dev)
                     fn = step_fn(i, loss, student, teacher, opt, small, args.precision)
                     peaks[b] = timed(fn, dev)[2]
-                per_row = peaks[2] - peaks[1]
-                fits = int((args.memory_gib * 2**30 - info["static_gib"] * 2**30 - (peaks[1] - per_row)) // max(per_row, 1))
                 rows.append({"pair": pair, "what": "largest batch", "impl": i, "loss": loss,
                              "peak_gib_b1": peaks[1] / 2**30, "peak_gib_b2": peaks[2] / 2**30,
-                             "gib_per_row": per_row / 2**30, "memory_gib": args.memory_gib,
-                             "largest_batch": fits, "how": "extrapolated from batch 1 and 2"})
+                             **extrapolate(peaks[1], peaks[2], args.memory_gib, info["static_gib"])})
     elif dev.type == "cuda" and args.fit:
         for loss in [args.fit_loss]:
             for i in [i for i in impls if i in args.fit_impls]:
@@ -325,6 +325,19 @@ def step_rows(pair: str, args, dev, rate: float) -> tuple[list[dict], dict]:
                              "largest_batch": fits, "how": "tried (doubling, then bisection)"})
     del teacher, student, opt
     return [{**r, **info} for r in rows], info
+
+
+def extrapolate(peak_b1: float, peak_b2: float, memory_gib: float, static_gib: float) -> dict:
+    """The largest batch whose peak (bytes beyond the weights and optimizer states, `static_gib`;
+    linear in the batch through batch 1 and 2) fits `memory_gib`; none where the peak hardly grows from batch 1
+    to 2 (a fixed term, e.g. the gradients under gradient checkpointing, sets it there, and a
+    line through the two says nothing about where the rows take over)."""
+    per_row = peak_b2 - peak_b1
+    out = {"gib_per_row": per_row / 2**30, "memory_gib": memory_gib}
+    if per_row < 0.1 * peak_b1:
+        return {**out, "largest_batch": None, "how": "not extrapolated: the peak grows by under 10% from batch 1 to 2"}
+    return {**out, "largest_batch": int(((memory_gib - static_gib) * 2**30 - (peak_b1 - per_row)) // per_row),
+            "how": "extrapolated from batch 1 and 2"}
 
 
 def largest_batch(impl, loss, student, teacher, opt, args, V, dev, cap: int = 4096) -> int:
@@ -455,7 +468,10 @@ def write(df: pd.DataFrame, args, dev, rate: float, cmd: str) -> None:
                          f"student {info['student_params'] / 1e6:.0f}M.\n")
             lines.append(f"One optimizer step, online teacher, batch {args.batch} x {args.window} tokens "
                          f"({args.window - args.prompt} response tokens per row carry the loss); weights and "
-                         f"AdamW states: {info['static_gib']:.1f} GiB.\n")
+                         f"AdamW states: {info['static_gib']:.1f} GiB"
+                         + ("; the student with gradient checkpointing (`training.<budget>.gradient_checkpointing`"
+                            ", kdbench.models.checkpoint_activations) in every implementation"
+                            if args.gradient_checkpointing else "") + ".\n")
             for loss, s in steps.groupby("loss", sort=False):
                 ref = s[s.impl == "kdbench-fused"]
                 ref_s = float(ref["s_median"].iloc[0]) if len(ref) else np.nan
@@ -506,6 +522,8 @@ def main(argv=None) -> None:
     ap.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     ap.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="the step's implementations")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="the student recomputes its layers in the backward pass, in every implementation")
     ap.add_argument("--teacher-layers", type=int, help="cut the teacher to this many layers (0: all)")
     ap.add_argument("--sample-batch", type=int, default=16, help="the protocol's: 64")
     ap.add_argument("--new-tokens", type=int, default=256)

@@ -175,6 +175,31 @@ def save(model, tokenizer, out_dir: str | Path) -> None:
 PLAIN_HEAD = frozenset({"llama", "gpt2", "opt", "qwen2", "qwen3", "mistral"})
 
 
+def checkpoint_activations(model, on: bool) -> None:
+    """Gradient checkpointing of `model`'s layers (transformers' own, non-reentrant): in training
+    mode each layer keeps only its input and recomputes the rest in the backward pass, so a
+    step's saved activations shrink from every layer's (about 1 GiB per 512-token row for GPT-2
+    base in fp32 on a CPU, benchmarks/results/student_activations.md) to one layer's, for one more
+    forward of the model per step. The recomputation replays the same dropout masks, so
+    gradients are those of the plain step. Inactive in eval mode (sampling, validation)."""
+    # transformers 5.x names it "activation checkpointing"; 4.x "gradient checkpointing"
+    new = hasattr(model, "activation_checkpointing_enable")
+    if on:
+        kwargs = {"use_reentrant": False}
+        if new:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    elif is_checkpointing(model):
+        model.activation_checkpointing_disable() if new else model.gradient_checkpointing_disable()
+
+
+def is_checkpointing(model) -> bool:
+    if hasattr(model, "activation_checkpointing_enable"):
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing
+
+
 def projects_rows(model) -> bool:
     """Whether `model`'s logits are its output layer applied to the last hidden state."""
     return model.config.model_type in PLAIN_HEAD and getattr(model, model.base_model_prefix, None) is not None

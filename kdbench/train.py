@@ -40,7 +40,7 @@ from kdbench.data import Encoded, collate, make_batches
 from kdbench.errors import UserError
 from kdbench.method import EpochContext, Method, Progress, Term
 from kdbench.fused import ProjectedLogits, cross_entropy as fused_cross_entropy
-from kdbench.models import autocast, rows_hidden, rows_logits
+from kdbench.models import autocast, checkpoint_activations, rows_hidden, rows_logits
 from kdbench.resume import Checkpoint
 
 
@@ -133,6 +133,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
             opt, sched = _reload(_optimizer(model, budget, segment_steps[segment]), opt, sched)
 
     model.train()
+    checkpoint_activations(model, budget.get("gradient_checkpointing", False))
     t0 = time.perf_counter() - state.elapsed_s
     bar = tqdm(total=total, initial=state.step, desc=desc, unit="step", file=sys.stderr, mininterval=2.0)
     while state.epoch < len(epoch_batches):
@@ -173,6 +174,7 @@ def train(model, examples: list[Encoded], budget: dict, *, seed: int, pad_id: in
         model.load_state_dict(best[2])
         selected = best[1]
     model.eval()
+    checkpoint_activations(model, False)
     suspect.weights(model)
     ep_df = pd.DataFrame(state.epochs)
     tokens, seen = state.tokens, state.seen

@@ -10,6 +10,7 @@ from kdbench.errors import UserError
 from kdbench.onpolicy import Pairs
 from kdbench.rollouts import Rollouts
 from kdbench.teacher import CachedTeacher, OnlineTeacher, build_cache
+from kdbench.models import checkpoint_activations, is_checkpointing
 from kdbench.train import lr_factor, train
 
 BUDGET = {"epochs": 2, "batch_size": 8, "grad_accum": 1, "lr": 1e-3, "min_lr_ratio": 0.1, "warmup": 0.1,
@@ -88,6 +89,33 @@ def test_fused_adamw_trains_as_the_default_adamw(examples, tokenizer, make_model
     assert made == [True]
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
+
+
+def _saved_bytes(model, ids) -> int:
+    """Bytes autograd keeps for the backward pass of one training-mode forward."""
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
+        model(input_ids=ids, use_cache=False).logits.sum()
+    return sum(kept)
+
+
+def test_gradient_checkpointing_trains_as_the_plain_step_and_keeps_less(examples, tokenizer, make_model):
+    """`gradient_checkpointing: true` recomputes the layers in the backward pass with the same
+    dropout masks: the same weights after training, fewer bytes saved by a forward, and the
+    model handed back without it (sampling and saving see a plain model)."""
+    over = {"attention_dropout": 0.1, "num_hidden_layers": 2}
+    a, b = make_model(seed=3, **over), make_model(seed=3, **over)
+    train(a, examples, BUDGET, seed=0, pad_id=tokenizer.pad_token_id)
+    train(b, examples, {**BUDGET, "gradient_checkpointing": True}, seed=0, pad_id=tokenizer.pad_token_id)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+    assert not is_checkpointing(b)
+    ids = torch.randint(4, 100, (2, 48))
+    plain = _saved_bytes(make_model(seed=3, **over).train(), ids)
+    ckpt = make_model(seed=3, **over).train()
+    checkpoint_activations(ckpt, True)
+    assert _saved_bytes(ckpt, ids) < 0.5 * plain
 
 
 def test_cache_equals_online_teacher(examples, tokenizer, make_model, tmp_path):
