@@ -206,6 +206,16 @@ def student_budget(cfg: dict, method: str, source: str = "the config") -> dict:
     return _budget({**cfg["training"]["student"], **over}, f"training.per_method.{method}", source)
 
 
+# budget keys that change how a run computes, not what it computes (the same results up to float
+# rounding, tested): left out of the DAG's fingerprints, so turning one on reruns nothing
+HOW_ONLY = ("gradient_checkpointing",)
+
+
+def budget_settings(budget: dict) -> dict:
+    """`budget` without its HOW_ONLY keys: what a rule's fingerprint takes of it."""
+    return {k: v for k, v in budget.items() if k not in HOW_ONLY}
+
+
 def init_budget(cfg: dict, source: str = "the config") -> dict:
     """The budget of the sft_init stage: `training.student` with the `training.init` overrides."""
     return _budget({**cfg["training"]["student"], **cfg["training"]["init"]}, "training.init", source)

@@ -96,6 +96,19 @@ def test_a_changed_setting_reruns_its_rule_and_what_depends_on_it(smoke_results,
     assert "rule train_teacher:" not in out and "rule prepare_data:" not in out
 
 
+def test_gradient_checkpointing_reruns_nothing(smoke_results, tmp_path):
+    """How a step computes (kdbench.config.HOW_ONLY: gradient checkpointing, the same results)
+    is not part of what Snakemake compares: turning it on for every budget leaves the DAG done."""
+    import yaml
+
+    raw = yaml.safe_load(open(REPO / "config" / "smoke.yaml"))
+    for budget in ("teacher_pretrain", "teacher", "pretrain", "student", "init"):
+        raw["training"][budget]["gradient_checkpointing"] = True
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(raw))
+    out = snakemake(smoke_results.parents[1], "-n", "--cores", "1", configfile=tmp_path / "edited.yaml").stdout
+    assert "Nothing to be done" in out, out[-3000:]
+
+
 def test_new_method_file_shows_up_in_the_dag(tmp_path):
     import yaml
 

@@ -26,7 +26,8 @@ rule train_teacher:
         *eval_outputs(pair="{pair}", method=TEACHER, variant="default", seed="{tseed}"),
         timing=P.timing("train_teacher", "{pair}", "seed{tseed}.tsv"),
     params:
-        fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], CFG["training"]["teacher"], CFG["training"]["teacher_pretrain"],
+        fp=lambda wc: fp(CFG["pairs"][wc.pair]["teacher"], C.budget_settings(CFG["training"]["teacher"]),
+                         C.budget_settings(CFG["training"]["teacher_pretrain"]),
                          CFG["training"]["teacher_data"], CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"],
                          PROMPTS),
     threads: max(CFG["threads"], workflow.cores // CFG["teacher_seeds"])  # the teacher seeds share the cores, each with at least `threads`
@@ -52,7 +53,7 @@ rule init_student:
         directory(P.student_init()),
         timing=P.timing("init_student", "{pair}", "seed{seed}.tsv"),
     params:
-        fp=lambda wc: fp(CFG["pairs"][wc.pair]["student"], CFG["training"]["pretrain"], CFG["data"]["max_length"],
+        fp=lambda wc: fp(CFG["pairs"][wc.pair]["student"], C.budget_settings(CFG["training"]["pretrain"]), CFG["data"]["max_length"],
                          CFG["seed"], PROMPTS),
     threads: CFG["threads"]
     resources:
@@ -73,7 +74,7 @@ rule sft_init:
         directory(P.student_sft()),
         timing=P.timing("sft_init", "{pair}", "seed{seed}.tsv"),
     params:
-        fp=fp(C.init_budget(CFG), CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"]),
+        fp=fp(C.budget_settings(C.init_budget(CFG)), CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"]),
     threads: CFG["threads"]
     resources:
         gpu=GPU,

@@ -57,10 +57,11 @@ JOB = "{variant}" if GROUP_SEEDS else "{variant}/seed{seed}"  # its timing and l
 def run_settings(wc, set_by_job=()):
     # distill.fused only picks how the same losses are evaluated (equal up to float rounding,
     # tests/test_fused.py), like the thread count, and group_seeds how runs share processes:
-    # not reasons to rerun a finished run; `set_by_job` names budget keys the job sets itself
+    # not reasons to rerun a finished run (nor the budget's C.HOW_ONLY keys); `set_by_job` names
+    # budget keys the job sets itself
     # (a tuning run's lr)
     distill = {k: v for k, v in CFG["distill"].items() if k not in ("fused", "group_seeds")}
-    budget = {k: v for k, v in C.student_budget(CFG, wc.method).items() if k not in set_by_job}
+    budget = {k: v for k, v in C.budget_settings(C.student_budget(CFG, wc.method)).items() if k not in set_by_job}
     return fp(run_of(wc).params, budget, distill, CFG["data"]["max_length"], CFG["evaluation"], CFG["seed"], PROMPTS)
 
 
