@@ -568,10 +568,14 @@ def _score_table(runs, rows, index_name, examples, baseline, what, epochs) -> pd
             "could not be told apart from it.",
         ]
     if merged:
-        notes.append(f"{'; '.join(merged.values())}: one row, one test for runs that are the same "
-                     "run, or that score the same on every test example of every training seed "
-                     "(never sampled: one of them is an on-policy method whose epochs drew no "
-                     "sample of the student's own, so it trained as the other).")
+        labels = "; ".join(merged.values())
+        why = {"never sampled": "never sampled: one of them is an on-policy method whose epochs drew no sample "
+                                "of the student's own, so it trained as the other",
+               "same scores": "same scores: different runs whose answers score the same on every test example "
+                              "of every training seed"}
+        said = [text for reason, text in why.items() if f": {reason}" in labels]
+        notes.append(f"{labels}: one row, one test for runs that are the same run, or that score the same on "
+                     "every test example of every training seed" + (f" ({'; '.join(said)})" if said else "") + ".")
     df.attrs.update(columns=specs, caption=caption, footnote=notes, index_header=index_name)
     return df
 

@@ -177,7 +177,8 @@ def test_without_examples_no_differences_and_footnote_says_so():
 def test_identical_runs_are_one_row_found_from_the_data():
     """A method whose runs score exactly as another's on every example of every seed is folded
     into the first of them (display order), whatever its name; one differing example keeps it
-    apart. The reason: "never sampled" where epochs.csv logs on-policy batches, all 0."""
+    apart. The reason: "never sampled" where epochs.csv logs on-policy batches, all 0; the
+    footnote explains the reasons the labels use, and no other."""
     scores = {**SCORES, "zz": SCORES["cpd"]}
     ex = make_examples(methods=("teacher", "sft", "kd", "cpd"))
     twin = ex[ex["method"] == "cpd"].assign(method="zz")
@@ -185,13 +186,16 @@ def test_identical_runs_are_one_row_found_from_the_data():
     assert list(df.index) == ["teacher", "sft", "kd", "cpd (= zz: same scores)"]
     assert df.loc["cpd (= zz: same scores)", "same_as"] == "zz"
     assert "2 methods tested" in df.attrs["caption"]  # the family: sft and cpd, not zz
-    assert any("cpd (= zz: same scores)" in line for line in df.attrs["footnote"])
+    note = next(line for line in df.attrs["footnote"] if "cpd (= zz: same scores)" in line)
+    assert "same scores: different runs" in note and "never sampled" not in note  # only the reasons used
 
     epochs = pd.DataFrame([dict(pair="p", method="zz", variant="default", seed=s, epoch=0,
                                 on_policy_batch=0.0) for s in range(3)])
     df = T.main_table(make_runs(scores), examples=pd.concat([ex, twin], ignore_index=True),
                       epochs=epochs)
     assert "cpd (= zz: never sampled)" in df.index
+    note = next(line for line in df.attrs["footnote"] if "cpd (= zz: never sampled)" in line)
+    assert "never sampled: one of them is an on-policy method" in note and "same scores:" not in note
 
     twin.loc[twin.index[0], "rouge_l"] += 1.0  # one example of one seed differs
     df = T.main_table(make_runs(scores), examples=pd.concat([ex, twin], ignore_index=True))
