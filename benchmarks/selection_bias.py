@@ -17,6 +17,7 @@ benchmarks/results/selection_bias_<profile>.{md,csv}.
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import os
 import sys
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from kdbench import config as C, io  # noqa: E402
 from kdbench.data import PromptFormat, load_records  # noqa: E402
 from kdbench.models import device_name, load_model, load_tokenizer  # noqa: E402
-from kdbench.paths import Paths  # noqa: E402
+from kdbench.paths import RUNTIME_TABLE, Paths  # noqa: E402
 from kdbench.validation import validator  # noqa: E402
 
 LAST = 0.2  # the share of the epochs the runtime table's gap averages over
@@ -47,14 +48,17 @@ def run_rows(cfg: dict, draws: int) -> pd.DataFrame:
     tok = load_tokenizer(paths.tokenizer)
     records = load_records(paths.data("validation"))
     fmt = PromptFormat.of(cfg)
-    runs = sorted(p.parent for p in Path(paths.root, "runs").glob("*/*/*/seed*/model"))
+    models = sorted(glob.glob(paths.run_file("model", pair="*", method="*", variant="*", seed="*")))
     rows = []
-    for i, run in enumerate(runs):
-        pair, method, variant, seed = run.parts[-4], run.parts[-3], run.parts[-2], int(run.name[4:])
-        epochs = pd.read_csv(run / "epochs.csv")
+    for i, found in enumerate(models):
+        run_dir = Path(found).parent
+        run = dict(pair=run_dir.parts[-4], method=run_dir.parts[-3], variant=run_dir.parts[-2],
+                   seed=int(run_dir.name.removeprefix("seed")))
+        pair, method, variant, seed = run.values()
+        epochs = pd.read_csv(paths.run_file("epochs", **run))
         if method == "teacher" or "val_rouge_l" not in epochs or epochs["val_rouge_l"].isna().all():
             continue
-        model = load_model(run / "model").eval()
+        model = load_model(found).eval()
         fresh = [validator(tok, records, max_length=cfg["data"]["max_length"], evaluation=cfg["evaluation"],
                            seed=C.derive_seed(cfg["seed"], pair, seed, "revalidation", k), fmt=fmt)(model)["val_rouge_l"]
                  for k in range(draws)]
@@ -65,7 +69,7 @@ def run_rows(cfg: dict, draws: int) -> pd.DataFrame:
                      "logged_best": float(epochs.loc[kept, "val_rouge_l"]),
                      "rescored_mean": float(np.mean(fresh)), "rescored_sd": float(np.std(fresh, ddof=1)),
                      "last20_mean": float(epochs["val_rouge_l"].iloc[-k_last:].mean())})
-        print(f"selection_bias: {i + 1}/{len(runs)} {method}/{variant}/seed{seed}: logged {rows[-1]['logged_best']:.2f}, "
+        print(f"selection_bias: {i + 1}/{len(models)} {method}/{variant}/seed{seed}: logged {rows[-1]['logged_best']:.2f}, "
               f"re-scored {rows[-1]['rescored_mean']:.2f}", file=sys.stderr, flush=True)
     return pd.DataFrame(rows)
 
@@ -103,8 +107,9 @@ def main(argv=None) -> None:
     if per_run.empty:
         raise SystemExit(f"selection_bias: no student run with a model under results/{args.profile}/runs/; "
                          f"run the DAG first (snakemake --cores all --configfile config/{args.profile}.yaml).")
-    runtime_csv = Path(Paths(cfg).root, "tables", "runtime.csv")
-    table = summary(per_run, pd.read_csv(runtime_csv) if runtime_csv.is_file() else None)
+    runtime = [pd.read_csv(f) for pair in per_run["pair"].unique()
+               if Path(f := Paths(cfg).table(RUNTIME_TABLE, pair, "csv")).is_file()]
+    table = summary(per_run, pd.concat(runtime) if runtime else None)
     out = HERE / "results" / f"selection_bias_{args.profile}"
     io.write_csv(out.with_suffix(".csv"), per_run)
     n_val = len(load_records(Paths(cfg).data("validation")))
