@@ -17,8 +17,8 @@ benchmarks/results/selection_bias_<profile>.{md,csv}.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
-import math
 import os
 import sys
 import time
@@ -36,18 +36,23 @@ from kdbench import config as C, io  # noqa: E402
 from kdbench.data import PromptFormat, load_records  # noqa: E402
 from kdbench.models import device_name, load_model, load_tokenizer  # noqa: E402
 from kdbench.paths import RUNTIME_TABLE, Paths  # noqa: E402
+from kdbench.tables import last_fifth_mean  # noqa: E402
 from kdbench.validation import validator  # noqa: E402
 
-LAST = 0.2  # the share of the epochs the runtime table's gap averages over
-
-
-def run_rows(cfg: dict, draws: int) -> pd.DataFrame:
-    """One row per student run: its kept epoch's logged score, the kept model re-scored with
-    `draws` fresh seeds (mean, sd), and the mean logged score of its last 20% of epochs."""
+def run_rows(cfg: dict, records: list[dict], draws: int) -> pd.DataFrame:
+    """One row per student run: its kept epoch's logged score, the kept model re-scored on the
+    validation `records` with `draws` fresh seeds (mean, sd), and the mean logged score of its
+    last 20% of epochs."""
     paths = Paths(cfg)
     tok = load_tokenizer(paths.tokenizer)
-    records = load_records(paths.data("validation"))
     fmt = PromptFormat.of(cfg)
+
+    @functools.cache
+    def validators(pair: str, seed: int) -> list:  # shared by every method's run of (pair, seed)
+        return [validator(tok, records, max_length=cfg["data"]["max_length"], evaluation=cfg["evaluation"],
+                          seed=C.derive_seed(cfg["seed"], pair, seed, "revalidation", k), fmt=fmt)
+                for k in range(draws)]
+
     models = sorted(glob.glob(paths.run_file("model", pair="*", method="*", variant="*", seed="*")))
     rows = []
     for i, found in enumerate(models):
@@ -59,16 +64,13 @@ def run_rows(cfg: dict, draws: int) -> pd.DataFrame:
         if method == "teacher" or "val_rouge_l" not in epochs or epochs["val_rouge_l"].isna().all():
             continue
         model = load_model(found).eval()
-        fresh = [validator(tok, records, max_length=cfg["data"]["max_length"], evaluation=cfg["evaluation"],
-                           seed=C.derive_seed(cfg["seed"], pair, seed, "revalidation", k), fmt=fmt)(model)["val_rouge_l"]
-                 for k in range(draws)]
+        fresh = [score(model)["val_rouge_l"] for score in validators(pair, seed)]
         kept = int(epochs["val_rouge_l"].idxmax())
-        k_last = max(1, math.ceil(LAST * len(epochs)))
         rows.append({"pair": pair, "method": method, "variant": variant, "seed": seed,
                      "epochs": len(epochs), "kept_epoch": int(epochs.loc[kept, "epoch"]),
                      "logged_best": float(epochs.loc[kept, "val_rouge_l"]),
                      "rescored_mean": float(np.mean(fresh)), "rescored_sd": float(np.std(fresh, ddof=1)),
-                     "last20_mean": float(epochs["val_rouge_l"].iloc[-k_last:].mean())})
+                     "last20_mean": last_fifth_mean(epochs["val_rouge_l"])})
         print(f"selection_bias: {i + 1}/{len(models)} {method}/{variant}/seed{seed}: logged {rows[-1]['logged_best']:.2f}, "
               f"re-scored {rows[-1]['rescored_mean']:.2f}", file=sys.stderr, flush=True)
     return pd.DataFrame(rows)
@@ -103,7 +105,8 @@ def main(argv=None) -> None:
     os.chdir(ROOT)  # the profile's paths are relative to the repository, as for the DAG
     cfg = C.load(ROOT / "config" / f"{args.profile}.yaml")
     t0 = time.perf_counter()
-    per_run = run_rows(cfg, args.draws)
+    records = load_records(Paths(cfg).data("validation"))
+    per_run = run_rows(cfg, records, args.draws)
     if per_run.empty:
         raise SystemExit(f"selection_bias: no student run with a model under results/{args.profile}/runs/; "
                          f"run the DAG first (snakemake --cores all --configfile config/{args.profile}.yaml).")
@@ -112,12 +115,11 @@ def main(argv=None) -> None:
     table = summary(per_run, pd.concat(runtime) if runtime else None)
     out = HERE / "results" / f"selection_bias_{args.profile}"
     io.write_csv(out.with_suffix(".csv"), per_run)
-    n_val = len(load_records(Paths(cfg).data("validation")))
     text = (f"# The kept epoch's validation score, with and without its selection ({args.profile})\n\n"
             f"Measured {time.strftime('%Y-%m-%d')} on {device_name()} ({args.threads} torch thread(s)) in "
             f"{time.perf_counter() - t0:.0f} s: `python benchmarks/selection_bias.py --profile {args.profile} "
             f"--draws {args.draws}`. Each run's kept model (best validation Rouge-L of its epochs, one "
-            f"sampled answer per prompt, {n_val} prompts) scored again on the same prompts with "
+            f"sampled answer per prompt, {len(records)} prompts) scored again on the same prompts with "
             f"{args.draws} fresh sampling seeds. Means over seeds: `logged best` (the kept epoch's score as "
             "logged), `rescored` (the same model, fresh draws; `draw sd`: the sd of one pass over the "
             "draws), `bias` (logged − rescored: what the selection adds), `last 20%` (the logged scores "

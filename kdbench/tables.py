@@ -872,12 +872,13 @@ def val_rouge_gap_last20(epochs: pd.DataFrame) -> pd.Series:
     if epochs is None or "val_rouge_l" not in epochs or epochs["val_rouge_l"].isna().all():
         return pd.Series(dtype=float)
     curve = epochs.groupby(_KEY + ["epoch"])["val_rouge_l"].mean()
+    return curve.groupby(level=_KEY).apply(lambda c: float(c.max() - last_fifth_mean(c.sort_index())))
 
-    def gap(c: pd.Series) -> float:
-        k = max(1, math.ceil(0.2 * len(c)))
-        return float(c.max() - c.iloc[-k:].mean())
 
-    return curve.groupby(level=_KEY).apply(lambda c: gap(c.sort_index()))
+def last_fifth_mean(values: pd.Series) -> float:
+    """The mean of the last 20% of an epoch-ordered series (at least one value): the end of
+    training that the convergence columns compare with the best epoch."""
+    return float(values.iloc[-max(1, math.ceil(0.2 * len(values))):].mean())
 
 
 # --------------------------------------------------------------------------- formatting
