@@ -123,3 +123,19 @@ def test_a_tuning_seed_outside_the_training_seeds_is_refused(tmp_path):
 
     with pytest.raises(UserError, match=r"`tuning.seed` is 3.*seeds 0..0"):
         C.validate(tiny_profile(tmp_path, tuning={"lr": [0.001], "seed": 3}))
+
+
+def test_the_default_profile_trains_every_main_method_at_its_committed_tuning_choice():
+    """`training.per_method` is pasted by hand from `snakemake tune`'s report; a stale line would
+    run a method at a rate the committed grid did not choose."""
+    import pandas as pd
+
+    from kdbench import config as C
+
+    cfg = C.load(REPO / "config" / "default.yaml")
+    grid = pd.read_csv(REPO / Paths(cfg).tuning_table)  # results_dir is relative to the repository
+    assert set(grid.lr) == set(cfg["tuning"]["lr"])
+    chosen = grid[grid.chosen].set_index("method").lr
+    assert len(chosen) == grid.method.nunique()
+    for method, lr in chosen.items():
+        assert C.student_budget(cfg, method)["lr"] == pytest.approx(lr), method
