@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import glob
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from kdbench import config as C, io  # noqa: E402
 from kdbench.data import PromptFormat, load_records  # noqa: E402
 from kdbench.models import device_name, load_model, load_tokenizer  # noqa: E402
-from kdbench.paths import RUNTIME_TABLE, Paths  # noqa: E402
+from kdbench.paths import RUNTIME_TABLE, Paths, RunKey  # noqa: E402
 from kdbench.tables import last_fifth_mean  # noqa: E402
 from kdbench.validation import validator  # noqa: E402
 
@@ -53,26 +52,22 @@ def run_rows(cfg: dict, records: list[dict], draws: int) -> pd.DataFrame:
                           seed=C.derive_seed(cfg["seed"], pair, seed, "revalidation", k), fmt=fmt)
                 for k in range(draws)]
 
-    models = sorted(glob.glob(paths.run_file("model", pair="*", method="*", variant="*", seed="*")))
+    keys = [RunKey(r.pair, r.method, r.variant, r.seed)._asdict() for r in C.runs(cfg)]
+    keys = [k for k in keys if Path(paths.run_file("model", **k)).exists()]  # runs the DAG has made
     rows = []
-    for i, found in enumerate(models):
-        run_dir = Path(found).parent
-        run = dict(pair=run_dir.parts[-4], method=run_dir.parts[-3], variant=run_dir.parts[-2],
-                   seed=int(run_dir.name.removeprefix("seed")))
-        pair, method, variant, seed = run.values()
-        epochs = pd.read_csv(paths.run_file("epochs", **run))
-        if method == "teacher" or "val_rouge_l" not in epochs or epochs["val_rouge_l"].isna().all():
+    for i, key in enumerate(keys):
+        epochs = pd.read_csv(paths.run_file("epochs", **key))
+        if "val_rouge_l" not in epochs or epochs["val_rouge_l"].isna().all():
             continue
-        model = load_model(found).eval()
-        fresh = [score(model)["val_rouge_l"] for score in validators(pair, seed)]
-        kept = int(epochs["val_rouge_l"].idxmax())
-        rows.append({"pair": pair, "method": method, "variant": variant, "seed": seed,
-                     "epochs": len(epochs), "kept_epoch": int(epochs.loc[kept, "epoch"]),
-                     "logged_best": float(epochs.loc[kept, "val_rouge_l"]),
+        kept = io.read_json(paths.run_file("train", **key))  # the engine's own selection
+        model = load_model(paths.run_file("model", **key)).eval()
+        fresh = [score(model)["val_rouge_l"] for score in validators(key["pair"], key["seed"])]
+        rows.append({**key, "epochs": len(epochs), "kept_epoch": kept["selected_epoch"],
+                     "logged_best": float(kept["val_rouge_l_selected"]),
                      "rescored_mean": float(np.mean(fresh)), "rescored_sd": float(np.std(fresh, ddof=1)),
                      "last20_mean": last_fifth_mean(epochs["val_rouge_l"])})
-        print(f"selection_bias: {i + 1}/{len(models)} {method}/{variant}/seed{seed}: logged {rows[-1]['logged_best']:.2f}, "
-              f"re-scored {rows[-1]['rescored_mean']:.2f}", file=sys.stderr, flush=True)
+        print(f"selection_bias: {i + 1}/{len(keys)} {key['method']}/{key['variant']}/seed{key['seed']}: logged "
+              f"{rows[-1]['logged_best']:.2f}, re-scored {rows[-1]['rescored_mean']:.2f}", file=sys.stderr, flush=True)
     return pd.DataFrame(rows)
 
 
